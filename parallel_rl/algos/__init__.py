@@ -1,0 +1,18 @@
+"""Algorithms: one file each, registered here by the name used in ``algo.name``."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import Config
+from ..envs import EnvSpec
+from .paac import PAAC
+
+ALGORITHMS = {"paac": PAAC}
+
+
+def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device):
+    return ALGORITHMS[cfg.algo.name](spec, cfg, device)
+
+
+__all__ = ["ALGORITHMS", "make_algorithm"]

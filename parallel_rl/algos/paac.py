@@ -1,0 +1,93 @@
+"""PAAC: synchronous parallel advantage actor-critic (Clemente et al. 2017).
+
+One network, ``n_e`` environments, an update every ``t_max`` steps on all ``n_e x t_max``
+samples:  loss = scale * mean(-log pi(a|s) A - beta H(pi) + c_v (R - V)^2),
+with n-step returns R bootstrapped from V(s_{t+t_max}) and A = R - V(s).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from ..envs import EnvSpec
+from ..nn import ActorCritic
+from .base import Batch, sample_categorical
+from .returns import n_step_returns
+
+
+def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    if cfg.optim.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.effective_lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
+    return torch.optim.Adam(params, lr=cfg.effective_lr, eps=cfg.optim.eps)
+
+
+class PAAC:
+    name = "paac"
+
+    def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.net = ActorCritic(spec, cfg.model).to(device)
+        self.optimizer = make_optimizer(self.net.parameters(), cfg)
+        self.base_lr = cfg.effective_lr
+
+    # -------------------------------------------------------------- acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        logits, _ = self.net(obs)
+        return logits.argmax(-1) if greedy else sample_categorical(logits)
+
+    # -------------------------------------------------------------- learning
+    def set_progress(self, fraction: float) -> float:
+        """Linear annealing to 0 over the run; returns the LR now in use."""
+        lr = self.base_lr * max(0.0, 1.0 - fraction) if self.cfg.optim.anneal_lr else self.base_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        algo = self.cfg.algo
+        horizon, num_envs = batch.rewards.shape
+        obs = torch.cat([batch.obs.flatten(0, 1), batch.next_obs], dim=0)
+        logits, values = self.net(obs)
+        logits = logits[: horizon * num_envs]
+        values, bootstrap = values[: horizon * num_envs].view(horizon, num_envs), values[horizon * num_envs :]
+
+        rewards = batch.rewards.clamp(-algo.reward_clip, algo.reward_clip) if algo.reward_clip > 0 else batch.rewards
+        with torch.no_grad():
+            returns = n_step_returns(rewards, values.detach(), bootstrap.detach(), batch.terminated, batch.truncated, algo.gamma)
+            advantages = (returns - values).flatten()
+        valid = (~batch.autoreset).flatten().to(values.dtype)
+        count = valid.sum().clamp(min=1.0)
+
+        log_probs = F.log_softmax(logits, dim=-1)
+        action_log_probs = log_probs.gather(1, batch.actions.flatten().long().unsqueeze(1)).squeeze(1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        policy_loss = -(action_log_probs * advantages * valid).sum() / count
+        value_loss = ((returns.flatten() - values.flatten()).pow(2) * valid).sum() / count
+        entropy_mean = (entropy * valid).sum() / count
+        loss = algo.loss_scale * (policy_loss - algo.entropy_coef * entropy_mean + algo.value_coef * value_loss)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = algo.max_grad_norm if algo.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        self.optimizer.step()
+        return {
+            "losses/policy": policy_loss.detach(),
+            "losses/value": value_loss.detach(),
+            "losses/entropy": entropy_mean.detach(),
+            "losses/total": loss.detach(),
+            "diag/grad_norm": grad_norm.detach(),
+            "diag/value_mean": values.detach().mean(),
+        }
+
+    # -------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])

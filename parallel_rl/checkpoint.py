@@ -1,0 +1,106 @@
+"""Atomic checkpoints: write a temporary file, fsync, rename; load with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit; the message names the file."""
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Never leaves a partial file at ``path``: a crash mid-write keeps the previous one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
+            "it is truncated, corrupt or not a parallel-rl checkpoint. Earlier checkpoints in the same folder may still be good."
+        ) from None
+    if not isinstance(state, dict) or "algo" not in state or "step" not in state or "config" not in state:
+        raise CheckpointError(f"Checkpoint {str(path)!r} is not a parallel-rl checkpoint (it lacks the algo, step and config entries).")
+    return state
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Periodic checkpoints in ``directory``, oldest first."""
+    if not Path(directory).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(directory).iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def find(path: Path) -> Path:
+    """A checkpoint file itself, or the newest one inside a run directory."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{str(path)!r} does not exist: give a run directory (runs/...) or a checkpoint file (.pt).")
+    newest = latest(path / "checkpoints") or latest(path)
+    if newest is None:
+        raise CheckpointError(f"No checkpoint in {str(path)!r}: expected files named step_<N>.pt in {str(path / 'checkpoints')!r}.")
+    return newest
+
+
+class CheckpointManager:
+    """Periodic and final checkpoints in ``run_dir/checkpoints``, keeping the newest ``keep_last``."""
+
+    def __init__(self, directory: Path, keep_last: int):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep_last = keep_last
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        path = self.directory / f"step_{step}.pt"
+        save_atomic(state, path)
+        for old in list_checkpoints(self.directory)[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+
+def restore(algo, state: dict[str, Any], path: Path) -> None:
+    """Load ``state['algo']`` into ``algo``, naming the file when the shapes do not fit."""
+    try:
+        algo.load_state_dict(state["algo"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:600]
+        env_id = state.get("config", {}).get("env", {}).get("id", "?")
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} (trained on {env_id}) does not fit this network: {detail}"
+        ) from None

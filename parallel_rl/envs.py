@@ -1,0 +1,255 @@
+"""One factory for vectorised environments: EnvPool first, gymnasium's vector envs as fallback.
+
+Both backends auto-reset on the *next* step: the step after an episode ends ignores its
+action and returns the first observation of the new episode with reward 0. That step is
+not a real transition; ``StepResult.autoreset`` marks it so learners can mask it, and the
+episode counters skip it. The upside of next-step auto-reset is that the observation
+returned with ``terminated``/``truncated`` is the true final observation, so a truncated
+episode can be bootstrapped from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from dataclasses import dataclass
+from functools import cache
+
+import gymnasium as gym
+import numpy as np
+
+from .config import ConfigError, EnvConfig
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the networks and buffers need to know about an environment."""
+
+    id: str
+    backend: str
+    obs_shape: tuple[int, ...]
+    obs_dtype: np.dtype
+    action_space: gym.Space
+    is_atari: bool
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.obs_shape) == 3
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, gym.spaces.Discrete)
+
+    @property
+    def num_actions(self) -> int:
+        if not self.discrete:
+            raise ConfigError(f"Environment {self.id!r} has continuous actions {self.action_space}; this algorithm needs a discrete action space.")
+        return int(self.action_space.n)
+
+
+@dataclass
+class StepResult:
+    obs: np.ndarray
+    reward: np.ndarray  # float32, as the environment gave it (no clipping)
+    terminated: np.ndarray  # bool
+    truncated: np.ndarray  # bool
+    autoreset: np.ndarray  # bool: this step only reset the env (not a transition)
+
+
+class EpisodeTracker:
+    """Vectorised per-env return and length counters that understand next-step auto-reset."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs, np.float64)
+        self.lengths = np.zeros(num_envs, np.int64)
+        self.done = np.zeros(num_envs, bool)
+        self.finished_returns: list[float] = []
+        self.finished_lengths: list[int] = []
+
+    def update(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+        """Count one step; returns the auto-reset mask (steps that only reset an env)."""
+        autoreset = self.done
+        live = ~autoreset
+        self.returns[autoreset] = 0.0
+        self.lengths[autoreset] = 0
+        self.returns += reward * live
+        self.lengths += live
+        done = (terminated | truncated) & live
+        if done.any():
+            self.finished_returns.extend(self.returns[done].tolist())
+            self.finished_lengths.extend(self.lengths[done].tolist())
+        self.done = done
+        return autoreset
+
+    def pop(self) -> tuple[list[float], list[int]]:
+        out = self.finished_returns, self.finished_lengths
+        self.finished_returns, self.finished_lengths = [], []
+        return out
+
+
+def _flatten_obs(obs) -> np.ndarray:
+    if isinstance(obs, dict):
+        keys = sorted(obs)
+        n = len(obs[keys[0]])
+        return np.concatenate([np.asarray(obs[k], np.float32).reshape(n, -1) for k in keys], axis=1)
+    return obs
+
+
+def _flat_obs_space(space: gym.Space) -> tuple[tuple[int, ...], np.dtype]:
+    if isinstance(space, gym.spaces.Dict):
+        size = sum(int(np.prod(s.shape)) for s in space.spaces.values())
+        return (size,), np.dtype(np.float32)
+    dtype = np.dtype(space.dtype)
+    if dtype == np.float64:
+        dtype = np.dtype(np.float32)
+    return tuple(space.shape), dtype
+
+
+class VecEnv:
+    """``num_envs`` environments stepped together; numpy in, numpy out."""
+
+    def __init__(self, env, spec: EnvSpec, num_envs: int):
+        self._env = env
+        self.spec = spec
+        self.num_envs = num_envs
+        self.tracker = EpisodeTracker(num_envs)
+        self._action_dtype = np.int32 if spec.discrete else np.float32
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self._env.reset()
+        self.tracker = EpisodeTracker(self.num_envs)
+        return self._cast(_flatten_obs(obs))
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        obs, reward, terminated, truncated, _ = self._env.step(np.asarray(actions, self._action_dtype))
+        reward = np.asarray(reward, np.float32)
+        terminated = np.asarray(terminated, bool)
+        truncated = np.asarray(truncated, bool)
+        autoreset = self.tracker.update(reward, terminated, truncated)
+        return StepResult(self._cast(_flatten_obs(obs)), reward, terminated, truncated, autoreset)
+
+    def _cast(self, obs: np.ndarray) -> np.ndarray:
+        return obs if obs.dtype == self.spec.obs_dtype else obs.astype(self.spec.obs_dtype)
+
+    def close(self) -> None:
+        close = getattr(self._env, "close", None)
+        if close is not None:
+            close()
+
+
+# ---------------------------------------------------------------------------- factory
+
+
+@cache
+def envpool_ids() -> tuple[str, ...]:
+    import envpool
+
+    return tuple(envpool.list_all_envs())
+
+
+def gymnasium_ids() -> tuple[str, ...]:
+    return tuple(gym.registry.keys())
+
+
+def all_env_ids() -> list[str]:
+    return sorted(set(envpool_ids()) | set(gymnasium_ids()))
+
+
+def _unknown_env(env_id: str) -> ConfigError:
+    ids = all_env_ids()
+    close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(
+        f"Unknown environment {env_id!r}.{hint} It is neither an EnvPool task nor a registered gymnasium id; "
+        f"`parallel-rl envs [FILTER]` lists the {len(ids)} valid ids (e.g. Pong-v5, Breakout-v5, CartPole-v1, HalfCheetah-v5)."
+    )
+
+
+def choose_backend(cfg: EnvConfig) -> str:
+    in_envpool = cfg.id in envpool_ids()
+    if cfg.backend == "envpool":
+        if not in_envpool:
+            raise _unknown_env(cfg.id) if cfg.id not in gymnasium_ids() else ConfigError(
+                f"env.backend = 'envpool' but {cfg.id!r} is not an EnvPool task; use env.backend=gymnasium or auto."
+            )
+        return "envpool"
+    if cfg.backend == "auto" and in_envpool:
+        return "envpool"
+    if cfg.id in gymnasium_ids():
+        return "gymnasium"
+    raise _unknown_env(cfg.id)
+
+
+def _envpool_kwargs(cfg: EnvConfig) -> tuple[dict, bool]:
+    import envpool
+
+    defaults = envpool.make_spec(cfg.id).config._asdict()
+    is_atari = "frame_skip" in defaults and "stack_num" in defaults and "noop_max" in defaults
+    kwargs: dict = {}
+    if is_atari:
+        # Set every preprocessing choice explicitly: EnvPool's own defaults are not PAAC's.
+        kwargs.update(
+            frame_skip=cfg.frame_skip,
+            stack_num=cfg.frame_stack,
+            img_height=cfg.image_size,
+            img_width=cfg.image_size,
+            gray_scale=True,
+            noop_max=cfg.noop_max,
+            repeat_action_probability=cfg.sticky_action_prob,
+            episodic_life=cfg.episodic_life,
+            use_fire_reset=cfg.fire_reset,
+            reward_clip=False,
+        )
+    if cfg.max_episode_steps:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    return kwargs, is_atari
+
+
+def default_num_threads(num_envs: int, reserved_cores: int = 0) -> int:
+    cores = os.cpu_count() or 1
+    return max(1, min(num_envs, cores - reserved_cores))
+
+
+def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0) -> VecEnv:
+    """Build ``num_envs`` copies of ``cfg.id``; raises ``ConfigError`` for an unknown id."""
+    backend = choose_backend(cfg)
+    if backend == "envpool":
+        import envpool
+
+        kwargs, is_atari = _envpool_kwargs(cfg)
+        env = envpool.make(
+            cfg.id,
+            env_type="gymnasium",
+            num_envs=num_envs,
+            seed=seed,
+            num_threads=num_threads or default_num_threads(num_envs),
+            **kwargs,
+        )
+    else:
+        is_atari = False
+        make_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = gym.make_vec(
+                cfg.id,
+                num_envs=num_envs,
+                vectorization_mode="sync",
+                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+                **make_kwargs,
+            )
+        env.reset(seed=seed)  # seeds the envs' RNGs; later unseeded resets continue from them
+    obs_space = getattr(env, "single_observation_space", None) or env.observation_space
+    act_space = getattr(env, "single_action_space", None) or env.action_space
+    obs_shape, obs_dtype = _flat_obs_space(obs_space)
+    spec = EnvSpec(cfg.id, backend, obs_shape, obs_dtype, act_space, is_atari)
+    return VecEnv(env, spec, num_envs)
+
+
+def env_spec(cfg: EnvConfig) -> EnvSpec:
+    """The spec of an environment without keeping it open."""
+    env = make_env(cfg, num_envs=1, seed=0, num_threads=1)
+    try:
+        return env.spec
+    finally:
+        env.close()

@@ -1,0 +1,97 @@
+"""TensorBoard scalars plus one refreshing console line."""
+
+from __future__ import annotations
+
+import collections
+import math
+import sys
+import time
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+def _fmt_count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Metrics:
+    """Collects episode statistics and scalars; writes them every ``interval_s`` seconds.
+
+    With ``tb_dir=None`` nothing is written (benchmarks), but SPS and returns are still tracked.
+    """
+
+    def __init__(self, tb_dir, total_steps: int, interval_s: float, return_window: int, console: bool, start_step: int = 0):
+        self.writer = SummaryWriter(str(tb_dir)) if tb_dir is not None else None
+        self.total_steps = total_steps
+        self.interval_s = interval_s
+        self.console = console
+        self.recent_returns: collections.deque[float] = collections.deque(maxlen=return_window)
+        self.episodes = 0
+        self._pending_returns: list[float] = []
+        self._pending_lengths: list[int] = []
+        self._last_time = time.perf_counter()
+        self._last_step = start_step
+        self._tty = sys.stdout.isatty()
+        self.sps = 0.0
+
+    def add_episodes(self, returns: list[float], lengths: list[int]) -> None:
+        if returns:
+            self._pending_returns += returns
+            self._pending_lengths += lengths
+            self.recent_returns.extend(returns)
+            self.episodes += len(returns)
+
+    @property
+    def recent_mean_return(self) -> float:
+        return sum(self.recent_returns) / len(self.recent_returns) if self.recent_returns else float("nan")
+
+    def due(self) -> bool:
+        return time.perf_counter() - self._last_time >= self.interval_s
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        now = time.perf_counter()
+        elapsed = now - self._last_time
+        if elapsed > 0 and step > self._last_step:
+            self.sps = (step - self._last_step) / elapsed
+        self._last_time, self._last_step = now, step
+        if self.writer is None:
+            return
+        if self._pending_returns:
+            n = len(self._pending_returns)
+            self.writer.add_scalar("charts/episodic_return", sum(self._pending_returns) / n, step)
+            self.writer.add_scalar("charts/episodic_length", sum(self._pending_lengths) / n, step)
+            self._pending_returns, self._pending_lengths = [], []
+        self.writer.add_scalar("charts/sps", self.sps, step)
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        if self.console:
+            self.print_progress(step)
+
+    def print_progress(self, step: int) -> None:
+        eta = (self.total_steps - step) / self.sps if self.sps > 0 else float("inf")
+        recent = self.recent_mean_return
+        ret = f"{recent:8.2f} ({len(self.recent_returns)} ep)" if self.recent_returns else "     n/a"
+        line = (
+            f"step {_fmt_count(step):>7}/{_fmt_count(self.total_steps)} ({100 * step / self.total_steps:5.1f}%) | "
+            f"{self.sps:8,.0f} SPS | return {ret} | ETA {_fmt_duration(eta)}"
+        )
+        if self._tty:
+            print("\r" + line, end="", flush=True)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.console and self._tty:
+            print()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,1 @@
+"""Everything with a process or time boundary: the runner and rollout collection."""

@@ -1,0 +1,120 @@
+"""The real CLI: a short Pong run, resume, eval, and every bad input -> exit 2 with a message."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from parallel_rl import checkpoint as ckpt
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def scalars(run_dir):
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_short_pong_run_writes_tensorboard_and_checkpoint(tmp_path):
+    run = tmp_path / "pong"
+    out = cli("launch", "--env", "Pong-v5", "--actors", "8", "--steps", "1600", "--run-dir", str(run),
+              "--set", "env.max_episode_steps=60", "--set", "logging.interval_s=0")
+    assert out.returncode == 0, out.stderr
+    tags = scalars(run)
+    for tag in ("charts/episodic_return", "charts/episodic_length", "charts/sps", "losses/policy", "losses/value",
+                "losses/entropy", "diag/grad_norm", "charts/learning_rate"):
+        assert tag in tags, tag
+    assert all(torch.isfinite(torch.tensor(tags[t])).all() for t in ("losses/policy", "losses/value", "losses/total"))
+    assert max(tags["charts/episodic_length"]) <= 60
+    assert (run / "config.yaml").is_file()
+    assert ckpt.latest(run / "checkpoints").name == "step_1600.pt"
+
+
+def test_resume_continues_step_counter_and_restores_state(tmp_path):
+    run = tmp_path / "cp"
+    first = cli("launch", "--config", "paac_classic", "--steps", "4000", "--run-dir", str(run),
+                "--set", "checkpoint.interval_steps=2000")
+    assert first.returncode == 0, first.stderr
+    saved = ckpt.load(run / "checkpoints" / "step_4000.pt")
+    assert saved["step"] == 4000 and saved["updates"] == 50
+
+    # the resumed algorithm starts from exactly the saved weights and optimizer state
+    from parallel_rl.algos import make_algorithm
+    from parallel_rl.config import from_dict
+    from parallel_rl.envs import env_spec
+
+    cfg = from_dict(saved["config"])
+    algo = make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu"))
+    algo.load_state_dict(saved["algo"])
+    for name, tensor in algo.net.state_dict().items():
+        assert torch.equal(tensor, saved["algo"]["net"][name]), name
+    opt = algo.optimizer.state_dict()
+    assert opt["state"][0]["step"] == saved["algo"]["optimizer"]["state"][0]["step"] == 50
+    assert torch.equal(opt["state"][0]["exp_avg_sq"], saved["algo"]["optimizer"]["state"][0]["exp_avg_sq"])
+
+    second = cli("launch", "--resume", str(run), "--steps", "8000")
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stdout and "from step 4000" in second.stdout
+    resumed = ckpt.load(ckpt.latest(run / "checkpoints"))
+    assert resumed["step"] == 8000 and resumed["updates"] == 100
+    # the optimizer kept counting from the restored state rather than starting again
+    assert resumed["algo"]["optimizer"]["state"][0]["step"] == 100
+    # the LR schedule position continued: the last update used lr for progress 7920/8000
+    assert scalars(run)["charts/learning_rate"][-1] == pytest.approx(1e-3 * (1 - 7920 / 8000), rel=1e-4)
+
+
+def test_eval_prints_mean_and_std(tmp_path):
+    run = tmp_path / "ev"
+    assert cli("launch", "--config", "paac_classic", "--steps", "2000", "--run-dir", str(run)).returncode == 0
+    out = cli("eval", str(run), "--episodes", "3")
+    assert out.returncode == 0, out.stderr
+    assert "mean return" in out.stdout and "over 3 episodes" in out.stdout
+
+
+def test_envs_lists_and_filters():
+    out = cli("envs", "pong")
+    assert out.returncode == 0 and "Pong-v5" in out.stdout and "CartPole" not in out.stdout
+
+
+def _bad_checkpoint(tmp_path):
+    good = tmp_path / "good"
+    assert cli("launch", "--config", "paac_classic", "--steps", "800", "--run-dir", str(good)).returncode == 0
+    data = (good / "checkpoints" / "step_800.pt").read_bytes()
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    return bad
+
+
+@pytest.mark.parametrize(
+    "args, must_name",
+    [
+        (["launch", "--env", "Pongg-v5", "--run-dir", "r"], ["Pongg-v5", "Pong-v5"]),
+        (["launch", "--set", "algo.gama=0.9", "--run-dir", "r"], ["algo.gama", "algo.gamma"]),
+        (["launch", "--set", "algo.gamma=abc", "--run-dir", "r"], ["'abc'", "number"]),
+        (["launch", "--actors", "0", "--run-dir", "r"], ["actors.num_envs = 0", "positive"]),
+        (["launch", "--config", "no_such_recipe", "--run-dir", "r"], ["no_such_recipe", "paac_atari"]),
+        (["launch", "--device", "tpu", "--run-dir", "r"], ["'tpu'", "cuda:N"]),
+        (["launch", "--resume", "MISSING_DIR"], ["MISSING_DIR", "config.yaml"]),
+        (["eval", "MISSING_DIR"], ["MISSING_DIR", "does not exist"]),
+        (["eval", "r", "--episodes", "0"], ["--episodes 0", "at least 1"]),
+    ],
+)
+def test_bad_input_exit_2_with_message(tmp_path, args, must_name):
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    for text in must_name:
+        assert text in out.stderr, (text, out.stderr)
+    assert not (tmp_path / "r").exists()  # nothing created for a run that never started
+
+
+def test_corrupt_checkpoint_exit_2(tmp_path):
+    bad = _bad_checkpoint(tmp_path)
+    out = cli("eval", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(bad) in out.stderr and "corrupt" in out.stderr

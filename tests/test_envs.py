@@ -1,0 +1,73 @@
+"""Environment factory: backends, preprocessing, episode counting across auto-reset."""
+
+import numpy as np
+import pytest
+
+from parallel_rl.config import ConfigError, EnvConfig
+from parallel_rl.envs import EpisodeTracker, make_env
+
+
+def test_tracker_counts_across_next_step_autoreset():
+    tracker = EpisodeTracker(2)
+    F, T = False, True
+    steps = [  # (reward, terminated, truncated) for env 0 and env 1
+        ([1, 1], [F, F], [F, F]),
+        ([1, 1], [T, F], [F, F]),  # env 0 ends: return 2, length 2
+        ([0, 1], [F, F], [F, T]),  # env 0 auto-resets (not counted); env 1 truncated: 3, 3
+        ([5, 0], [F, F], [F, F]),  # env 1 auto-resets
+        ([5, 2], [T, T], [F, F]),  # env 0: 10 over 2 steps; env 1: 2 over 1 step
+    ]
+    autoresets = []
+    for reward, term, trunc in steps:
+        autoresets.append(tracker.update(np.array(reward, np.float32), np.array(term), np.array(trunc)).tolist())
+    returns, lengths = tracker.pop()
+    assert returns == [2.0, 3.0, 10.0, 2.0]
+    assert lengths == [2, 3, 2, 1]
+    assert autoresets == [[F, F], [F, F], [T, F], [F, T], [F, F]]
+
+
+def test_cartpole_envpool_episodes_counted():
+    env = make_env(EnvConfig(id="CartPole-v1", max_episode_steps=20), num_envs=4, seed=0, num_threads=1)
+    assert env.spec.backend == "envpool" and env.spec.obs_shape == (4,) and env.spec.num_actions == 2
+    env.reset()
+    for _ in range(200):
+        env.step(np.zeros(4, np.int64))
+    returns, lengths = env.tracker.pop()
+    env.close()
+    assert returns and all(r == length for r, length in zip(returns, lengths, strict=True))  # CartPole: +1 per step
+    assert max(lengths) <= 20
+
+
+def test_gymnasium_fallback_same_interface():
+    env = make_env(EnvConfig(id="CartPole-v1", backend="gymnasium", max_episode_steps=15), num_envs=3, seed=0)
+    assert env.spec.backend == "gymnasium"
+    obs = env.reset()
+    assert obs.shape == (3, 4) and obs.dtype == np.float32
+    for _ in range(60):
+        result = env.step(np.ones(3, np.int64))
+    assert result.obs.shape == (3, 4)
+    returns, lengths = env.tracker.pop()
+    env.close()
+    assert returns and max(lengths) <= 15 and returns == [float(n) for n in lengths]
+
+
+def test_atari_paac_preprocessing():
+    env = make_env(EnvConfig(id="Pong-v5", max_episode_steps=30), num_envs=2, seed=0, num_threads=1)
+    assert env.spec.is_atari and env.spec.obs_shape == (4, 84, 84) and env.spec.obs_dtype == np.uint8
+    config = env._env.config
+    assert config["repeat_action_probability"] == 0.0 and config["noop_max"] == 30
+    assert config["frame_skip"] == 4 and not config["reward_clip"] and not config["episodic_life"]
+    env.close()
+
+
+def test_dmc_dict_observations_are_flattened():
+    env = make_env(EnvConfig(id="CheetahRun-v1"), num_envs=2, seed=0, num_threads=1)
+    obs = env.reset()
+    assert env.spec.obs_shape == (17,) and obs.shape == (2, 17) and obs.dtype == np.float32
+    assert not env.spec.discrete
+    env.close()
+
+
+def test_unknown_env_names_nearest():
+    with pytest.raises(ConfigError, match="Pong-v5"):
+        make_env(EnvConfig(id="Pongg-v5"), 1, 0)
