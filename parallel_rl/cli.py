@@ -18,8 +18,10 @@ from .config import (
     load_yaml,
     set_override,
 )
+from .runtime.pipeline import ActorFailure
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 # named flags -> dotted config keys
 LAUNCH_FLAGS = {
@@ -88,7 +90,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {args.resume!r}: no config.yaml there, so it is not a parallel-rl run directory.")
-        state = ckpt.load(ckpt.find(run_dir))
+        resume_path = ckpt.find(run_dir)
+        state = ckpt.load(resume_path)
         cfg = from_dict(load_yaml(run_dir / "config.yaml"))
         for key in ("steps", "device", "seed"):
             value = getattr(args, key)
@@ -104,7 +107,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
                   f"raise it with --steps to train further.")
             return 0
         print(f"resuming {run_dir} from step {state['step']}", flush=True)
-        runner = Runner(cfg, run_dir, resume_state=state)
+        runner = Runner(cfg, run_dir, resume_state=state, resume_path=resume_path)
     else:
         cfg = build_config(args.config, _flags(args), args.overrides)
         choose_backend(cfg.env)  # unknown env ids fail before anything is created
@@ -170,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ckpt.CheckpointError) as exc:
         print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ActorFailure as exc:
+        print(f"parallel-rl {args.command}: error: {exc}\nThe run was stopped; its last checkpoint is intact.", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

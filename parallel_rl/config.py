@@ -53,6 +53,13 @@ class ActorsConfig:
     num_envs: int = _help("Number of environments stepped in parallel (PAAC's n_e); `--actors` sets it.", 32)
     num_threads: int = _help("EnvPool worker threads; 0 sizes them from the cores left after the learner.", 0)
     device: str = _help("Device for the actors' policy inference: auto, cpu, cuda, cuda:N.", "auto")
+    procs: int = _help("Actor processes (K) sharing the environments; 0 runs the actor loop inline (synchronous, exact); -1 picks K from the core count.", -1)
+    env_groups: int = _help("Groups of envs per actor stepped alternately, so inference for one overlaps stepping of the other.", 2)
+    slots_per_actor: int = _help("Shared-memory rollout slots per actor process (2 = double buffering).", 2)
+    max_policy_lag: int = _help("Asynchronous mode: rollouts acted by a policy more than this many updates old are dropped (and counted).", 4)
+    deterministic_lag: bool = _help("Asynchronous mode: actors act with exactly the previous policy version, making seeded runs reproducible.", False)
+    heartbeat_timeout_s: float = _help("An actor silent for this long is reported as stalled.", 3.0)
+    restart_actors: bool = _help("Restart a dead or stalled actor instead of stopping the run.", False)
 
 
 @dataclass
@@ -65,7 +72,7 @@ class ModelConfig:
 
 @dataclass
 class AlgoConfig:
-    name: Literal["paac"] = _help("Algorithm.", "paac")
+    name: Literal["paac", "impala"] = _help("Algorithm: paac (n-step advantage actor-critic) or impala (V-trace off-policy correction).", "paac")
     rollout_length: int = _help("Agent steps per environment between updates (PAAC's t_max).", 5)
     gamma: float = _help("Discount factor.", 0.99)
     entropy_coef: float = _help("Weight of the entropy bonus (beta).", 0.02)
@@ -73,6 +80,8 @@ class AlgoConfig:
     loss_scale: float = _help("Multiplies the whole loss; PAAC's code uses 5, the LR having been tuned for a sum over t_max = 5.", 1.0)
     max_grad_norm: float = _help("Global gradient-norm clip; 0 disables it.", 3.0)
     reward_clip: float = _help("Clip rewards to [-c, c] for learning (returns are logged unclipped); 0 disables it.", 0.0)
+    rho_bar: float = _help("IMPALA: clip of the importance weights in the V-trace targets and policy gradient.", 1.0)
+    c_bar: float = _help("IMPALA: clip of the trace-cutting coefficients in V-trace.", 1.0)
 
 
 @dataclass
@@ -137,7 +146,19 @@ class Config:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} = {value} is invalid: it must be a positive integer (1 or more).")
+        if self.actors.procs < -1:
+            raise ConfigError(f"actors.procs = {self.actors.procs} is invalid: 0 (synchronous), -1 (auto) or a positive number of processes.")
+        if self.actors.procs > self.actors.num_envs:
+            raise ConfigError(
+                f"actors.procs = {self.actors.procs} exceeds actors.num_envs = {self.actors.num_envs}: every actor process needs at least one environment."
+            )
+        for name, value in (("actors.env_groups", self.actors.env_groups), ("actors.slots_per_actor", self.actors.slots_per_actor)):
+            if value < 1:
+                raise ConfigError(f"{name} = {value} is invalid: it must be 1 or more.")
+        if self.actors.heartbeat_timeout_s <= 0:
+            raise ConfigError(f"actors.heartbeat_timeout_s = {self.actors.heartbeat_timeout_s} is invalid: it must be positive.")
         non_negative = {
+            "actors.max_policy_lag": self.actors.max_policy_lag,
             "model.depth": self.model.depth,
             "env.max_episode_steps": self.env.max_episode_steps,
             "env.noop_max": self.env.noop_max,

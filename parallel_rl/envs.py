@@ -21,6 +21,9 @@ import numpy as np
 
 from .config import ConfigError, EnvConfig
 
+# gymnasium notes that EnvPool's float64 bounds are cast to float32; harmless, and printed per process
+warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+
 
 @dataclass(frozen=True)
 class EnvSpec:
@@ -115,6 +118,8 @@ class VecEnv:
         self.num_envs = num_envs
         self.tracker = EpisodeTracker(num_envs)
         self._action_dtype = np.int32 if spec.discrete else np.float32
+        self._env_ids = np.arange(num_envs, dtype=np.int32)
+        self._pending: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
         obs, _ = self._env.reset()
@@ -122,7 +127,28 @@ class VecEnv:
         return self._cast(_flatten_obs(obs))
 
     def step(self, actions: np.ndarray) -> StepResult:
-        obs, reward, terminated, truncated, _ = self._env.step(np.asarray(actions, self._action_dtype))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start stepping every env; with EnvPool this returns at once and the threads work
+        while the caller does something else (e.g. inference for another group of envs)."""
+        actions = np.asarray(actions, self._action_dtype)
+        if self.spec.backend == "envpool":
+            self._env.send(actions, self._env_ids)
+        else:
+            self._pending = actions
+
+    def recv(self) -> StepResult:
+        if self.spec.backend == "envpool":
+            obs, reward, terminated, truncated, info = self._env.recv()
+            order = info["env_id"]
+            if not np.array_equal(order, self._env_ids):  # completion order -> env order
+                inverse = np.argsort(order)
+                obs = {k: v[inverse] for k, v in obs.items()} if isinstance(obs, dict) else obs[inverse]
+                reward, terminated, truncated = reward[inverse], terminated[inverse], truncated[inverse]
+        else:
+            obs, reward, terminated, truncated, _ = self._env.step(self._pending)
         reward = np.asarray(reward, np.float32)
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool)
@@ -230,7 +256,7 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0) -> 
         is_atari = False
         make_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # gymnasium's float64 -> float32 precision notes
             env = gym.make_vec(
                 cfg.id,
                 num_envs=num_envs,
@@ -253,3 +279,22 @@ def env_spec(cfg: EnvConfig) -> EnvSpec:
         return env.spec
     finally:
         env.close()
+
+
+def make_env_groups(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int, groups: int) -> list[VecEnv]:
+    """``num_envs`` envs split into ``groups`` independently stepped pools.
+
+    Env i gets seed ``seed + i`` whatever the split, as one pool of ``num_envs`` would.
+    """
+    groups = max(1, min(groups, num_envs))
+    sizes = [num_envs // groups + (g < num_envs % groups) for g in range(groups)]
+    out, start = [], 0
+    try:
+        for size in sizes:
+            out.append(make_env(cfg, size, seed + start, num_threads))
+            start += size
+    except BaseException:
+        for env in out:
+            env.close()
+        raise
+    return out

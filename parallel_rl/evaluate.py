@@ -37,7 +37,7 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
         obs = env.reset()
         tracker = env.tracker
         while counts.min() < per_env:
-            actions = algo.act(torch.from_numpy(obs).to(torch_device), greedy=greedy).cpu().numpy()
+            actions = algo.act(torch.from_numpy(obs).to(torch_device), greedy=greedy)[0].cpu().numpy()
             result = env.step(actions)
             obs = result.obs
             done = (result.terminated | result.truncated) & ~result.autoreset

@@ -1,8 +1,5 @@
-import warnings
 
 import pytest
-
-warnings.filterwarnings("ignore", message=".*precision lowered.*")
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import torch
 
 from ..config import Config
 from ..envs import EnvSpec
+from .impala import IMPALA
 from .paac import PAAC
 
-ALGORITHMS = {"paac": PAAC}
+ALGORITHMS = {"paac": PAAC, "impala": IMPALA}
 
 
 def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device):

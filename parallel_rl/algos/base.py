@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 
 
@@ -18,6 +17,7 @@ class Batch:
 
     obs: torch.Tensor  # [T, N, *obs_shape], native dtype (uint8 frames stay uint8)
     actions: torch.Tensor  # [T, N]
+    behaviour_log_probs: torch.Tensor  # [T, N]: log pi_behaviour(a_t | s_t) of the acting policy
     rewards: torch.Tensor  # [T, N] float32, unclipped
     terminated: torch.Tensor  # [T, N] bool
     truncated: torch.Tensor  # [T, N] bool
@@ -25,9 +25,10 @@ class Batch:
     next_obs: torch.Tensor  # [N, *obs_shape]: the observation after the last step
 
     @classmethod
-    def from_numpy(cls, arrays: dict[str, np.ndarray], device: torch.device) -> Batch:
+    def from_arrays(cls, arrays: dict, device: torch.device) -> Batch:
+        """From numpy arrays or CPU tensors (pinned ones copy without blocking)."""
         non_blocking = device.type == "cuda"
-        return cls(**{f.name: torch.from_numpy(arrays[f.name]).to(device, non_blocking=non_blocking) for f in fields(cls)})
+        return cls(**{f.name: torch.as_tensor(arrays[f.name]).to(device, non_blocking=non_blocking) for f in fields(cls)})
 
     @property
     def num_steps(self) -> int:

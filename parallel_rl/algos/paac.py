@@ -35,9 +35,12 @@ class PAAC:
 
     # -------------------------------------------------------------- acting
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions and their log-probabilities under the current policy."""
         logits, _ = self.net(obs)
-        return logits.argmax(-1) if greedy else sample_categorical(logits)
+        actions = logits.argmax(-1) if greedy else sample_categorical(logits)
+        log_probs = F.log_softmax(logits, dim=-1).gather(1, actions.unsqueeze(1)).squeeze(1)
+        return actions, log_probs
 
     # -------------------------------------------------------------- learning
     def set_progress(self, fraction: float) -> float:
@@ -47,6 +50,11 @@ class PAAC:
             group["lr"] = lr
         return lr
 
+    def targets(self, batch: Batch, rewards, values, bootstrap, target_log_probs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value targets and policy-gradient advantages: n-step returns, A = R - V."""
+        returns = n_step_returns(rewards, values, bootstrap, batch.terminated, batch.truncated, self.cfg.algo.gamma)
+        return returns, returns - values
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
@@ -55,15 +63,17 @@ class PAAC:
         logits = logits[: horizon * num_envs]
         values, bootstrap = values[: horizon * num_envs].view(horizon, num_envs), values[horizon * num_envs :]
 
+        log_probs = F.log_softmax(logits, dim=-1)
+        action_log_probs = log_probs.gather(1, batch.actions.flatten().long().unsqueeze(1)).squeeze(1)
         rewards = batch.rewards.clamp(-algo.reward_clip, algo.reward_clip) if algo.reward_clip > 0 else batch.rewards
         with torch.no_grad():
-            returns = n_step_returns(rewards, values.detach(), bootstrap.detach(), batch.terminated, batch.truncated, algo.gamma)
-            advantages = (returns - values).flatten()
+            returns, advantages = self.targets(
+                batch, rewards, values.detach(), bootstrap.detach(), action_log_probs.detach().view(horizon, num_envs)
+            )
+            advantages = advantages.flatten()
         valid = (~batch.autoreset).flatten().to(values.dtype)
         count = valid.sum().clamp(min=1.0)
 
-        log_probs = F.log_softmax(logits, dim=-1)
-        action_log_probs = log_probs.gather(1, batch.actions.flatten().long().unsqueeze(1)).squeeze(1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         policy_loss = -(action_log_probs * advantages * valid).sum() / count
         value_loss = ((returns.flatten() - values.flatten()).pow(2) * valid).sum() / count

@@ -30,3 +30,61 @@ def n_step_returns(
         running = rewards[t] + gamma * running * (~terminated[t]).to(rewards.dtype)
         returns[t] = running
     return returns
+
+
+def vtrace(
+    behaviour_log_probs: torch.Tensor,
+    target_log_probs: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMPALA's V-trace targets ``vs`` and policy-gradient advantages (Espeholt et al. 2018).
+
+    Inputs are time-major [T, N] (``bootstrap_value`` is [N]) with the conventions of
+    :func:`n_step_returns`: ``values[t]`` is V(x_t); with next-step auto-reset the value of
+    the observation after step t is ``values[t+1]`` (``bootstrap_value`` at t = T-1) even
+    when step t ended an episode, where it is V(final observation). With
+    ``rho_t = min(rho_bar, pi/mu)`` and ``c_t = min(c_bar, pi/mu)``::
+
+        delta_t     = rho_t * (r_t + gamma * V_next_t - V(x_t))
+        vs_t - V_t  = delta_t + gamma * c_t * (vs_{t+1} - V(x_{t+1}))   # cut at episode ends
+        adv_t       = rho_t * (r_t + gamma * vs_next_t - V(x_t))
+
+    ``V_next_t`` is 0 after a termination and ``values[t+1]``/``bootstrap_value``
+    otherwise (a truncation bootstraps from the final observation). ``vs_next_t`` is
+    ``vs_{t+1}`` inside an episode, ``V_next_t`` after an episode end, and
+    ``bootstrap_value`` at t = T-1. Termination wins when both flags are set. Targets on
+    auto-reset steps are junk for the caller to mask; they never leak backwards. With
+    on-policy data and ``rho_bar = c_bar = 1``, ``vs`` equals :func:`n_step_returns`.
+    Nothing is detached here: the caller passes detached tensors.
+    """
+    horizon = rewards.shape[0]
+    ratios = torch.exp(target_log_probs - behaviour_log_probs)
+    rhos = torch.clamp(ratios, max=rho_bar)
+    cs = torch.clamp(ratios, max=c_bar)
+    not_terminated = (~terminated).to(rewards.dtype)
+    # The trace must not cross into the next episode, truncated or not: x_{t+1} after an
+    # episode end is the final observation, whose vs_{t+1} - V(x_{t+1}) is not in the data.
+    continues = (~(terminated | truncated)).to(rewards.dtype)
+    next_values = torch.cat([values[1:], bootstrap_value.unsqueeze(0)], dim=0) * not_terminated
+    deltas = rhos * (rewards + gamma * next_values - values)
+
+    vs_minus_v = torch.empty_like(rewards)
+    # acc holds vs_{t+1} - V(x_{t+1}); zero past the rollout so vs_next_{T-1} = bootstrap.
+    acc = torch.zeros_like(bootstrap_value)
+    vs_next = torch.empty_like(rewards)
+    for t in reversed(range(horizon)):
+        carried = continues[t] * acc
+        # V_next_t + carried is vs_{t+1} inside an episode and V_next_t after its end.
+        vs_next[t] = next_values[t] + carried
+        acc = deltas[t] + gamma * cs[t] * carried
+        vs_minus_v[t] = acc
+    vs = values + vs_minus_v
+    pg_advantages = rhos * (rewards + gamma * vs_next - values)
+    return vs, pg_advantages

@@ -1,4 +1,11 @@
-"""Collecting fixed-length rollouts from a vectorised env into arrays allocated once."""
+"""Collecting fixed-length rollouts into preallocated [T, N] arrays.
+
+The environments are split into groups (two by default): while one group steps in
+EnvPool's threads, the Python thread runs inference for the other, so stepping and
+inference overlap. With one group everything takes turns. The same collector runs
+inline in synchronous mode and inside each actor process in asynchronous mode; only the
+arrays it writes differ (its own, or a shared-memory slot).
+"""
 
 from __future__ import annotations
 
@@ -7,60 +14,91 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..envs import VecEnv
+from ..envs import EnvSpec, VecEnv
 
-Policy = Callable[[np.ndarray], np.ndarray]
+# obs -> (actions, log-probability of each action under the acting policy)
+Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def rollout_arrays(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in one rollout of ``horizon`` steps from ``num_envs`` envs."""
+    action_shape = () if spec.discrete else tuple(spec.action_space.shape)
+    action_dtype = np.dtype(np.int64) if spec.discrete else np.dtype(np.float32)
+    return {
+        "obs": ((horizon, num_envs, *spec.obs_shape), spec.obs_dtype),
+        "actions": ((horizon, num_envs, *action_shape), action_dtype),
+        "behaviour_log_probs": ((horizon, num_envs), np.dtype(np.float32)),
+        "rewards": ((horizon, num_envs), np.dtype(np.float32)),
+        "terminated": ((horizon, num_envs), np.dtype(bool)),
+        "truncated": ((horizon, num_envs), np.dtype(bool)),
+        "autoreset": ((horizon, num_envs), np.dtype(bool)),
+        "next_obs": ((num_envs, *spec.obs_shape), spec.obs_dtype),
+    }
 
 
 class RolloutCollector:
-    """Steps ``env`` for ``horizon`` steps per call, writing into preallocated [T, N] arrays.
+    """Steps groups of envs ``horizon`` steps per call, writing into caller-given arrays."""
 
-    The arrays are reused by the next call: consume (or copy) a rollout before collecting
-    the next one.
-    """
-
-    def __init__(self, env: VecEnv, horizon: int):
-        spec, n = env.spec, env.num_envs
-        self.env = env
+    def __init__(self, groups: list[VecEnv], horizon: int):
+        self.groups = groups
         self.horizon = horizon
-        action_shape = () if spec.discrete else tuple(spec.action_space.shape)
-        action_dtype = np.int64 if spec.discrete else np.float32
-        self.arrays = {
-            "obs": np.zeros((horizon, n, *spec.obs_shape), spec.obs_dtype),
-            "actions": np.zeros((horizon, n, *action_shape), action_dtype),
-            "rewards": np.zeros((horizon, n), np.float32),
-            "terminated": np.zeros((horizon, n), bool),
-            "truncated": np.zeros((horizon, n), bool),
-            "autoreset": np.zeros((horizon, n), bool),
-            "next_obs": np.zeros((n, *spec.obs_shape), spec.obs_dtype),
-        }
-        self.obs = env.reset()
-        self.step_seconds = 0.0
+        bounds = np.cumsum([0] + [g.num_envs for g in groups])
+        self.columns = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.num_envs = int(bounds[-1])
+        self.obs = [g.reset() for g in groups]
+        self.step_seconds = 0.0  # waiting for EnvPool beyond what inference hid
         self.policy_seconds = 0.0
 
-    def collect(self, policy: Policy) -> dict[str, np.ndarray]:
-        a = self.arrays
-        obs = self.obs
-        for t in range(self.horizon):
-            a["obs"][t] = obs
-            start = time.perf_counter()
-            actions = policy(obs)
-            stepped = time.perf_counter()
-            result = self.env.step(actions)
-            self.step_seconds += time.perf_counter() - stepped
-            self.policy_seconds += stepped - start
-            a["actions"][t] = actions
-            a["rewards"][t] = result.reward
-            a["terminated"][t] = result.terminated
-            a["truncated"][t] = result.truncated
-            a["autoreset"][t] = result.autoreset
-            obs = result.obs
-        a["next_obs"][:] = obs
-        self.obs = obs
-        return a
+    def collect(self, policy: Policy, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        groups, columns = self.groups, self.columns
+        pending = [False] * len(groups)
+        policy_s = wait_s = 0.0
+        for t in range(self.horizon + 1):
+            for g, (env, cols) in enumerate(zip(groups, columns, strict=True)):
+                if pending[g]:
+                    began = time.perf_counter()
+                    result = env.recv()
+                    wait_s += time.perf_counter() - began
+                    out["rewards"][t - 1, cols] = result.reward
+                    out["terminated"][t - 1, cols] = result.terminated
+                    out["truncated"][t - 1, cols] = result.truncated
+                    out["autoreset"][t - 1, cols] = result.autoreset
+                    self.obs[g] = result.obs
+                    pending[g] = False
+                if t == self.horizon:
+                    out["next_obs"][cols] = self.obs[g]
+                    continue
+                out["obs"][t, cols] = self.obs[g]
+                began = time.perf_counter()
+                actions, log_probs = policy(self.obs[g])
+                policy_s += time.perf_counter() - began
+                env.send(actions)
+                pending[g] = True
+                out["actions"][t, cols] = actions
+                out["behaviour_log_probs"][t, cols] = log_probs
+        self.policy_seconds += policy_s
+        self.step_seconds += wait_s
+        return out
+
+    def pop_episodes(self) -> tuple[list[float], list[int]]:
+        returns: list[float] = []
+        lengths: list[int] = []
+        for env in self.groups:
+            r, n = env.tracker.pop()
+            returns += r
+            lengths += n
+        return returns, lengths
 
     def pop_timings(self) -> tuple[float, float]:
-        """(env step seconds, policy seconds) since the last call."""
+        """(seconds waiting for env steps, seconds of inference) since the last call."""
         out = self.step_seconds, self.policy_seconds
         self.step_seconds = self.policy_seconds = 0.0
         return out
+
+    def close(self) -> None:
+        for env in self.groups:
+            env.close()
+
+
+def allocate(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros(shape, dtype) for name, (shape, dtype) in rollout_arrays(spec, horizon, num_envs).items()}

@@ -1,13 +1,17 @@
-"""The runner: builds env, algorithm, logging and checkpoints, then trains until the budget.
+"""The runner: the only place that starts processes. Builds the batch source, the
+algorithm, logging and checkpoints, then trains until the budget, a signal or a failure.
 
-Synchronous mode (no actor processes): the actor loop runs inline, so PAAC is exact (no
-policy lag) and a seeded CPU run is reproducible.
+Synchronous mode (K = 0 actor processes) runs the actor loop inline: PAAC is exact (no
+policy lag) and a seeded CPU run is reproducible. Asynchronous mode (K >= 1) streams
+rollouts from actor processes through shared memory; everything else is the same code.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import statistics
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,11 +22,10 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..algos import make_algorithm
-from ..algos.base import Batch
-from ..config import Config, save_yaml
-from ..envs import default_num_threads, make_env
+from ..config import Config, ConfigError, save_yaml
+from ..envs import default_num_threads, env_spec
 from ..metrics import Metrics
-from .rollout import RolloutCollector
+from .pipeline import ActorPool, InlineSource, resolve_procs
 
 CHECKPOINT_FORMAT = 1
 
@@ -32,8 +35,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from ..config import ConfigError
-
         raise ConfigError(f"device = {name!r} but CUDA is not available on this machine; use device=cpu or auto.")
     return device
 
@@ -63,53 +64,72 @@ class RunSummary:
         return self.steps / self.seconds if self.seconds > 0 else 0.0
 
 
+def thread_layout(cfg: Config, procs: int) -> tuple[int, int]:
+    """(torch threads in the learner, EnvPool threads per actor) so the sum fits the cores."""
+    cores = os.cpu_count() or 1
+    if procs == 0:  # stepping and learning take turns in one process: both may use every core
+        return cfg.torch_threads or cores, cfg.actors.num_threads or default_num_threads(cfg.actors.num_envs)
+    learner = cfg.torch_threads or max(1, cores // (procs + 1))
+    per_actor = cfg.actors.num_threads or max(1, (cores - learner) // procs)
+    return learner, per_actor
+
+
 class Runner:
     """Trains one configuration in one run directory (new or resumed)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume_state: dict[str, Any] | None = None, write_logs: bool = True):
+    def __init__(self, cfg: Config, run_dir: Path, resume_state: dict[str, Any] | None = None, write_logs: bool = True,
+                 resume_path: Path | None = None):
         self.cfg = cfg
+        self.resume_path = resume_path
         self.run_dir = Path(run_dir)
         self.resume_state = resume_state
         self.write_logs = write_logs
         self._stop_signal: int | None = None
 
-    def _layout(self, device: torch.device, env_threads: int) -> str:
-        cores = os.cpu_count() or 1
-        return (
-            f"layout: synchronous (1 process) | {self.cfg.actors.num_envs} envs of {self.cfg.env.id} on "
-            f"{self.env.spec.backend} with {env_threads} threads | torch {torch.get_num_threads()} threads | "
-            f"learner on {device} | {cores} cores"
-        )
-
     def _request_stop(self, signum, _frame) -> None:
-        if self._stop_signal is not None:  # second signal: stop now
+        if self._stop_signal is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self._stop_signal = signum
 
-    def run(self, max_seconds: float | None = None) -> RunSummary:
+    def log(self, text: str) -> None:
+        if self.cfg.logging.console:
+            print(text, flush=True)
+
+    def run(self, max_seconds: float | None = None, learner_enabled: bool = True) -> RunSummary:
+        """Train; ``max_seconds`` and ``learner_enabled=False`` (no gradient steps) serve ``bench``."""
         cfg = self.cfg
-        torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
+        procs = resolve_procs(cfg)
+        learner_threads, env_threads = thread_layout(cfg, procs)
+        torch.set_num_threads(learner_threads)
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
-        env_threads = cfg.actors.num_threads or default_num_threads(cfg.actors.num_envs)
-        self.env = env = make_env(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads)
-        try:
-            return self._train(device, env_threads, max_seconds)
-        finally:
-            env.close()
-
-    def _train(self, device: torch.device, env_threads: int, max_seconds: float | None) -> RunSummary:
-        cfg, env = self.cfg, self.env
-        algo = make_algorithm(env.spec, cfg, device)
+        spec = env_spec(cfg.env)
+        algo = make_algorithm(spec, cfg, device)
         step = updates = 0
         if self.resume_state is not None:
-            state = self.resume_state
-            algo.load_state_dict(state["algo"])
-            step, updates = int(state["step"]), int(state["updates"])
-            torch.set_rng_state(state["torch_rng"])
+            ckpt.restore(algo, self.resume_state, self.resume_path or self.run_dir)
+            step, updates = int(self.resume_state["step"]), int(self.resume_state["updates"])
+            torch.set_rng_state(self.resume_state["torch_rng"])
         if self.write_logs:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, self.run_dir / "config.yaml")
+        layout = (f"layout: {procs} actor processes x {cfg.actors.num_envs // max(procs, 1)} envs" if procs else "layout: synchronous (K = 0)")
+        self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}), {env_threads} env threads "
+                 f"{'per actor' if procs else ''} | learner on {device} with {learner_threads} torch threads | {os.cpu_count()} cores")
+        if self.write_logs:
+            self.log(f"run directory: {self.run_dir}")
+        if procs:
+            source = ActorPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
+                               env_threads, start_version=updates, log=self.log)
+        else:
+            source = InlineSource(cfg, spec, algo, device, env_threads)
+        try:
+            return self._train(algo, source, step, updates, max_seconds, learner_enabled)
+        finally:
+            source.close()
+
+    def _train(self, algo, source, step: int, updates: int, max_seconds: float | None, learner_enabled: bool) -> RunSummary:
+        cfg = self.cfg
         metrics = Metrics(
             self.run_dir / "tb" if self.write_logs else None,
             cfg.total_steps,
@@ -121,15 +141,6 @@ class Runner:
         if self.resume_state is not None:
             metrics.recent_returns.extend(self.resume_state.get("recent_returns", []))
         checkpoints = ckpt.CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last) if self.write_logs else None
-        if cfg.logging.console and self.write_logs:
-            print(self._layout(device, env_threads), flush=True)
-            print(f"run directory: {self.run_dir}", flush=True)
-
-        collector = RolloutCollector(env, cfg.algo.rollout_length)
-        non_blocking = device.type == "cuda"
-
-        def policy(obs):
-            return algo.act(torch.from_numpy(obs).to(device, non_blocking=non_blocking)).cpu().numpy()
 
         def state() -> dict[str, Any]:
             return {
@@ -142,56 +153,74 @@ class Runner:
                 "recent_returns": list(metrics.recent_returns),
             }
 
-        def scalars() -> dict[str, float]:
-            nonlocal update_seconds
-            step_s, policy_s = collector.pop_timings()
-            out = {tag: float(v) for tag, v in result.items()}
-            out.update({
-                "charts/learning_rate": lr,
-                "perf/step_ms": 1e3 * step_s,
-                "perf/inference_ms": 1e3 * policy_s,
-                "perf/update_ms": 1e3 * update_seconds,
-            })
-            update_seconds = 0.0
-            return out
-
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
-        batch_steps = cfg.actors.num_envs * cfg.algo.rollout_length
-        next_checkpoint = (step // cfg.checkpoint.interval_steps + 1) * cfg.checkpoint.interval_steps if cfg.checkpoint.interval_steps else None
-        start, start_step = time.perf_counter(), step
-        update_seconds = 0.0
-        last_path: Path | None = None
+        stage_seconds: dict[str, float] = {}
+        lags: list[int] = []
+        dropped = 0
         result: dict[str, torch.Tensor] = {}
         lr = algo.set_progress(step / cfg.total_steps)
+
+        def scalars() -> dict[str, float]:
+            nonlocal stage_seconds, lags
+            out = {tag: float(v) for tag, v in result.items()}
+            out["charts/learning_rate"] = lr
+            out.update({f"perf/{stage}_ms": 1e3 * seconds for stage, seconds in stage_seconds.items()})
+            if lags:
+                out["diag/policy_lag"] = statistics.fmean(lags)
+                out["diag/policy_lag_max"] = max(lags)
+            out["diag/dropped_rollouts"] = dropped
+            if hasattr(source, "queue_fill"):
+                out["diag/queue_fill"] = source.queue_fill()
+                out["diag/actor_restarts"] = source.restarts
+            stage_seconds, lags = {}, []
+            return out
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        interval = cfg.checkpoint.interval_steps
+        next_checkpoint = (step // interval + 1) * interval if interval else None
+        start, start_step = time.perf_counter(), step
+        last_path: Path | None = None
+        deadline = None if max_seconds is None else start + max_seconds
+
+        def should_stop() -> bool:
+            return self._stop_signal is not None or (deadline is not None and time.perf_counter() >= deadline)
+
         try:
-            while step < cfg.total_steps and self._stop_signal is None:
-                if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+            while step < cfg.total_steps and not should_stop():
+                delivery = source.next_batch(updates, should_stop)
+                if delivery is None:
                     break
-                arrays = collector.collect(policy)
                 began = time.perf_counter()
-                lr = algo.set_progress(step / cfg.total_steps)
-                result = algo.update(Batch.from_numpy(arrays, device))
-                update_seconds += time.perf_counter() - began
-                step += batch_steps
+                if learner_enabled:
+                    lr = algo.set_progress(step / cfg.total_steps)
+                    result = algo.update(delivery.batch)
                 updates += 1
-                metrics.add_episodes(*env.tracker.pop())
+                source.published(updates)
+                for stage, seconds in delivery.timings.items():
+                    stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
+                stage_seconds["update"] = stage_seconds.get("update", 0.0) + time.perf_counter() - began
+                lags += delivery.lag
+                dropped += delivery.dropped
+                step += delivery.batch.num_steps
+                metrics.add_episodes(delivery.returns, delivery.lengths)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
                 if checkpoints is not None and next_checkpoint is not None and step >= next_checkpoint:
                     last_path = checkpoints.save(state(), step)
-                    next_checkpoint += cfg.checkpoint.interval_steps
+                    next_checkpoint += interval
         finally:
             elapsed = time.perf_counter() - start
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if checkpoints is not None and updates > 0:
-                if last_path is None or last_path.name != f"step_{step}.pt":
+            try:
+                if checkpoints is not None and updates > 0 and (last_path is None or last_path.name != f"step_{step}.pt"):
                     last_path = checkpoints.save(state(), step)
-            if self.write_logs and result:
-                metrics.write(step, scalars())
-            metrics.close()
-        if self._stop_signal is not None and cfg.logging.console:
-            print(f"stopped by {signal.Signals(self._stop_signal).name}; final checkpoint {last_path}", flush=True)
+                if self.write_logs and result:
+                    metrics.write(step, scalars())
+            finally:
+                metrics.close()
+        if self._stop_signal is not None:
+            self.log(f"stopped by {signal.Signals(self._stop_signal).name}; final checkpoint {last_path}")
         return RunSummary(
             steps=step - start_step,
             updates=updates,
@@ -201,9 +230,3 @@ class Runner:
             interrupted=self._stop_signal is not None,
             checkpoint=last_path,
         )
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

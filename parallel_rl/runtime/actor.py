@@ -1,0 +1,157 @@
+"""Actor process: owns groups of EnvPools and a policy replica, fills shared-memory slots.
+
+Loop: wait for a free slot (heartbeating while it waits) -> load the policy version to
+act with -> collect one rollout straight into the slot -> ring the doorbell. The process
+exits by itself when told to stop, when its parent disappears (the runner was killed),
+or after reporting its own exception to the runner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zmq
+
+from ..config import from_dict
+from ..envs import make_env_groups
+from . import control
+from .rollout import RolloutCollector
+from .slots import SharedWeights, SlotPool
+
+HEARTBEAT_S = 0.5
+
+
+class ParentGone(Exception):
+    pass
+
+
+class StopRequested(Exception):
+    pass
+
+
+@dataclass
+class ActorArgs:
+    """Everything an actor process is started with (picklable; tensors travel as shared memory)."""
+
+    actor: int
+    cfg: dict
+    env_start: int  # index of this actor's first env among all envs (seeds follow it)
+    num_envs: int
+    env_threads: int
+    pool: SlotPool
+    weights: SharedWeights
+    free_slots: list[int]
+    address: str
+    parent_pid: int
+
+
+def actor_main(args: ActorArgs) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the runner stops us
+    torch.set_num_threads(1)
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IDENTITY, control.actor_identity(args.actor))
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(args.address)
+    actor = None
+    try:
+        control.send(socket, {"type": "hello", "actor": args.actor, "pid": os.getpid()})
+        actor = Actor(args, socket)
+        actor.run()
+    except (StopRequested, ParentGone):
+        pass
+    except BaseException:
+        try:
+            control.send(socket, {"type": "error", "actor": args.actor, "traceback": traceback.format_exc()})
+            time.sleep(0.2)  # let the message leave before the socket closes
+        except zmq.ZMQError:
+            pass
+        raise SystemExit(1) from None
+    finally:
+        if actor is not None:
+            actor.close()
+        socket.close(0)
+        context.term()
+
+
+class Actor:
+    def __init__(self, args: ActorArgs, socket: zmq.Socket):
+        from ..algos import make_algorithm
+
+        self.args = args
+        self.socket = socket
+        self.free = deque(args.free_slots)
+        self.cfg = cfg = from_dict(args.cfg)
+        wanted = cfg.actors.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(wanted)
+        torch.manual_seed(cfg.seed * 1_000_003 + args.actor)
+        groups = make_env_groups(cfg.env, args.num_envs, cfg.seed + args.env_start, args.env_threads, cfg.actors.env_groups)
+        self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
+        self.algo = make_algorithm(groups[0].spec, cfg, self.device)
+        self.algo.net.requires_grad_(False)
+        self._last_beat = 0.0
+
+    def beat(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_S:
+            if os.getppid() != self.args.parent_pid:
+                raise ParentGone
+            control.send(self.socket, {"type": "beat", "actor": self.args.actor})
+            self._last_beat = now
+        return False
+
+    def drain(self, block_s: float = 0.0) -> bool:
+        """Handle learner messages, waiting up to ``block_s`` for the first; never stops the caller."""
+        if self.socket.poll(int(block_s * 1000)):
+            while True:
+                try:
+                    message = control.decode(self.socket.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if message["type"] == "stop":
+                    raise StopRequested
+                if message["type"] == "free":
+                    self.free.append(int(message["slot"]))
+        return False
+
+    def waiting(self) -> bool:
+        return self.beat() or self.drain()
+
+    def policy(self, obs: np.ndarray):
+        self.beat()
+        actions, log_probs = self.algo.act(torch.from_numpy(obs).to(self.device))
+        return actions.cpu().numpy(), log_probs.cpu().numpy()
+
+    def run(self) -> None:
+        args, pool = self.args, self.args.pool
+        rollout = 0
+        while True:
+            self.drain()
+            while not self.free:  # back-pressure: the learner holds every slot of ours
+                self.beat()
+                self.drain(0.1)
+            slot = self.free.popleft()
+            # deterministic lag: rollout r acts with exactly version r - 1 (version 0 for r = 0, 1)
+            wanted = max(0, rollout - 1) if self.cfg.actors.deterministic_lag else None
+            version = args.weights.fetch(self.algo.net, wanted, timeout_s=3600, should_stop=self.waiting)
+            self.collector.collect(self.policy, pool.numpy_views(slot, args.num_envs))
+            pool.version[slot] = version
+            returns, lengths = self.collector.pop_episodes()
+            step_s, policy_s = self.collector.pop_timings()
+            control.send(self.socket, {
+                "type": "ready", "actor": args.actor, "slot": slot, "version": version,
+                "returns": returns, "lengths": lengths, "step_s": step_s, "policy_s": policy_s,
+            })
+            rollout += 1
+
+    def close(self) -> None:
+        self.collector.close()

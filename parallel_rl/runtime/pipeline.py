@@ -1,0 +1,267 @@
+"""Where batches come from: inline collection (K = 0) or K actor processes (K >= 1).
+
+Both sources hand the learner one batch per update holding one rollout of every env, so
+the algorithm code is identical in both modes; the asynchronous source adds policy lag,
+which it measures, bounds (``max_policy_lag``) and, in deterministic-lag mode, fixes at
+exactly one version.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+import zmq
+
+from ..algos.base import Batch
+from ..config import Config
+from ..envs import EnvSpec, make_env_groups
+from . import control
+from .actor import ActorArgs, actor_main
+from .rollout import RolloutCollector, allocate, rollout_arrays
+from .slots import SharedWeights, SlotPool
+
+STARTUP_GRACE_S = 120.0  # spawning, importing torch and building EnvPools before the first heartbeat
+STOP_GRACE_S = 3.0
+
+
+class ActorFailure(RuntimeError):
+    """An actor process died, stalled or raised; the message names it and says how."""
+
+
+@dataclass
+class Delivery:
+    """One batch plus what the learner logs about how it was produced."""
+
+    batch: Batch
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    lag: list[int] = field(default_factory=list)
+    dropped: int = 0
+
+
+def resolve_procs(cfg: Config) -> int:
+    """K from the config; -1 picks one actor process per 4 cores (at least 1, at most 8)."""
+    if cfg.actors.procs >= 0:
+        return cfg.actors.procs
+    cores = os.cpu_count() or 1
+    return max(1, min(8, cores // 4, cfg.actors.num_envs))
+
+
+def split_envs(num_envs: int, parts: int) -> list[int]:
+    return [num_envs // parts + (k < num_envs % parts) for k in range(parts)]
+
+
+class InlineSource:
+    """K = 0: the actor loop runs in the learner's process with the learner's own network."""
+
+    mode = "synchronous"
+
+    def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int):
+        self.cfg, self.algo, self.device = cfg, algo, device
+        groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
+        self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
+        self.arrays = allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs)
+        self.non_blocking = device.type == "cuda"
+
+    def _policy(self, obs: np.ndarray):
+        actions, log_probs = self.algo.act(torch.from_numpy(obs).to(self.device, non_blocking=self.non_blocking))
+        return actions.cpu().numpy(), log_probs.cpu().numpy()
+
+    def next_batch(self, version: int, should_stop) -> Delivery | None:
+        arrays = self.collector.collect(self._policy, self.arrays)
+        began = time.perf_counter()
+        batch = Batch.from_arrays(arrays, self.device)
+        copy_s = time.perf_counter() - began
+        returns, lengths = self.collector.pop_episodes()
+        step_s, policy_s = self.collector.pop_timings()
+        return Delivery(batch, returns, lengths, {"step": step_s, "inference": policy_s, "copy": copy_s}, lag=[0])
+
+    def published(self, version: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+class ActorPool:
+    """K actor processes filling shared-memory slots; supervised by heartbeats and exit codes."""
+
+    mode = "asynchronous"
+
+    def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, procs: int, run_dir: Path | None,
+                 env_threads: int, start_version: int, log=print):
+        self.cfg, self.algo, self.device, self.log = cfg, algo, device, log
+        self.procs = procs
+        self.envs_per_actor = split_envs(cfg.actors.num_envs, procs)
+        self.env_starts = [sum(self.envs_per_actor[:k]) for k in range(procs)]
+        self.env_threads = env_threads
+        self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_actor, cfg.actors.slots_per_actor)
+        self.weights = SharedWeights(algo.net)
+        self.weights.publish(algo.net, start_version)
+        self.endpoint = control.Endpoint(run_dir)
+        for stale in self.endpoint.clean_stale():
+            log(f"removed a stale socket left by an earlier run that was killed: {stale}")
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.bind(self.endpoint.address)
+        self.ready: list[deque] = [deque() for _ in range(procs)]
+        self.processes: list[mp.Process | None] = [None] * procs
+        self.started_at = [0.0] * procs
+        self.last_seen: list[float | None] = [None] * procs
+        self.restarts = 0
+        pinned = device.type == "cuda"
+        self.staging = {
+            name: torch.from_numpy(np.zeros(shape, dtype)).pin_memory() if pinned else None
+            for name, (shape, dtype) in rollout_arrays(spec, cfg.algo.rollout_length, cfg.actors.num_envs).items()
+        }
+        self._mp = mp.get_context("spawn")
+        for k in range(procs):
+            self._start(k, self.pool.slots_of(k))
+
+    # ---------------------------------------------------------------- processes
+    def _start(self, k: int, free_slots: list[int]) -> None:
+        args = ActorArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_actor[k], self.env_threads,
+                         self.pool, self.weights, free_slots, self.endpoint.address, os.getpid())
+        process = self._mp.Process(target=actor_main, args=(args,), name=f"parallel-rl-actor-{k}", daemon=True)
+        process.start()
+        self.processes[k] = process
+        self.started_at[k] = time.monotonic()
+        self.last_seen[k] = None
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p is not None and p.pid is not None]
+
+    def _describe_exit(self, k: int, process: mp.Process) -> str:
+        code = process.exitcode
+        if code is not None and code < 0:
+            return f"actor {k} (pid {process.pid}) was killed by {signal.Signals(-code).name}"
+        return f"actor {k} (pid {process.pid}) exited with code {code}"
+
+    def _failed(self, k: int, reason: str) -> None:
+        if not self.cfg.actors.restart_actors:
+            raise ActorFailure(reason)
+        self.log(f"{reason}; restarting it (actors.restart_actors = true)")
+        process = self.processes[k]
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(STOP_GRACE_S)
+        # slots it had filled and sent stay valid; every other slot of its own is free again
+        delivered = {slot for slot, _ in self.ready[k]}
+        self.restarts += 1
+        self._start(k, [s for s in self.pool.slots_of(k) if s not in delivered])
+
+    def supervise(self) -> None:
+        now = time.monotonic()
+        for k, process in enumerate(self.processes):
+            if process is None:
+                continue
+            if process.exitcode is not None:
+                self._failed(k, self._describe_exit(k, process) + " mid-run")
+                continue
+            seen = self.last_seen[k]
+            timeout = self.cfg.actors.heartbeat_timeout_s
+            if seen is None:
+                if now - self.started_at[k] > STARTUP_GRACE_S:
+                    self._failed(k, f"actor {k} (pid {process.pid}) did not start within {STARTUP_GRACE_S:.0f} s")
+            elif now - seen > timeout:
+                self._failed(k, f"actor {k} (pid {process.pid}) sent no heartbeat for {now - seen:.1f} s "
+                                f"(actors.heartbeat_timeout_s = {timeout}): it is stalled (stopped or hung)")
+
+    # ---------------------------------------------------------------- messages
+    def _receive(self, timeout_s: float) -> None:
+        if not self.socket.poll(int(timeout_s * 1000)):
+            return
+        while True:
+            try:
+                _, payload = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            message = control.decode(payload)
+            k = int(message["actor"])
+            kind = message["type"]
+            if kind != "hello":  # building envs comes after hello; the start-up grace covers it
+                self.last_seen[k] = time.monotonic()
+            if kind == "ready":
+                self.ready[k].append((int(message["slot"]), message))
+            elif kind == "error":
+                raise ActorFailure(f"actor {k} raised an exception:\n{message['traceback'].rstrip()}")
+
+    def _release(self, slot: int) -> None:
+        k = self.pool.owner(slot)
+        try:
+            control.send(self.socket, {"type": "free", "slot": slot}, control.actor_identity(k))
+        except zmq.ZMQError:
+            pass  # the actor is gone; its replacement starts with this slot free
+
+    def next_batch(self, version: int, should_stop) -> Delivery | None:
+        cfg = self.cfg
+        dropped = 0
+        began = time.perf_counter()
+        while True:
+            self.supervise()
+            for k in range(self.procs):  # drop rollouts acted by a policy that is too old
+                while self.ready[k] and version - int(self.ready[k][0][1]["version"]) > cfg.actors.max_policy_lag:
+                    slot, _ = self.ready[k].popleft()
+                    self._release(slot)
+                    dropped += 1
+            if all(self.ready):
+                break
+            if should_stop():
+                return None
+            self._receive(0.05)
+        wait_s = time.perf_counter() - began
+        taken = [self.ready[k].popleft() for k in range(self.procs)]
+        slots = [slot for slot, _ in taken]
+        began = time.perf_counter()
+        staged = self.pool.read(slots, self.staging if self.device.type == "cuda" else None)
+        for slot in slots:
+            self._release(slot)
+        batch = Batch.from_arrays(staged, self.device)
+        copy_s = time.perf_counter() - began
+        delivery = Delivery(batch, dropped=dropped)
+        delivery.timings = {"wait": wait_s, "copy": copy_s, "step": 0.0, "inference": 0.0}
+        for _, message in taken:
+            delivery.returns += message["returns"]
+            delivery.lengths += message["lengths"]
+            delivery.lag.append(version - int(message["version"]))
+            delivery.timings["step"] += message["step_s"] / self.procs
+            delivery.timings["inference"] += message["policy_s"] / self.procs
+        return delivery
+
+    def queue_fill(self) -> float:
+        """Fraction of all slots filled and waiting for the learner."""
+        return sum(len(q) for q in self.ready) / (self.procs * self.cfg.actors.slots_per_actor)
+
+    def published(self, version: int) -> None:
+        self.weights.publish(self.algo.net, version)
+
+    # ---------------------------------------------------------------- shutdown
+    def close(self) -> None:
+        for k, process in enumerate(self.processes):
+            if process is not None and process.is_alive():
+                try:
+                    control.send(self.socket, {"type": "stop"}, control.actor_identity(k))
+                except zmq.ZMQError:
+                    pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in self.processes:
+            if process is not None:
+                process.join(max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
+            if process is not None and process.is_alive():
+                process.kill()
+                process.join(STOP_GRACE_S)
+        self.socket.close(0)
+        self.context.term()
+        self.endpoint.close()
