@@ -1,4 +1,8 @@
-"""Throughput: raw EnvPool stepping vs full training, same envs and threads, one run.
+"""Throughput: raw EnvPool stepping vs the pipeline vs full training, same envs, one run.
+
+Three figures: raw EnvPool agent steps/s (random actions, no Python per env, all cores'
+threads), pipeline steps/s (actors with policy inference feeding a learner that skips
+the gradient step: transport efficiency) and training steps/s (end-to-end efficiency).
 
 Raw EnvPool throughput on a shared machine drifts by about 10% between runs, so the two
 measurements are interleaved (raw, train, raw, train, ...) and each reduced to its median;
@@ -39,46 +43,52 @@ def raw_env_sps(cfg: Config, seconds: float, num_threads: int) -> float:
         env.close()
 
 
-def train_sps(cfg: Config, seconds: float) -> float:
+def train_sps(cfg: Config, seconds: float, learner_enabled: bool = True) -> float:
     from .runtime.runner import Runner
 
-    summary = Runner(cfg, run_dir=os.devnull, write_logs=False).run(max_seconds=seconds)
+    quiet = replace(cfg, logging=replace(cfg.logging, console=False))
+    summary = Runner(quiet, run_dir=os.devnull, write_logs=False).run(max_seconds=seconds, learner_enabled=learner_enabled)
     return summary.sps
 
 
 def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) -> dict:
+    from .runtime.pipeline import resolve_procs
+
     threads = cfg.actors.num_threads or default_num_threads(cfg.actors.num_envs)
-    cfg = replace(cfg, total_steps=10**12)  # the time limit ends each training measurement
-    raw, train = [], []
+    cfg = replace(cfg, total_steps=10**12)  # the time limit ends each measurement
+    figures: dict[str, list[float]] = {"raw": [], "pipeline": [], "train": []}
     for i in range(repeats):
-        raw.append(raw_env_sps(cfg, seconds, threads))
-        train.append(train_sps(cfg, seconds))
+        figures["raw"].append(raw_env_sps(cfg, seconds, threads))
+        figures["pipeline"].append(train_sps(cfg, seconds, learner_enabled=False))
+        figures["train"].append(train_sps(cfg, seconds))
         if progress:
-            print(f"repeat {i + 1}/{repeats}: raw {raw[-1]:,.0f} SPS, training {train[-1]:,.0f} SPS", flush=True)
-    raw_median, train_median = statistics.median(raw), statistics.median(train)
+            print(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:,.0f} SPS" for k, v in figures.items()), flush=True)
+    medians = {k: statistics.median(v) for k, v in figures.items()}
     return {
         "env": cfg.env.id,
         "algo": cfg.algo.name,
         "actors": cfg.actors.num_envs,
-        "env_threads": threads,
+        "actor_procs": resolve_procs(cfg),
+        "raw_env_threads": threads,
         "cores": os.cpu_count(),
         "device": cfg.device,
         "seconds": seconds,
         "repeats": repeats,
-        "raw_sps": raw,
-        "train_sps": train,
-        "raw_sps_median": raw_median,
-        "train_sps_median": train_median,
-        "end_to_end_efficiency": train_median / raw_median,
+        **{f"{k}_sps": v for k, v in figures.items()},
+        **{f"{k}_sps_median": v for k, v in medians.items()},
+        "transport_efficiency": medians["pipeline"] / medians["raw"],
+        "end_to_end_efficiency": medians["train"] / medians["raw"],
     }
 
 
 def format_table(r: dict) -> str:
+    mode = f"{r['actor_procs']} actor processes" if r["actor_procs"] else "synchronous"
     return "\n".join([
-        f"{r['env']}, {r['actors']} actors, {r['env_threads']} env threads, {r['cores']} cores, "
+        f"{r['env']}, {r['actors']} actors ({mode}), {r['cores']} cores, "
         f"medians of {r['repeats']} interleaved {r['seconds']:.0f}-s repeats",
         "| measurement | agent steps/s | ratio to raw |",
         "|---|---:|---:|",
-        f"| raw EnvPool (random actions) | {r['raw_sps_median']:,.0f} | 1.00 |",
-        f"| training ({r['algo']}, synchronous) | {r['train_sps_median']:,.0f} | {r['end_to_end_efficiency']:.2f} |",
+        f"| raw EnvPool (random actions, {r['raw_env_threads']} threads) | {r['raw_sps_median']:,.0f} | 1.00 |",
+        f"| pipeline (actors + inference, no-op learner) | {r['pipeline_sps_median']:,.0f} | {r['transport_efficiency']:.2f} |",
+        f"| training ({r['algo']}) | {r['train_sps_median']:,.0f} | {r['end_to_end_efficiency']:.2f} |",
     ])

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# parallel_rl/configs links to the top-level configs/ in a checkout and is copied into wheels
+CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_RECIPE = "paac_atari.yaml"
 
 

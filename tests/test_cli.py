@@ -118,3 +118,13 @@ def test_corrupt_checkpoint_exit_2(tmp_path):
     out = cli("eval", str(bad))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert str(bad) in out.stderr and "corrupt" in out.stderr
+
+
+def test_bench_reports_three_figures_as_json():
+    out = cli("bench", "--config", "paac_classic", "--actors", "4", "--seconds", "1", "--repeats", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    result = json.loads(out.stdout)
+    assert result["raw_sps_median"] > 0 and result["pipeline_sps_median"] > 0 and result["train_sps_median"] > 0
+    assert result["end_to_end_efficiency"] == pytest.approx(result["train_sps_median"] / result["raw_sps_median"])

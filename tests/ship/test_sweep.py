@@ -1,0 +1,137 @@
+"""launch/sweep.py: a real two-run CartPole sweep, dry runs, bad sweep files, failing runs."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEP = ROOT / "launch" / "sweep.py"
+SMOKE = ROOT / "launch" / "sweeps" / "cartpole_smoke.yaml"
+ATARI = ROOT / "launch" / "sweeps" / "paac_atari.yaml"
+
+
+def sweep(*args, cwd=ROOT, timeout=240):
+    return subprocess.run([sys.executable, str(SWEEP), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def module():
+    name = "launch_sweep_under_test"
+    spec = importlib.util.spec_from_file_location(name, SWEEP)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # its dataclasses look their module up while being built
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        del sys.modules[name]
+
+
+def summary_rows(stdout: str) -> dict[str, list[str]]:
+    table = stdout[stdout.index("\nrun ") :]
+    return {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:] if "__" in line}
+
+
+def test_cartpole_smoke_sweep_runs_both(tmp_path):
+    root = tmp_path / "runs"
+    out = sweep(SMOKE, "--run-root", root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = ["CartPole-v1__base__s1", "CartPole-v1__base__s2"]
+    for name in names:
+        run_dir = root / name
+        assert (run_dir / "config.yaml").is_file(), name
+        assert list((run_dir / "checkpoints").glob("step_*.pt")), name
+        assert "done: 4,000 agent steps" in (root / f"{name}.log").read_text()
+    rows = summary_rows(out.stdout)
+    assert sorted(rows) == names
+    for name in names:
+        exit_code, ret = rows[name][:2]
+        assert exit_code == "0"
+        assert re.fullmatch(r"-?\d+\.\d+", ret), rows[name]
+
+
+def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
+    root = tmp_path / "runs"
+    out = sweep(SMOKE, "--dry-run", "--run-root", root)
+    assert out.returncode == 0, out.stderr
+    commands = [line for line in out.stdout.splitlines() if " launch " in line]
+    assert len(commands) == 2
+    for seed, command in zip((1, 2), commands, strict=True):
+        assert "--config paac_classic --env CartPole-v1" in command
+        assert f"--seed {seed} --steps 4000 --run-dir {root}/CartPole-v1__base__s{seed}" in command
+    assert not root.exists()
+
+    out = sweep(ATARI, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    commands = [line for line in out.stdout.splitlines() if " launch " in line]
+    assert len(commands) == 2 * 3 * 2  # envs x seeds x variants
+    assert all("--steps 10000000" in c for c in commands)
+    assert len({re.search(r"--run-dir (\S+)", c)[1] for c in commands}) == len(commands)
+    assert {re.search(r"--env (\S+)", c)[1] for c in commands} == {"Pong-v5", "Breakout-v5"}
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseed: [1]\n", "seed"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\noverrides:\n  - name: a\n    sets: [seed=2]\n", "sets"),
+])
+def test_unknown_key_exits_2_naming_it(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    out = sweep(path, "--dry-run")
+    assert out.returncode == 2
+    assert f"unknown key {key!r}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("envs: [CartPole-v1]\nseeds: [1]\n", "missing key(s) config"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [one]\n", "'one' must be an integer"),
+    ("config: paac_classic\nenvs: []\nseeds: [1]\n", "envs must be a non-empty list"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nparallel: 0\n", "parallel = 0"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nset: [algo.gamma]\n", "key=value"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\noverrides:\n  - name: a/b\n", "name = 'a/b'"),
+    ("config: [unclosed\n", "not valid YAML"),
+])
+def test_bad_values_exit_2(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    out = sweep(path, "--dry-run")
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+
+
+def test_failing_run_fails_the_sweep(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nsteps: 4000\n"
+                    f"set: [algo.gama=0.9]\nrun_root: {tmp_path / 'runs'}\n")
+    out = sweep(path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    row = summary_rows(out.stdout)["CartPole-v1__base__s1"]
+    assert row[0] == "2" and row[1] == "-" and row[-1] == "FAILED", row
+    assert "algo.gama" in (tmp_path / "runs" / "CartPole-v1__base__s1.log").read_text()
+
+
+def test_final_return_reads_the_last_done_line(module, tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("step 1k | return 3.0\n\ndone: 300,000 agent steps in 12.7 s (23,553 SPS), 1573 episodes, "
+                   "recent mean return 500.00; checkpoint runs/x/checkpoints/step_300000.pt\n")
+    assert module.final_return(log) == 500.0
+    log.write_text("done: 1,600 agent steps in 1.0 s (1,600 SPS), 3 episodes, recent mean return -20.50; checkpoint c\n"
+                   "Traceback (most recent call last):\n")
+    assert module.final_return(log) == -20.5
+    log.write_text("parallel-rl launch: error: bad\n")
+    assert module.final_return(log) is None
+    assert module.final_return(tmp_path / "missing.log") is None
+
+
+def test_expand_order_names_and_overrides(module):
+    spec = module.parse_sweep({"config": "c", "envs": ["A-v1", "ALE/B-v5"], "seeds": [1, 2], "steps": 1e6,
+                               "set": ["x=1"], "overrides": [{"name": "v", "set": ["y=2"]}], "run_root": "r"}, "s")
+    runs = module.expand(spec, ["parallel-rl"])
+    assert [r.name for r in runs] == ["A-v1__v__s1", "A-v1__v__s2", "ALE_B-v5__v__s1", "ALE_B-v5__v__s2"]
+    assert runs[0].argv == ["parallel-rl", "launch", "--config", "c", "--env", "A-v1", "--seed", "1", "--steps", "1000000",
+                            "--run-dir", str(Path("r") / "A-v1__v__s1"), "--set", "x=1", "--set", "y=2"]
+    assert runs[0].log == Path("r") / "A-v1__v__s1.log"
