@@ -1,8 +1,8 @@
 """Throughput: raw EnvPool stepping vs the pipeline vs full training, same envs, one run.
 
 Three figures: raw EnvPool agent steps/s (random actions, no Python per env, all cores'
-threads), pipeline steps/s (actors with policy inference feeding a learner that skips
-the gradient step: transport efficiency) and training steps/s (end-to-end efficiency).
+threads), pipeline steps/s (actors with a random policy feeding a learner that skips the
+gradient step: transport efficiency) and training steps/s (end-to-end efficiency).
 
 Raw EnvPool throughput on a shared machine drifts by about 10% between runs, so the two
 measurements are interleaved (raw, train, raw, train, ...) and each reduced to its median;
@@ -43,11 +43,12 @@ def raw_env_sps(cfg: Config, seconds: float, num_threads: int) -> float:
         env.close()
 
 
-def train_sps(cfg: Config, seconds: float, learner_enabled: bool = True) -> float:
+def train_sps(cfg: Config, seconds: float, learner_enabled: bool = True, random_policy: bool = False) -> float:
     from .runtime.runner import Runner
 
     quiet = replace(cfg, logging=replace(cfg.logging, console=False))
-    summary = Runner(quiet, run_dir=os.devnull, write_logs=False).run(max_seconds=seconds, learner_enabled=learner_enabled)
+    summary = Runner(quiet, run_dir=os.devnull, write_logs=False).run(max_seconds=seconds, learner_enabled=learner_enabled,
+                                                                      random_policy=random_policy)
     return summary.sps
 
 
@@ -59,7 +60,7 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
     figures: dict[str, list[float]] = {"raw": [], "pipeline": [], "train": []}
     for i in range(repeats):
         figures["raw"].append(raw_env_sps(cfg, seconds, threads))
-        figures["pipeline"].append(train_sps(cfg, seconds, learner_enabled=False))
+        figures["pipeline"].append(train_sps(cfg, seconds, learner_enabled=False, random_policy=True))
         figures["train"].append(train_sps(cfg, seconds))
         if progress:
             print(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:,.0f} SPS" for k, v in figures.items()), flush=True)
@@ -89,6 +90,6 @@ def format_table(r: dict) -> str:
         "| measurement | agent steps/s | ratio to raw |",
         "|---|---:|---:|",
         f"| raw EnvPool (random actions, {r['raw_env_threads']} threads) | {r['raw_sps_median']:,.0f} | 1.00 |",
-        f"| pipeline (actors + inference, no-op learner) | {r['pipeline_sps_median']:,.0f} | {r['transport_efficiency']:.2f} |",
+        f"| pipeline (random policy, no-op learner) | {r['pipeline_sps_median']:,.0f} | {r['transport_efficiency']:.2f} |",
         f"| training ({r['algo']}) | {r['train_sps_median']:,.0f} | {r['end_to_end_efficiency']:.2f} |",
     ])

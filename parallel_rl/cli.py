@@ -26,6 +26,7 @@ EXIT_FAILURE = 1
 # named flags -> dotted config keys
 LAUNCH_FLAGS = {
     "actors": "actors.num_envs",
+    "actor_procs": "actors.procs",
     "env": "env.id",
     "steps": "total_steps",
     "seed": "seed",
@@ -36,6 +37,8 @@ LAUNCH_FLAGS = {
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help=f"YAML recipe: a file or a name in configs/ (default {DEFAULT_RECIPE})")
     p.add_argument("--actors", type=int, help="number of environments stepped in parallel (actors.num_envs)")
+    p.add_argument("--actor-procs", type=int, metavar="K",
+                   help="actor processes sharing the environments; 0 = synchronous, -1 = one per 4 cores (actors.procs)")
     p.add_argument("--env", help="environment id, e.g. Pong-v5 or CartPole-v1 (env.id)")
     p.add_argument("--steps", type=int, help="agent steps to train for, all environments together (total_steps)")
     p.add_argument("--seed", type=int, help="random seed (seed)")
@@ -84,8 +87,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from .runtime.runner import Runner, new_run_dir
 
     if args.resume:
-        if args.config or args.env or args.actors or args.run_dir:
-            raise ConfigError("--resume continues a run with its own saved config: drop --config, --env, --actors and --run-dir "
+        if args.config or args.env or args.actors or args.run_dir or args.actor_procs is not None:
+            raise ConfigError("--resume continues a run with its own saved config: drop --config, --env, --actors, --actor-procs and --run-dir "
                               "(only --steps, --device and --set may change on resume).")
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():

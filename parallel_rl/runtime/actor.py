@@ -22,7 +22,7 @@ import zmq
 from ..config import from_dict
 from ..envs import make_env_groups
 from . import control
-from .rollout import RolloutCollector
+from .rollout import RandomPolicy, RolloutCollector
 from .slots import SharedWeights, SlotPool
 
 HEARTBEAT_S = 0.5
@@ -50,6 +50,7 @@ class ActorArgs:
     free_slots: list[int]
     address: str
     parent_pid: int
+    random_policy: bool = False  # uniformly random actions (transport benchmark), no inference
 
 
 def actor_main(args: ActorArgs) -> None:
@@ -98,6 +99,7 @@ class Actor:
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.algo = make_algorithm(groups[0].spec, cfg, self.device)
         self.algo.net.requires_grad_(False)
+        self.random = RandomPolicy(groups[0].spec, cfg.seed * 1_000_003 + args.actor) if args.random_policy else None
         self._last_beat = 0.0
 
     def beat(self) -> bool:
@@ -128,6 +130,8 @@ class Actor:
 
     def policy(self, obs: np.ndarray):
         self.beat()
+        if self.random is not None:
+            return self.random(obs)
         actions, log_probs = self.algo.act(torch.from_numpy(obs).to(self.device))
         return actions.cpu().numpy(), log_probs.cpu().numpy()
 

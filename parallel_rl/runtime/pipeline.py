@@ -25,7 +25,7 @@ from ..config import Config
 from ..envs import EnvSpec, make_env_groups
 from . import control
 from .actor import ActorArgs, actor_main
-from .rollout import RolloutCollector, allocate, rollout_arrays
+from .rollout import RandomPolicy, RolloutCollector, allocate, rollout_arrays
 from .slots import SharedWeights, SlotPool
 
 STARTUP_GRACE_S = 120.0  # spawning, importing torch and building EnvPools before the first heartbeat
@@ -65,8 +65,9 @@ class InlineSource:
 
     mode = "synchronous"
 
-    def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int):
+    def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int, random_policy: bool = False):
         self.cfg, self.algo, self.device = cfg, algo, device
+        self.policy = RandomPolicy(spec, cfg.seed) if random_policy else self._policy
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.arrays = allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs)
@@ -77,7 +78,7 @@ class InlineSource:
         return actions.cpu().numpy(), log_probs.cpu().numpy()
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
-        arrays = self.collector.collect(self._policy, self.arrays)
+        arrays = self.collector.collect(self.policy, self.arrays)
         began = time.perf_counter()
         batch = Batch.from_arrays(arrays, self.device)
         copy_s = time.perf_counter() - began
@@ -98,9 +99,10 @@ class ActorPool:
     mode = "asynchronous"
 
     def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, procs: int, run_dir: Path | None,
-                 env_threads: int, start_version: int, log=print):
+                 env_threads: int, start_version: int, log=print, random_policy: bool = False):
         self.cfg, self.algo, self.device, self.log = cfg, algo, device, log
         self.procs = procs
+        self.random_policy = random_policy
         self.envs_per_actor = split_envs(cfg.actors.num_envs, procs)
         self.env_starts = [sum(self.envs_per_actor[:k]) for k in range(procs)]
         self.env_threads = env_threads
@@ -132,7 +134,7 @@ class ActorPool:
     # ---------------------------------------------------------------- processes
     def _start(self, k: int, free_slots: list[int]) -> None:
         args = ActorArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_actor[k], self.env_threads,
-                         self.pool, self.weights, free_slots, self.endpoint.address, os.getpid())
+                         self.pool, self.weights, free_slots, self.endpoint.address, os.getpid(), self.random_policy)
         process = self._mp.Process(target=actor_main, args=(args,), name=f"parallel-rl-actor-{k}", daemon=True)
         process.start()
         self.processes[k] = process

@@ -102,3 +102,25 @@ class RolloutCollector:
 
 def allocate(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, np.ndarray]:
     return {name: np.zeros(shape, dtype) for name, (shape, dtype) in rollout_arrays(spec, horizon, num_envs).items()}
+
+
+class RandomPolicy:
+    """Uniformly random actions with their log-probabilities: transport benchmarks, warm-up."""
+
+    def __init__(self, spec: EnvSpec, seed: int):
+        self.spec = spec
+        self.rng = np.random.default_rng(seed)
+        if spec.discrete:
+            self.log_prob = -float(np.log(spec.num_actions))
+        else:
+            low, high = spec.action_space.low, spec.action_space.high
+            self.log_prob = -float(np.log(high - low).sum())
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(obs)
+        if self.spec.discrete:
+            actions = self.rng.integers(self.spec.num_actions, size=n)
+        else:
+            space = self.spec.action_space
+            actions = self.rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
+        return actions, np.full(n, self.log_prob, np.float32)

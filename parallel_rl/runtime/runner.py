@@ -95,8 +95,9 @@ class Runner:
         if self.cfg.logging.console:
             print(text, flush=True)
 
-    def run(self, max_seconds: float | None = None, learner_enabled: bool = True) -> RunSummary:
-        """Train; ``max_seconds`` and ``learner_enabled=False`` (no gradient steps) serve ``bench``."""
+    def run(self, max_seconds: float | None = None, learner_enabled: bool = True, random_policy: bool = False) -> RunSummary:
+        """Train. ``bench`` uses the rest: a time limit (after start-up), no gradient steps, and
+        uniformly random actions instead of the network (transport without inference)."""
         cfg = self.cfg
         procs = resolve_procs(cfg)
         learner_threads, env_threads = thread_layout(cfg, procs)
@@ -120,9 +121,9 @@ class Runner:
             self.log(f"run directory: {self.run_dir}")
         if procs:
             source = ActorPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
-                               env_threads, start_version=updates, log=self.log)
+                               env_threads, start_version=updates, log=self.log, random_policy=random_policy)
         else:
-            source = InlineSource(cfg, spec, algo, device, env_threads)
+            source = InlineSource(cfg, spec, algo, device, env_threads, random_policy=random_policy)
         try:
             return self._train(algo, source, step, updates, max_seconds, learner_enabled)
         finally:
@@ -178,13 +179,16 @@ class Runner:
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         interval = cfg.checkpoint.interval_steps
         next_checkpoint = (step // interval + 1) * interval if interval else None
+        # throughput and max_seconds count from the first update: process start-up, EnvPool
+        # creation and the first rollout are start-up, not steady state
         start, start_step = time.perf_counter(), step
         last_path: Path | None = None
-        deadline = None if max_seconds is None else start + max_seconds
+        deadline: float | None = None
 
         def should_stop() -> bool:
             return self._stop_signal is not None or (deadline is not None and time.perf_counter() >= deadline)
 
+        first_update = updates
         try:
             while step < cfg.total_steps and not should_stop():
                 delivery = source.next_batch(updates, should_stop)
@@ -193,7 +197,7 @@ class Runner:
                 began = time.perf_counter()
                 if learner_enabled:
                     lr = algo.set_progress(step / cfg.total_steps)
-                    result = algo.update(delivery.batch)
+                    result.update(algo.update(delivery.batch))  # tags an update skips keep their last value
                 updates += 1
                 source.published(updates)
                 for stage, seconds in delivery.timings.items():
@@ -202,6 +206,10 @@ class Runner:
                 lags += delivery.lag
                 dropped += delivery.dropped
                 step += delivery.batch.num_steps
+                if updates == first_update + 1:
+                    start, start_step = time.perf_counter(), step
+                    if max_seconds is not None:
+                        deadline = start + max_seconds
                 metrics.add_episodes(delivery.returns, delivery.lengths)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
