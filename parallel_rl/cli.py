@@ -119,7 +119,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
         runner = Runner(cfg, run_dir)
     summary = runner.run()
-    print(f"\ndone: {summary.steps:,} agent steps in {summary.seconds:.1f} s ({summary.sps:,.0f} SPS), "
+    print(f"\ndone: {summary.final_step:,} agent steps ({summary.sps:,.0f} SPS after start-up), "
           f"{summary.episodes} episodes, recent mean return {summary.recent_return:.2f}; checkpoint {summary.checkpoint}")
     return 130 if summary.interrupted else 0
 

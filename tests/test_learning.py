@@ -10,6 +10,6 @@ from parallel_rl.runtime.runner import Runner
 def test_paac_learns_cartpole(tmp_path):
     cfg = build_config("paac_classic", {"seed": 1}, ["logging.console=false"])
     summary = Runner(cfg, tmp_path / "run").run()
-    assert summary.steps == cfg.total_steps
+    assert summary.final_step == cfg.total_steps
     # mean over the last 20 completed episodes (logging.return_window)
     assert summary.recent_return >= 450, summary

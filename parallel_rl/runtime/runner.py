@@ -51,7 +51,8 @@ def new_run_dir(cfg: Config) -> Path:
 
 @dataclass
 class RunSummary:
-    steps: int
+    steps: int  # counted from the first update, like ``seconds``: the basis of ``sps``
+    final_step: int  # the run's step counter at the end
     updates: int
     seconds: float
     recent_return: float
@@ -231,6 +232,7 @@ class Runner:
             self.log(f"stopped by {signal.Signals(self._stop_signal).name}; final checkpoint {last_path}")
         return RunSummary(
             steps=step - start_step,
+            final_step=step,
             updates=updates,
             seconds=elapsed,
             recent_return=metrics.recent_mean_return,
