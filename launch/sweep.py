@@ -283,7 +283,7 @@ class Scheduler:
         run.exit_code = proc.returncode
         run.seconds = time.monotonic() - began
         run.mean_return = final_return(run.log)
-        run.status = "ok" if run.exit_code == 0 else ("stopped" if run.exit_code in (130, -signal.SIGINT, -signal.SIGTERM) else "FAILED")
+        run.status = "ok" if run.exit_code == 0 else ("stopped" if run.exit_code in (130, 143, -signal.SIGINT, -signal.SIGTERM) else "FAILED")
         shown = "-" if run.mean_return is None else f"{run.mean_return:.2f}"
         self._print(f"      {run.status:7s} {run.name}: exit {run.exit_code}, return {shown}, {run.seconds:.1f} s")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 from pathlib import Path
@@ -16,13 +18,23 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit; the message names the file."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """The disk refused a checkpoint (full, read-only, ...); the message names the file and why."""
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Never leaves a partial file at ``path``: a crash mid-write keeps the previous one."""
+    """Never leaves a partial file at ``path``: a crash mid-write keeps the previous one.
+
+    The state is serialised in memory first, so the only OS errors come from our own
+    write, fsync and rename, with their errno intact (torch's writer would rewrap them).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -31,8 +43,11 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            code = f" [{errno.errorcode[exc.errno]}]" if exc.errno in errno.errorcode else ""
+            raise CheckpointWriteError(f"Cannot write checkpoint {str(path)!r}: {exc.strerror or exc}{code}.") from None
         raise
 
 
@@ -47,7 +62,8 @@ def load(path: Path) -> dict[str, Any]:
             f"Checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
             "it is truncated, corrupt or not a parallel-rl checkpoint. Earlier checkpoints in the same folder may still be good."
         ) from None
-    if not isinstance(state, dict) or "algo" not in state or "step" not in state or "config" not in state:
+    if not (isinstance(state, dict) and isinstance(state.get("algo"), dict) and isinstance(state.get("step"), int)
+            and isinstance(state.get("config"), dict)):
         raise CheckpointError(f"Checkpoint {str(path)!r} is not a parallel-rl checkpoint (it lacks the algo, step and config entries).")
     return state
 
@@ -88,19 +104,31 @@ class CheckpointManager:
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         path = self.directory / f"step_{step}.pt"
-        save_atomic(state, path)
+        try:
+            save_atomic(state, path)
+        except CheckpointWriteError as exc:
+            newest = latest(self.directory)
+            intact = f"The newest intact checkpoint is {str(newest)!r}." if newest else "No earlier checkpoint exists."
+            raise CheckpointWriteError(f"{exc} Nothing was overwritten: {intact}") from None
         for old in list_checkpoints(self.directory)[: -self.keep_last]:
             old.unlink(missing_ok=True)
         return path
 
 
-def restore(algo, state: dict[str, Any], path: Path) -> None:
-    """Load ``state['algo']`` into ``algo``, naming the file when the shapes do not fit."""
+def restore(algo, state: dict[str, Any], path: Path, env_id: str) -> None:
+    """Load ``state['algo']`` into ``algo``, built for ``env_id``; a checkpoint trained on
+    another environment, or one whose shapes do not fit, is refused naming the file, both
+    environments and the mismatch."""
+    trained_on = state.get("config", {}).get("env", {}).get("id", "?")
+    if trained_on != env_id:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} was trained on {trained_on}, but {env_id} was requested: "
+            f"a checkpoint only continues or evaluates the environment it was trained on."
+        )
     try:
         algo.load_state_dict(state["algo"])
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         detail = " ".join(str(exc).split())[:600]
-        env_id = state.get("config", {}).get("env", {}).get("id", "?")
         raise CheckpointError(
-            f"Checkpoint {str(path)!r} (trained on {env_id}) does not fit this network: {detail}"
+            f"Checkpoint {str(path)!r} (trained on {trained_on}) does not fit the network built for {env_id}: {detail}"
         ) from None

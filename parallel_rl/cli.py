@@ -1,23 +1,27 @@
-"""`parallel-rl launch | eval | bench | envs | config`: thin, delegates to the package."""
+"""`parallel-rl launch | eval | bench | envs | config | report`: thin, delegates to the package."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from .algos.base import NonFiniteUpdates
 from .config import (
     DEFAULT_RECIPE,
     Config,
     ConfigError,
     build_config,
     describe,
+    dump_yaml,
     from_dict,
     load_yaml,
     set_override,
 )
+from .runtime import signals
 from .runtime.pipeline import ActorFailure
 
 EXIT_USAGE = 2
@@ -55,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(launch)
     launch.add_argument("--run-dir", help="run directory to create (default: a new one under logging.run_root)")
     launch.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint (same step counter, optimizer and LR schedule)")
+    launch.add_argument("--dry-run", action="store_true",
+                        help="check the configuration (with --resume, also the checkpoint), print it resolved as YAML "
+                             "(itself a valid --config file) and exit without creating anything")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint", description="Play N episodes with a trained policy and print mean ± std return.")
     ev.add_argument("path", help="a run directory (its newest checkpoint) or a checkpoint file")
@@ -62,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--greedy", action="store_true", help="take the most probable action instead of sampling")
     ev.add_argument("--device", default="cpu", help="device for inference (default cpu)")
     ev.add_argument("--seed", type=int, default=12345, help="seed of the evaluation environments")
+    ev.add_argument("--video", nargs="?", const="", metavar="PATH",
+                    help="also film the first environment's episodes into an MP4 (default PATH: RUN_DIR/videos/eval_step_<N>.mp4) "
+                         "and log them to the run's TensorBoard as eval/video")
+    ev.add_argument("--video-episodes", type=int, metavar="N", help="episodes in the video (default 1; implies --video)")
 
     bench = sub.add_parser("bench", help="measure throughput: raw EnvPool vs training",
                            description="Interleaved repeats of raw EnvPool stepping and full training, reduced to medians.")
@@ -75,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     conf = sub.add_parser("config", help="list every config key with its default and help")
     conf.add_argument("filter", nargs="?", default="", help="only keys containing this text")
+
+    report = sub.add_parser("report", help="learning curves and a table of final scores from runs",
+                            description="Learning-curve PNGs (mean and 95%% bootstrap band over seeds, one per env) and a "
+                                        "markdown table of final scores, from the runs' TensorBoard logs.")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run directories, or folders searched for run directories (e.g. runs/)")
+    report.add_argument("--out", default="report", metavar="DIR", help="folder for report.md and the PNGs (default report/)")
+    report.add_argument("--x", choices=("steps", "time"), default="steps",
+                        help="x-axis: agent steps (all environments together) or wall-clock time (default steps)")
     return parser
 
 
@@ -84,8 +104,9 @@ def _flags(args: argparse.Namespace) -> dict:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from .envs import choose_backend
-    from .runtime.runner import Runner, new_run_dir
+    from .runtime.runner import Runner, new_run_dir, resolve_device
 
+    state = resume_path = None
     if args.resume:
         if args.config or args.env or args.actors or args.run_dir or args.actor_procs is not None:
             raise ConfigError("--resume continues a run with its own saved config: drop --config, --env, --actors, --actor-procs and --run-dir "
@@ -105,23 +126,28 @@ def cmd_launch(args: argparse.Namespace) -> int:
         for assignment in args.overrides:
             set_override(cfg, assignment)
         cfg.validate()
+    else:
+        cfg = build_config(args.config, _flags(args), args.overrides)
+        choose_backend(cfg.env)  # unknown env ids fail before anything is created
+        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--run-dir {str(run_dir)!r} is a file, not a directory.")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
+    if args.dry_run:
+        resolve_device(cfg.device)
+        print(dump_yaml(cfg), end="")
+        return 0
+    if state is not None:
         if int(state["step"]) >= cfg.total_steps:
             print(f"{run_dir} already reached total_steps = {cfg.total_steps} (checkpoint at step {state['step']}); "
                   f"raise it with --steps to train further.")
             return 0
         print(f"resuming {run_dir} from step {state['step']}", flush=True)
-        runner = Runner(cfg, run_dir, resume_state=state, resume_path=resume_path)
-    else:
-        cfg = build_config(args.config, _flags(args), args.overrides)
-        choose_backend(cfg.env)  # unknown env ids fail before anything is created
-        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
-        runner = Runner(cfg, run_dir)
-    summary = runner.run()
+    summary = Runner(cfg, run_dir, resume_state=state, resume_path=resume_path).run()
     print(f"\ndone: {summary.final_step:,} agent steps ({summary.sps:,.0f} SPS after start-up), "
           f"{summary.episodes} episodes, recent mean return {summary.recent_return:.2f}; checkpoint {summary.checkpoint}")
-    return 130 if summary.interrupted else 0
+    return signals.exit_code(summary.stop_signal) if summary.stop_signal is not None else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -129,11 +155,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes} is invalid: play at least 1 episode.")
+    if args.video_episodes is not None and args.video_episodes < 1:
+        raise ConfigError(f"--video-episodes {args.video_episodes} is invalid: film at least 1 episode.")
+    if args.video and Path(args.video).suffix.lower() != ".mp4":
+        raise ConfigError(f"--video {args.video!r}: the video is an MP4 file; give a path ending in .mp4.")
     path = ckpt.find(Path(args.path))
-    returns = evaluate(path, args.episodes, greedy=args.greedy, device=args.device, seed=args.seed)
+    result = evaluate(path, args.episodes, greedy=args.greedy, device=args.device, seed=args.seed,
+                      video=args.video is not None or args.video_episodes is not None,
+                      video_path=Path(args.video) if args.video else None, video_episodes=args.video_episodes or 1)
+    returns = result.returns
     mean = sum(returns) / len(returns)
     std = (sum((r - mean) ** 2 for r in returns) / len(returns)) ** 0.5
     print(f"{path}: mean return {mean:.2f} ± {std:.2f} over {len(returns)} episodes")
+    if (video := result.video) is not None:
+        print(f"video: {video.path}: {len(video.returns)} episode(s) of {' + '.join(map(str, video.lengths))} steps, "
+              f"returns {', '.join(f'{r:.2f}' for r in video.returns)}; {video.frames} frames ({video.source}, {video.fps:g} fps)")
+        print(f"logged to {video.tensorboard} as eval/video at step {video.step}" if video.tensorboard else
+              "not logged to TensorBoard: the checkpoint is not inside a run directory")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    report = make_report([Path(p) for p in args.runs], Path(args.out), x_axis=args.x)
+    print(report.table)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"\nwrote {report.markdown} and {', '.join(map(str, report.plots))}")
     return 0
 
 
@@ -166,11 +215,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"launch": cmd_launch, "eval": cmd_eval, "bench": cmd_bench, "envs": cmd_envs, "config": cmd_config}
+COMMANDS = {"launch": cmd_launch, "eval": cmd_eval, "bench": cmd_bench, "envs": cmd_envs, "config": cmd_config, "report": cmd_report}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, ckpt.CheckpointError) as exc:
@@ -179,9 +227,21 @@ def main(argv: list[str] | None = None) -> int:
     except ActorFailure as exc:
         print(f"parallel-rl {args.command}: error: {exc}\nThe run was stopped; its last checkpoint is intact.", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except (NonFiniteUpdates, ckpt.CheckpointWriteError) as exc:
+        print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGTERM, like Ctrl-C, ends anything before or after a run with 128 + its number; a
+    # running Runner installs its own handlers (stop after the update, final checkpoint)
+    with signals.handled(signals.raise_interrupted):
+        try:
+            return _run_command(build_parser().parse_args(argv))
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            print(f"\ninterrupted by {signal.Signals(signum).name}", file=sys.stderr)
+            return signals.exit_code(signum)
 
 
 if __name__ == "__main__":

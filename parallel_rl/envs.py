@@ -33,8 +33,9 @@ class EnvSpec:
     backend: str
     obs_shape: tuple[int, ...]
     obs_dtype: np.dtype
-    action_space: gym.Space
+    action_space: gym.Space  # continuous actions: always [-1, 1] (VecEnv maps them to the env's bounds)
     is_atari: bool
+    max_episode_steps: int = 0  # the episode limit in agent steps; 0 when the env has none
 
     @property
     def is_image(self) -> bool:
@@ -112,10 +113,12 @@ def _flat_obs_space(space: gym.Space) -> tuple[tuple[int, ...], np.dtype]:
 class VecEnv:
     """``num_envs`` environments stepped together; numpy in, numpy out."""
 
-    def __init__(self, env, spec: EnvSpec, num_envs: int):
+    def __init__(self, env, spec: EnvSpec, num_envs: int, action_bounds: tuple[np.ndarray, np.ndarray] | None = None):
         self._env = env
         self.spec = spec
         self.num_envs = num_envs
+        # continuous actions arrive in [-1, 1]: a -> center + half_range * a
+        self._action_map = None if action_bounds is None else ((action_bounds[1] + action_bounds[0]) / 2, (action_bounds[1] - action_bounds[0]) / 2)
         self.tracker = EpisodeTracker(num_envs)
         self._action_dtype = np.int32 if spec.discrete else np.float32
         self._env_ids = np.arange(num_envs, dtype=np.int32)
@@ -134,6 +137,9 @@ class VecEnv:
         """Start stepping every env; with EnvPool this returns at once and the threads work
         while the caller does something else (e.g. inference for another group of envs)."""
         actions = np.asarray(actions, self._action_dtype)
+        if self._action_map is not None:
+            center, half_range = self._action_map
+            actions = (center + half_range * np.clip(actions, -1.0, 1.0)).astype(np.float32)
         if self.spec.backend == "envpool":
             self._env.send(actions, self._env_ids)
         else:
@@ -157,6 +163,12 @@ class VecEnv:
 
     def _cast(self, obs: np.ndarray) -> np.ndarray:
         return obs if obs.dtype == self.spec.obs_dtype else obs.astype(self.spec.obs_dtype)
+
+    def render(self, index: int = 0) -> np.ndarray:
+        """RGB frame [H, W, 3] of env ``index`` as it is now; needs ``make_env(..., render=True)``."""
+        if self.spec.backend == "envpool":
+            return self._env.render(env_ids=[index])[0]
+        return self._env.render()[index]
 
     def close(self) -> None:
         close = getattr(self._env, "close", None)
@@ -237,13 +249,18 @@ def default_num_threads(num_envs: int, reserved_cores: int = 0) -> int:
     return max(1, min(num_envs, cores - reserved_cores))
 
 
-def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0) -> VecEnv:
-    """Build ``num_envs`` copies of ``cfg.id``; raises ``ConfigError`` for an unknown id."""
+def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, render: bool = False) -> VecEnv:
+    """Build ``num_envs`` copies of ``cfg.id``; raises ``ConfigError`` for an unknown id.
+
+    ``render`` asks the backend for RGB frames (``VecEnv.render``), for videos.
+    """
     backend = choose_backend(cfg)
     if backend == "envpool":
         import envpool
 
         kwargs, is_atari = _envpool_kwargs(cfg)
+        if render:
+            kwargs["render_mode"] = "rgb_array"
         env = envpool.make(
             cfg.id,
             env_type="gymnasium",
@@ -255,6 +272,8 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0) -> 
     else:
         is_atari = False
         make_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
+        if render:
+            make_kwargs["render_mode"] = "rgb_array"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # gymnasium's float64 -> float32 precision notes
             env = gym.make_vec(
@@ -268,8 +287,28 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0) -> 
     obs_space = getattr(env, "single_observation_space", None) or env.observation_space
     act_space = getattr(env, "single_action_space", None) or env.action_space
     obs_shape, obs_dtype = _flat_obs_space(obs_space)
-    spec = EnvSpec(cfg.id, backend, obs_shape, obs_dtype, act_space, is_atari)
-    return VecEnv(env, spec, num_envs)
+    act_space, action_bounds = _unit_action_space(act_space)
+    spec = EnvSpec(cfg.id, backend, obs_shape, obs_dtype, act_space, is_atari, _episode_limit(env, cfg, backend))
+    return VecEnv(env, spec, num_envs, action_bounds)
+
+
+def _unit_action_space(space: gym.Space) -> tuple[gym.Space, tuple[np.ndarray, np.ndarray] | None]:
+    """Bounded continuous actions are exchanged in [-1, 1] whatever the env's bounds (the
+    policies squash into [-1, 1]); returns that space and the env's (low, high) to map onto."""
+    if not isinstance(space, gym.spaces.Box) or not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        return space, None
+    bounds = (space.low.astype(np.float32), space.high.astype(np.float32))
+    unit = np.ones(space.shape, np.float32)
+    return gym.spaces.Box(-unit, unit, dtype=np.float32), bounds
+
+
+def _episode_limit(env, cfg: EnvConfig, backend: str) -> int:
+    if cfg.max_episode_steps:
+        return cfg.max_episode_steps
+    if backend == "envpool":
+        return int(env.config.get("max_episode_steps", 0) or 0)
+    spec = gym.spec(cfg.id)
+    return int(spec.max_episode_steps or 0)
 
 
 def env_spec(cfg: EnvConfig) -> EnvSpec:

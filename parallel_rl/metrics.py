@@ -1,4 +1,5 @@
-"""TensorBoard scalars plus one refreshing console line."""
+"""TensorBoard scalars, the run's config (text, HParams, Custom Scalars layout), and one
+refreshing console line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 import time
 
 from torch.utils.tensorboard import SummaryWriter
+
+from .config import Config, dump_yaml, flatten
 
 
 def _fmt_count(n: float) -> str:
@@ -22,6 +25,41 @@ def _fmt_duration(seconds: float) -> str:
         return "--:--"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# The final recent return, written at the end of a run: the metric of the HParams tab
+HPARAMS_METRIC = "hparams/recent_return"
+
+# The Custom Scalars tab: returns, throughput and diagnostics; each chart overlays the tags
+# its Python regexes match from the start of the tag name
+DIAGNOSTIC_CHARTS = {
+    "gradient norm (global and per layer)": ["diag/grad_norm"],
+    "value mean": ["diag/value_mean"],
+    "policy lag (updates)": [r"diag/policy_lag.*"],
+    "pipeline": ["diag/queue_fill", "diag/dropped_rollouts", "diag/actor_restarts", "diag/nonfinite_updates"],
+    "dormant units": [r"diag/dormant_fraction.*"],
+    "feature norm": ["diag/feature_norm"],
+    "effective learning rate": ["diag/effective_lr"],
+    "replay": [r"diag/replay_.*", "diag/gradient_steps"],
+}
+_CHARTED = "|".join(pattern for patterns in DIAGNOSTIC_CHARTS.values() for pattern in patterns)
+CUSTOM_SCALARS_LAYOUT = {
+    "returns": {
+        "episodic return": ["Multiline", ["charts/episodic_return"]],
+        "episode length": ["Multiline", ["charts/episodic_length"]],
+        "learning rate": ["Multiline", ["charts/learning_rate"]],
+        "epsilon": ["Multiline", ["charts/epsilon"]],
+    },
+    "throughput": {
+        "agent steps per second": ["Multiline", ["charts/sps"]],
+        "time per stage, summed over the updates between writes (ms)": ["Multiline", [r"perf/.*"]],
+    },
+    "diagnostics": {
+        "losses": ["Multiline", [r"losses/.*"]],
+        **{title: ["Multiline", patterns] for title, patterns in DIAGNOSTIC_CHARTS.items()},
+        "other diagnostics": ["Multiline", [rf"(?!{_CHARTED})diag/.*"]],  # tags added later still show
+    },
+}
 
 
 class Metrics:
@@ -43,6 +81,21 @@ class Metrics:
         self._last_step = start_step
         self._tty = sys.stdout.isatty()
         self.sps = 0.0
+
+    def log_run_start(self, cfg: Config, step: int) -> None:
+        """The resolved config as text, its scalar values in the HParams tab, and the
+        Custom Scalars layout; once per launch or resume."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        self.writer.add_text("config", f"```yaml\n{dump_yaml(cfg)}```", step)
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten(cfg.to_dict()).items()}
+        # written into this run's own events file (add_hparams would start a separate run
+        # folder), so the HParams tab reads the metric from this run's scalars
+        for summary in hparams(values, dict.fromkeys([HPARAMS_METRIC])):
+            self.writer.file_writer.add_summary(summary, step)
+        self.writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
 
     def add_episodes(self, returns: list[float], lengths: list[int]) -> None:
         if returns:
@@ -94,4 +147,6 @@ class Metrics:
         if self.console and self._tty:
             print()
         if self.writer is not None:
+            if self.recent_returns:
+                self.writer.add_scalar(HPARAMS_METRIC, self.recent_mean_return, self._last_step)
             self.writer.close()

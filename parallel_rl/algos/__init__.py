@@ -8,8 +8,12 @@ from ..config import Config
 from ..envs import EnvSpec
 from .impala import IMPALA
 from .paac import PAAC
+from .ppo import PPO
+from .pqn import PQN
+from .qrdqn import QRDQN
+from .sac import SAC
 
-ALGORITHMS = {"paac": PAAC, "impala": IMPALA}
+ALGORITHMS = {"paac": PAAC, "impala": IMPALA, "ppo": PPO, "pqn": PQN, "sac": SAC, "qrdqn": QRDQN}
 
 
 def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device):

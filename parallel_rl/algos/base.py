@@ -39,3 +39,34 @@ def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
     """One sample per row via the Gumbel-max trick (one kernel, no normalisation)."""
     noise = torch.empty_like(logits).exponential_().log_()
     return (logits - noise).argmax(dim=-1)
+
+
+# ------------------------------------------------------------------ non-finite updates
+# An update() whose loss or gradient is NaN/inf must not touch the weights: one bad batch
+# would otherwise poison the network for good. Every algorithm calls step_if_finite where
+# it would call optimizer.step() and reports the steps it skipped under SKIPPED_STEPS; the
+# runner counts updates with skipped steps (diag/nonfinite_updates) and stops the run after
+# max_nonfinite_updates of them in a row (NonFiniteUpdates).
+
+SKIPPED_STEPS = "diag/skipped_steps"  # update() tag: optimizer steps it skipped (0-d tensor); the runner consumes it
+
+
+class NonFiniteUpdates(RuntimeError):
+    """Too many updates in a row had a NaN/inf loss or gradient; the message says what to try."""
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> bool:
+    """``optimizer.step()`` if ``loss`` and the gradient norm are finite; otherwise clear the
+    gradients and leave weights and optimizer state untouched. Returns whether it stepped.
+
+    Call it after ``loss.backward()`` with the norm ``clip_grad_norm_`` returned (computed
+    here when not given). One host sync per call.
+    """
+    if grad_norm is None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf")) if params else torch.zeros((), device=loss.device)
+    if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+        optimizer.step()
+        return True
+    optimizer.zero_grad(set_to_none=True)
+    return False

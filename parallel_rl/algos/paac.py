@@ -11,16 +11,31 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
+from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import ActorCritic
-from .base import Batch, sample_categorical
+from ..optim import make_kron
+from .base import SKIPPED_STEPS, Batch, sample_categorical, step_if_finite
 from .returns import n_step_returns
 
 
 def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    """The optimizer ``optim.name`` names, at ``cfg.effective_lr`` (a third of optim.lr for Kron)."""
     if cfg.optim.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.effective_lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
+    if cfg.optim.name == "radam":
+        return torch.optim.RAdam(params, lr=cfg.effective_lr, eps=cfg.optim.eps)
+    if cfg.optim.name == "kron":
+        return make_kron(params, cfg.effective_lr, cfg.optim.kron_max_size_triangular)
     return torch.optim.Adam(params, lr=cfg.effective_lr, eps=cfg.optim.eps)
+
+
+def anneal_lr(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float, enabled: bool) -> float:
+    """Linear annealing from ``base_lr`` to 0 over the run (``fraction`` done); returns the LR set."""
+    lr = base_lr * max(0.0, 1.0 - fraction) if enabled else base_lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 class PAAC:
@@ -32,6 +47,7 @@ class PAAC:
         self.net = ActorCritic(spec, cfg.model).to(device)
         self.optimizer = make_optimizer(self.net.parameters(), cfg)
         self.base_lr = cfg.effective_lr
+        self.flow = GradientFlow(self.net, cfg.logging.diag_interval)
 
     # -------------------------------------------------------------- acting
     @torch.no_grad()
@@ -45,10 +61,7 @@ class PAAC:
     # -------------------------------------------------------------- learning
     def set_progress(self, fraction: float) -> float:
         """Linear annealing to 0 over the run; returns the LR now in use."""
-        lr = self.base_lr * max(0.0, 1.0 - fraction) if self.cfg.optim.anneal_lr else self.base_lr
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        return anneal_lr(self.optimizer, self.base_lr, fraction, self.cfg.optim.anneal_lr)
 
     def targets(self, batch: Batch, rewards, values, bootstrap, target_log_probs) -> tuple[torch.Tensor, torch.Tensor]:
         """Value targets and policy-gradient advantages: n-step returns, A = R - V."""
@@ -59,7 +72,9 @@ class PAAC:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
         obs = torch.cat([batch.obs.flatten(0, 1), batch.next_obs], dim=0)
-        logits, values = self.net(obs)
+        self.flow.begin_update()
+        with self.flow.capture():
+            logits, values = self.net(obs)
         logits = logits[: horizon * num_envs]
         values, bootstrap = values[: horizon * num_envs].view(horizon, num_envs), values[horizon * num_envs :]
 
@@ -82,10 +97,14 @@ class PAAC:
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.flow.record_gradients()
         max_norm = algo.max_grad_norm if algo.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
-        self.optimizer.step()
+        with self.flow.record_step():
+            stepped = step_if_finite(self.optimizer, loss, grad_norm)
         return {
+            **self.flow.results(),
+            SKIPPED_STEPS: torch.tensor(0.0 if stepped else 1.0),
             "losses/policy": policy_loss.detach(),
             "losses/value": value_loss.detach(),
             "losses/entropy": entropy_mean.detach(),

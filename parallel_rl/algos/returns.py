@@ -88,3 +88,72 @@ def vtrace(
     vs = values + vs_minus_v
     pg_advantages = rhos * (rewards + gamma * vs_next - values)
     return vs, pg_advantages
+
+
+def lambda_returns(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """λ-returns ``G_t = r_t + gamma * ((1 - lam) * V_next_t + lam * G_{t+1})``.
+
+    Conventions of :func:`n_step_returns`: ``values[t]`` is V(s_t), ``bootstrap_value``
+    V(s_T); ``V_next_t`` is ``values[t+1]`` (``bootstrap_value`` at t = T-1), which after a
+    truncation is the value of the episode's final observation. A termination at t stops
+    the sum (``G_t = r_t``); a truncation bootstraps from ``V_next_t`` alone (``G_{t+1}``
+    belongs to the next episode); at t = T-1, ``G_T`` is ``bootstrap_value``. lam = 1 gives
+    :func:`n_step_returns`, lam = 0 one-step TD targets. With ``values`` the max over
+    actions of Q this is PQN's Q(λ) target; with a state-value function, GAE's returns.
+    Targets on auto-reset steps are junk for the caller to mask; they never leak backwards.
+    """
+    horizon = rewards.shape[0]
+    next_values = torch.cat([values[1:], bootstrap_value.unsqueeze(0)], dim=0)
+    returns = torch.empty_like(rewards)
+    running = bootstrap_value
+    for t in reversed(range(horizon)):
+        mixed = torch.where(truncated[t], next_values[t], (1 - lam) * next_values[t] + lam * running)
+        running = rewards[t] + gamma * mixed * (~terminated[t]).to(rewards.dtype)
+        returns[t] = running
+    return returns
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates (Schulman et al. 2016) and their value targets.
+
+    ``A_t = delta_t + gamma * lam * A_{t+1}`` with
+    ``delta_t = r_t + gamma * V_next_t - V(s_t)`` (``V_next_t`` = 0 after a termination);
+    the sum stops at every episode end, terminated or truncated. Conventions of
+    :func:`lambda_returns`, whose λ-returns are exactly ``A + V``: returns (advantages,
+    returns). Nothing is detached here: the caller passes detached tensors.
+    """
+    horizon = rewards.shape[0]
+    not_terminated = (~terminated).to(rewards.dtype)
+    continues = (~(terminated | truncated)).to(rewards.dtype)
+    next_values = torch.cat([values[1:], bootstrap_value.unsqueeze(0)], dim=0)
+    deltas = rewards + gamma * next_values * not_terminated - values
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(bootstrap_value)
+    for t in reversed(range(horizon)):
+        running = deltas[t] + gamma * lam * continues[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def heuristic_discount(horizon: int, low: float = 0.95, high: float = 0.995) -> float:
+    """SimbaV2's discount from the episode limit H in agent steps: ``clip(1 - 5 / H, low, high)``,
+    i.e. an effective horizon 1 / (1 - gamma) of a fifth of the episode. H = 0 (no limit) gives ``high``."""
+    if horizon <= 0:
+        return high
+    return min(high, max(low, 1.0 - 5.0 / horizon))

@@ -1,6 +1,7 @@
 """Network building blocks and heads."""
 
 from .actor_critic import ActorCritic
-from .blocks import MLP, ConvEncoder, orthogonal_init
+from .blocks import MLP, ConvEncoder, MultiSkipBlock, MultiSkipTorso, orthogonal_init
+from .q_network import QNetwork
 
-__all__ = ["ActorCritic", "ConvEncoder", "MLP", "orthogonal_init"]
+__all__ = ["ActorCritic", "ConvEncoder", "MLP", "MultiSkipBlock", "MultiSkipTorso", "QNetwork", "orthogonal_init"]

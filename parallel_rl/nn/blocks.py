@@ -70,3 +70,47 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def _norm(width: int, layer_norm: bool) -> nn.Module:
+    return nn.LayerNorm(width) if layer_norm else nn.Identity()
+
+
+class MultiSkipBlock(nn.Module):
+    """One residual block of the multi-skip torso: ``out = x + F(x) + g`` with
+    ``F = LN . Linear . ReLU . LN . Linear . ReLU`` (applied right to left: ReLU first)
+    and ``g`` the torso's projected encoder features (Castanyer et al. 2025)."""
+
+    def __init__(self, width: int, layer_norm: bool):
+        super().__init__()
+        self.residual = nn.Sequential(
+            nn.ReLU(), nn.Linear(width, width), _norm(width, layer_norm),
+            nn.ReLU(), nn.Linear(width, width), _norm(width, layer_norm),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return x + self.residual(x) + skip
+
+
+class MultiSkipTorso(nn.Module):
+    """Multi-skip residual MLP: ``g = LN(Linear(features))`` is added into every one of
+    ``blocks`` residual blocks (the stream starts at g), then Linear -> LN -> ReLU out.
+
+    Counting Linear layers, 1 / 3 / 5 blocks are 4 / 8 / 12 layers, the plain-MLP depths
+    they are compared with. Skipping g into every block rather than only the first keeps
+    gradients flowing to the encoder as depth grows.
+    """
+
+    def __init__(self, in_dim: int, width: int, blocks: int, layer_norm: bool):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(in_dim, width), _norm(width, layer_norm))
+        self.blocks = nn.ModuleList(MultiSkipBlock(width, layer_norm) for _ in range(blocks))
+        self.out = nn.Sequential(nn.Linear(width, width), _norm(width, layer_norm), nn.ReLU())
+        self.out_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.project(x)
+        hidden = skip
+        for block in self.blocks:
+            hidden = block(hidden, skip)
+        return self.out(hidden)

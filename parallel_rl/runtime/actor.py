@@ -9,7 +9,6 @@ or after reporting its own exception to the runner.
 from __future__ import annotations
 
 import os
-import signal
 import time
 import traceback
 from collections import deque
@@ -21,7 +20,7 @@ import zmq
 
 from ..config import from_dict
 from ..envs import make_env_groups
-from . import control
+from . import control, signals
 from .rollout import RandomPolicy, RolloutCollector
 from .slots import SharedWeights, SlotPool
 
@@ -54,7 +53,7 @@ class ActorArgs:
 
 
 def actor_main(args: ActorArgs) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the runner stops us
+    signals.ignore_in_child()  # Ctrl-C reaches the whole group; the runner stops us
     torch.set_num_threads(1)
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)

@@ -23,7 +23,7 @@ import zmq
 from ..algos.base import Batch
 from ..config import Config
 from ..envs import EnvSpec, make_env_groups
-from . import control
+from . import control, signals
 from .actor import ActorArgs, actor_main
 from .rollout import RandomPolicy, RolloutCollector, allocate, rollout_arrays
 from .slots import SharedWeights, SlotPool
@@ -106,38 +106,47 @@ class ActorPool:
         self.envs_per_actor = split_envs(cfg.actors.num_envs, procs)
         self.env_starts = [sum(self.envs_per_actor[:k]) for k in range(procs)]
         self.env_threads = env_threads
-        self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_actor, cfg.actors.slots_per_actor)
-        self.weights = SharedWeights(algo.net)
-        self.weights.publish(algo.net, start_version)
-        self.endpoint = control.Endpoint(run_dir)
-        for stale in self.endpoint.clean_stale():
-            log(f"removed a stale socket left by an earlier run that was killed: {stale}")
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.socket.bind(self.endpoint.address)
-        self.ready: list[deque] = [deque() for _ in range(procs)]
+        # what close() releases exists from the start, so a failure or an interrupt part-way
+        # through construction releases whatever was already built
         self.processes: list[mp.Process | None] = [None] * procs
-        self.started_at = [0.0] * procs
-        self.last_seen: list[float | None] = [None] * procs
-        self.restarts = 0
-        pinned = device.type == "cuda"
-        self.staging = {
-            name: torch.from_numpy(np.zeros(shape, dtype)).pin_memory() if pinned else None
-            for name, (shape, dtype) in rollout_arrays(spec, cfg.algo.rollout_length, cfg.actors.num_envs).items()
-        }
-        self._mp = mp.get_context("spawn")
-        for k in range(procs):
-            self._start(k, self.pool.slots_of(k))
+        self.endpoint: control.Endpoint | None = None
+        self.context: zmq.Context | None = None
+        self.socket: zmq.Socket | None = None
+        try:
+            self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_actor, cfg.actors.slots_per_actor)
+            self.weights = SharedWeights(algo.net)
+            self.weights.publish(algo.net, start_version)
+            self.endpoint = control.Endpoint(run_dir)
+            for stale in self.endpoint.clean_stale():
+                log(f"removed a stale socket left by an earlier run that was killed: {stale}")
+            self.context = zmq.Context()
+            self.socket = self.context.socket(zmq.ROUTER)
+            self.socket.setsockopt(zmq.LINGER, 0)
+            self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.socket.bind(self.endpoint.address)
+            self.ready: list[deque] = [deque() for _ in range(procs)]
+            self.started_at = [0.0] * procs
+            self.last_seen: list[float | None] = [None] * procs
+            self.restarts = 0
+            pinned = device.type == "cuda"
+            self.staging = {
+                name: torch.from_numpy(np.zeros(shape, dtype)).pin_memory() if pinned else None
+                for name, (shape, dtype) in rollout_arrays(spec, cfg.algo.rollout_length, cfg.actors.num_envs).items()
+            }
+            self._mp = mp.get_context("spawn")
+            for k in range(procs):
+                self._start(k, self.pool.slots_of(k))
+        except BaseException:
+            self.close()
+            raise
 
     # ---------------------------------------------------------------- processes
     def _start(self, k: int, free_slots: list[int]) -> None:
         args = ActorArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_actor[k], self.env_threads,
                          self.pool, self.weights, free_slots, self.endpoint.address, os.getpid(), self.random_policy)
         process = self._mp.Process(target=actor_main, args=(args,), name=f"parallel-rl-actor-{k}", daemon=True)
-        process.start()
-        self.processes[k] = process
+        self.processes[k] = process  # before start(): an interrupt right after it must not lose the child
+        signals.start_child(process)
         self.started_at[k] = time.monotonic()
         self.last_seen[k] = None
 
@@ -211,6 +220,11 @@ class ActorPool:
         dropped = 0
         began = time.perf_counter()
         while True:
+            if should_stop():  # before supervising: actors that die once a stop is under way are no failure
+                return None
+            # read what arrived during the update first: heartbeats queued in the socket
+            # while the learner was busy must not look like silence
+            self._receive(0.0)
             self.supervise()
             for k in range(self.procs):  # drop rollouts acted by a policy that is too old
                 while self.ready[k] and version - int(self.ready[k][0][1]["version"]) > cfg.actors.max_policy_lag:
@@ -219,8 +233,6 @@ class ActorPool:
                     dropped += 1
             if all(self.ready):
                 break
-            if should_stop():
-                return None
             self._receive(0.05)
         wait_s = time.perf_counter() - began
         taken = [self.ready[k].popleft() for k in range(self.procs)]
@@ -250,20 +262,25 @@ class ActorPool:
 
     # ---------------------------------------------------------------- shutdown
     def close(self) -> None:
-        for k, process in enumerate(self.processes):
-            if process is not None and process.is_alive():
+        """Stop every actor (asking first, killing after STOP_GRACE_S), then release the socket;
+        safe on a pool whose construction stopped part-way."""
+        started = [(k, p) for k, p in enumerate(self.processes) if p is not None and p.pid is not None]
+        for k, process in started:
+            if self.socket is not None and process.is_alive():
                 try:
                     control.send(self.socket, {"type": "stop"}, control.actor_identity(k))
                 except zmq.ZMQError:
-                    pass
+                    pass  # not connected yet (still starting) or gone: killed below
         deadline = time.monotonic() + STOP_GRACE_S
-        for process in self.processes:
-            if process is not None:
-                process.join(max(0.0, deadline - time.monotonic()))
-        for process in self.processes:
-            if process is not None and process.is_alive():
+        for _, process in started:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for _, process in started:
+            if process.is_alive():
                 process.kill()
                 process.join(STOP_GRACE_S)
-        self.socket.close(0)
-        self.context.term()
-        self.endpoint.close()
+        if self.socket is not None:
+            self.socket.close(0)
+        if self.context is not None:
+            self.context.term()
+        if self.endpoint is not None:
+            self.endpoint.close()

@@ -8,10 +8,10 @@ rollouts from actor processes through shared memory; everything else is the same
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,9 +22,11 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..algos import make_algorithm
+from ..algos.base import SKIPPED_STEPS, NonFiniteUpdates
 from ..config import Config, ConfigError, save_yaml
 from ..envs import default_num_threads, env_spec
 from ..metrics import Metrics
+from . import signals
 from .pipeline import ActorPool, InlineSource, resolve_procs
 
 CHECKPOINT_FORMAT = 1
@@ -57,8 +59,12 @@ class RunSummary:
     seconds: float
     recent_return: float
     episodes: int
-    interrupted: bool
+    stop_signal: int | None  # the signal (SIGINT, SIGTERM) that stopped the run, if one did
     checkpoint: Path | None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal is not None
 
     @property
     def sps(self) -> float:
@@ -89,7 +95,7 @@ class Runner:
 
     def _request_stop(self, signum, _frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
+            raise signals.Interrupted(signum)
         self._stop_signal = signum
 
     def log(self, text: str) -> None:
@@ -98,7 +104,14 @@ class Runner:
 
     def run(self, max_seconds: float | None = None, learner_enabled: bool = True, random_policy: bool = False) -> RunSummary:
         """Train. ``bench`` uses the rest: a time limit (after start-up), no gradient steps, and
-        uniformly random actions instead of the network (transport without inference)."""
+        uniformly random actions instead of the network (transport without inference).
+
+        SIGINT and SIGTERM are handled from the first line: one arriving during start-up
+        skips whatever has not started yet and still ends with a checkpoint."""
+        with signals.handled(self._request_stop):
+            return self._run(max_seconds, learner_enabled, random_policy)
+
+    def _run(self, max_seconds: float | None, learner_enabled: bool, random_policy: bool) -> RunSummary:
         cfg = self.cfg
         procs = resolve_procs(cfg)
         learner_threads, env_threads = thread_layout(cfg, procs)
@@ -109,26 +122,33 @@ class Runner:
         algo = make_algorithm(spec, cfg, device)
         step = updates = 0
         if self.resume_state is not None:
-            ckpt.restore(algo, self.resume_state, self.resume_path or self.run_dir)
+            ckpt.restore(algo, self.resume_state, self.resume_path or self.run_dir, cfg.env.id)
             step, updates = int(self.resume_state["step"]), int(self.resume_state["updates"])
             torch.set_rng_state(self.resume_state["torch_rng"])
         if self.write_logs:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"Cannot create the run directory {str(self.run_dir)!r}: {exc.strerror}. "
+                                  "Choose another with --run-dir or logging.run_root.") from None
             save_yaml(cfg, self.run_dir / "config.yaml")
         layout = (f"layout: {procs} actor processes x {cfg.actors.num_envs // max(procs, 1)} envs" if procs else "layout: synchronous (K = 0)")
         self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}), {env_threads} env threads "
                  f"{'per actor' if procs else ''} | learner on {device} with {learner_threads} torch threads | {os.cpu_count()} cores")
         if self.write_logs:
             self.log(f"run directory: {self.run_dir}")
-        if procs:
-            source = ActorPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
-                               env_threads, start_version=updates, log=self.log, random_policy=random_policy)
-        else:
-            source = InlineSource(cfg, spec, algo, device, env_threads, random_policy=random_policy)
+        source = None
+        if self._stop_signal is None:  # stopped already: no actors to start, straight to the checkpoint
+            if procs:
+                source = ActorPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
+                                   env_threads, start_version=updates, log=self.log, random_policy=random_policy)
+            else:
+                source = InlineSource(cfg, spec, algo, device, env_threads, random_policy=random_policy)
         try:
             return self._train(algo, source, step, updates, max_seconds, learner_enabled)
         finally:
-            source.close()
+            if source is not None:
+                source.close()
 
     def _train(self, algo, source, step: int, updates: int, max_seconds: float | None, learner_enabled: bool) -> RunSummary:
         cfg = self.cfg
@@ -142,6 +162,7 @@ class Runner:
         )
         if self.resume_state is not None:
             metrics.recent_returns.extend(self.resume_state.get("recent_returns", []))
+        metrics.log_run_start(cfg, step)
         checkpoints = ckpt.CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last) if self.write_logs else None
 
         def state() -> dict[str, Any]:
@@ -158,6 +179,7 @@ class Runner:
         stage_seconds: dict[str, float] = {}
         lags: list[int] = []
         dropped = 0
+        nonfinite_updates = nonfinite_in_a_row = 0
         result: dict[str, torch.Tensor] = {}
         lr = algo.set_progress(step / cfg.total_steps)
 
@@ -170,14 +192,13 @@ class Runner:
                 out["diag/policy_lag"] = statistics.fmean(lags)
                 out["diag/policy_lag_max"] = max(lags)
             out["diag/dropped_rollouts"] = dropped
+            out["diag/nonfinite_updates"] = nonfinite_updates
             if hasattr(source, "queue_fill"):
                 out["diag/queue_fill"] = source.queue_fill()
                 out["diag/actor_restarts"] = source.restarts
             stage_seconds, lags = {}, []
             return out
 
-        main_thread = threading.current_thread() is threading.main_thread()
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
         interval = cfg.checkpoint.interval_steps
         next_checkpoint = (step // interval + 1) * interval if interval else None
         # throughput and max_seconds count from the first update: process start-up, EnvPool
@@ -190,6 +211,7 @@ class Runner:
             return self._stop_signal is not None or (deadline is not None and time.perf_counter() >= deadline)
 
         first_update = updates
+        disk_refused = False
         try:
             while step < cfg.total_steps and not should_stop():
                 delivery = source.next_batch(updates, should_stop)
@@ -198,7 +220,13 @@ class Runner:
                 began = time.perf_counter()
                 if learner_enabled:
                     lr = algo.set_progress(step / cfg.total_steps)
-                    result.update(algo.update(delivery.batch))  # tags an update skips keep their last value
+                    update_result = algo.update(delivery.batch)
+                    if float(update_result.pop(SKIPPED_STEPS, 0.0)):  # a CPU tensor: the algorithm already synced
+                        nonfinite_updates += 1
+                        nonfinite_in_a_row += 1
+                    else:
+                        nonfinite_in_a_row = 0
+                        result.update(update_result)  # tags an update skips keep their last value
                 updates += 1
                 source.published(updates)
                 for stage, seconds in delivery.timings.items():
@@ -214,20 +242,35 @@ class Runner:
                 metrics.add_episodes(delivery.returns, delivery.lengths)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
+                if nonfinite_in_a_row >= cfg.max_nonfinite_updates:
+                    raise NonFiniteUpdates(
+                        f"{nonfinite_in_a_row} updates in a row had a NaN or infinite loss or gradient and were skipped "
+                        f"(max_nonfinite_updates = {cfg.max_nonfinite_updates}), so the run was stopped at step {step:,}. "
+                        "Skipped updates leave the weights and optimizer state untouched: the final checkpoint holds "
+                        "those from before the first of them. A lower learning rate (optim.lr), a gradient clip "
+                        "(algo.max_grad_norm) or reward clipping (algo.reward_clip) usually helps."
+                    )
                 if checkpoints is not None and next_checkpoint is not None and step >= next_checkpoint:
                     last_path = checkpoints.save(state(), step)
                     next_checkpoint += interval
+        except ckpt.CheckpointWriteError:
+            disk_refused = True
+            raise
         finally:
             elapsed = time.perf_counter() - start
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            try:
-                if checkpoints is not None and updates > 0 and (last_path is None or last_path.name != f"step_{step}.pt"):
-                    last_path = checkpoints.save(state(), step)
-                if self.write_logs and result:
-                    metrics.write(step, scalars())
-            finally:
-                metrics.close()
+            # once the disk refused a checkpoint, writing anything more on the way out would fail
+            # again or hide why the run stopped: skip it, and let closing the TensorBoard file fail quietly
+            with contextlib.suppress(OSError) if disk_refused else contextlib.nullcontext():
+                try:
+                    # a run stopped by a signal before its first update still gets a checkpoint (of
+                    # its initial state), so the run directory can be resumed rather than being a dead end
+                    wanted = (updates > 0 or self._stop_signal is not None) and not disk_refused
+                    if checkpoints is not None and wanted and (last_path is None or last_path.name != f"step_{step}.pt"):
+                        last_path = checkpoints.save(state(), step)
+                    if self.write_logs and updates > first_update and not disk_refused:
+                        metrics.write(step, scalars())
+                finally:
+                    metrics.close()
         if self._stop_signal is not None:
             self.log(f"stopped by {signal.Signals(self._stop_signal).name}; final checkpoint {last_path}")
         return RunSummary(
@@ -237,6 +280,6 @@ class Runner:
             seconds=elapsed,
             recent_return=metrics.recent_mean_return,
             episodes=metrics.episodes,
-            interrupted=self._stop_signal is not None,
+            stop_signal=self._stop_signal,
             checkpoint=last_path,
         )

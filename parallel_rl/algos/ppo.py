@@ -1,0 +1,101 @@
+"""PPO: proximal policy optimisation with the clipped surrogate (Schulman et al. 2017).
+
+Every rollout of ``n_envs x T`` steps is learnt from for ``update_epochs`` passes of
+``num_minibatches`` minibatches each:
+
+    ratio = pi(a|s) / mu(a|s)            mu: the policy that acted
+    L     = -min(ratio A, clip(ratio, 1 - eps, 1 + eps) A) - beta H(pi) + c_v (R - V)^2
+
+with GAE(lambda) advantages A and returns R computed once per rollout. In asynchronous
+mode mu lags the learner by a few versions; the clip bounds how far the update trusts
+those samples. Auto-reset steps carry no transition and are left out of every loss and
+of the advantage normalisation. Network, acting, LR annealing and state are PAAC's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import SKIPPED_STEPS, Batch, step_if_finite
+from .paac import PAAC
+from .returns import gae
+
+
+def valid_indices(batch: Batch) -> torch.Tensor:
+    """Flat [T * N] indices of the steps that are transitions (not auto-resets)."""
+    return (~batch.autoreset).flatten().nonzero().squeeze(1)
+
+
+def minibatches(indices: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``indices`` shuffled and split into ``count`` near-equal, non-empty minibatches."""
+    parts = indices[torch.randperm(len(indices), device=indices.device)].tensor_split(count)
+    return [part for part in parts if len(part)]
+
+
+class PPO(PAAC):
+    name = "ppo"
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        algo = self.cfg.algo
+        horizon, num_envs = batch.rewards.shape
+        valid = valid_indices(batch)
+        if len(valid) == 0:  # every step only reset an env: nothing to learn from
+            return {}
+        obs = batch.obs.flatten(0, 1)
+        actions = batch.actions.flatten().long()
+        behaviour_log_probs = batch.behaviour_log_probs.flatten()
+        rewards = batch.rewards.clamp(-algo.reward_clip, algo.reward_clip) if algo.reward_clip > 0 else batch.rewards
+        with torch.no_grad():
+            _, values = self.net(torch.cat([obs, batch.next_obs], dim=0))
+            old_values, bootstrap = values[: horizon * num_envs], values[horizon * num_envs :]
+            advantages, returns = gae(rewards, old_values.view(horizon, num_envs), bootstrap,
+                                      batch.terminated, batch.truncated, algo.gamma, algo.td_lambda)
+            advantages, returns = advantages.flatten(), returns.flatten()
+
+        self.flow.begin_update()
+        totals: dict[str, list[torch.Tensor]] = {}
+        skipped = 0
+        for _ in range(algo.update_epochs):
+            for idx in minibatches(valid, algo.num_minibatches):
+                with self.flow.capture():
+                    logits, new_values = self.net(obs[idx])
+                log_probs = F.log_softmax(logits, dim=-1)
+                new_log_probs = log_probs.gather(1, actions[idx].unsqueeze(1)).squeeze(1)
+                log_ratio = new_log_probs - behaviour_log_probs[idx]
+                ratio = log_ratio.exp()
+
+                adv = advantages[idx]
+                if algo.norm_advantages and len(idx) > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - algo.clip_coef, 1 + algo.clip_coef)).mean()
+
+                value_error = (new_values - returns[idx]).pow(2)
+                if algo.clip_value_loss:
+                    clipped = old_values[idx] + (new_values - old_values[idx]).clamp(-algo.clip_coef, algo.clip_coef)
+                    value_error = torch.max(value_error, (clipped - returns[idx]).pow(2))
+                value_loss = value_error.mean()
+                entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+                loss = algo.loss_scale * (policy_loss - algo.entropy_coef * entropy + algo.value_coef * value_loss)
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.flow.record_gradients()
+                max_norm = algo.max_grad_norm if algo.max_grad_norm > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+                with self.flow.record_step():
+                    skipped += not step_if_finite(self.optimizer, loss, grad_norm)
+
+                with torch.no_grad():
+                    for tag, value in (
+                        ("losses/policy", policy_loss), ("losses/value", value_loss), ("losses/entropy", entropy),
+                        ("losses/total", loss), ("diag/grad_norm", grad_norm),
+                        # the k3 estimator of KL(mu || pi): unbiased, never negative (Schulman 2020)
+                        ("losses/approx_kl", ((ratio - 1) - log_ratio).mean()),
+                        ("losses/clip_fraction", ((ratio - 1).abs() > algo.clip_coef).float().mean()),
+                    ):
+                        totals.setdefault(tag, []).append(value.detach())
+        metrics = {tag: torch.stack(values).mean() for tag, values in totals.items()}
+        metrics["diag/value_mean"] = old_values[valid].mean()
+        metrics[SKIPPED_STEPS] = torch.tensor(float(skipped))
+        return {**metrics, **self.flow.results()}

@@ -1,0 +1,31 @@
+"""Q-network: the actor-critic's encoder and torso with one Q-value per action."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..envs import EnvSpec
+from .actor_critic import build_body, init_body
+from .blocks import orthogonal_init
+
+
+class QNetwork(nn.Module):
+    """Q-values for every action, plus the exploration rate of the epsilon-greedy policy
+    acting with them.
+
+    ``epsilon`` is a buffer, not a plain attribute: actor processes receive the network's
+    parameters and buffers together, so the schedule reaches them with the weights.
+    """
+
+    def __init__(self, spec: EnvSpec, model: ModelConfig):
+        super().__init__()
+        self.encoder, self.torso = build_body(spec, model)
+        self.q = nn.Linear(self.torso.out_dim, spec.num_actions)
+        init_body(self.encoder, self.torso)
+        orthogonal_init(self.q, gain=0.01)
+        self.register_buffer("epsilon", torch.ones(()))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.q(self.torso(self.encoder(obs)))

@@ -1,0 +1,246 @@
+"""Learning curves and a table of final scores, read from runs' TensorBoard logs.
+
+Runs are grouped by their config.yaml: the environment, the algorithm, and the variant,
+which is every other key whose value differs between runs of that environment and
+algorithm (seeds, logging and checkpoint settings aside). The runs of one group are the
+seeds of one experiment: their curves are averaged, with a 95% bootstrap confidence band
+of the mean, and their final scores reported as mean ± standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError, flatten, load_yaml
+
+RETURN_TAG = "charts/episodic_return"
+FINAL_FRACTION = 0.1  # a run's final score: its returns logged over the last 10% of its steps
+NOT_A_VARIANT = ("seed", "logging.", "checkpoint.")  # keys that differ between seeds of one experiment
+GRID_POINTS = 200
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]  # flattened: "algo.gamma" -> 0.99
+    steps: np.ndarray  # agent steps at each logged return
+    seconds: np.ndarray  # wall-clock seconds since the run's log was opened
+    returns: np.ndarray
+
+    @property
+    def env(self) -> str:
+        return str(self.config.get("env.id", "?"))
+
+    @property
+    def algo(self) -> str:
+        return str(self.config.get("algo.name", "?"))
+
+    @property
+    def final_score(self) -> float:
+        return float(self.returns[self.steps >= (1 - FINAL_FRACTION) * self.steps[-1]].mean())
+
+
+@dataclass
+class Group:
+    env: str
+    algo: str
+    variant: str  # "key=value, ..." or "" when the runs of this env and algorithm share one config
+    runs: list[Run]
+
+    @property
+    def label(self) -> str:
+        return f"{self.algo} [{self.variant}]" if self.variant else self.algo
+
+
+@dataclass
+class Report:
+    table: str
+    markdown: Path
+    plots: list[Path]
+    groups: list[Group]
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories (config.yaml beside tb/) among ``paths`` or anywhere below them."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            raise ConfigError(f"{str(path)!r} is not a folder: give run directories (runs/<env>__<algo>__s<seed>__<time>) or a folder holding them.")
+        below = [path] if (path / "config.yaml").is_file() else sorted(p.parent for p in path.rglob("config.yaml"))
+        runs = [p for p in below if (p / "tb").is_dir()]
+        if not runs:
+            raise ConfigError(f"{str(path)!r} holds no run directory: a run directory has a config.yaml and a tb/ folder.")
+        found += [p for p in runs if p not in found]
+    return found
+
+
+def load_run(path: Path) -> Run | None:
+    """The run's config and logged returns; None when it has not finished an episode yet."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    # keep every scalar; skip what a report does not read (videos, text)
+    guidance = {ea.SCALARS: 0, ea.IMAGES: 1, ea.TENSORS: 1, ea.HISTOGRAMS: 1, ea.AUDIO: 1, ea.COMPRESSED_HISTOGRAMS: 1}
+    accumulator = ea.EventAccumulator(str(path / "tb"), size_guidance=guidance)
+    accumulator.Reload()
+    if RETURN_TAG not in accumulator.Tags()["scalars"]:
+        return None
+    events = accumulator.Scalars(RETURN_TAG)
+    start = accumulator.FirstEventTimestamp()
+    return Run(
+        path=path,
+        config=flatten(load_yaml(path / "config.yaml")),
+        steps=np.array([e.step for e in events], np.float64),
+        seconds=np.array([e.wall_time - start for e in events], np.float64),
+        returns=np.array([e.value for e in events], np.float64),
+    )
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    by_experiment: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        by_experiment[run.env, run.algo].append(run)
+    groups = []
+    for (env, algo), members in sorted(by_experiment.items()):
+        keys = sorted({k for run in members for k in run.config})
+        differing = [
+            k for k in keys
+            if not k.startswith(NOT_A_VARIANT) and len({repr(run.config.get(k)) for run in members}) > 1
+        ]
+        variants: dict[str, list[Run]] = defaultdict(list)
+        for run in members:
+            variants[", ".join(f"{k}={run.config.get(k)}" for k in differing)].append(run)
+        groups += [Group(env, algo, variant, variants[variant]) for variant in sorted(variants)]
+    return groups
+
+
+def mean_and_band(curves: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs (rows) and the 95% percentile-bootstrap interval of that mean.
+
+    With one run the band is the curve itself: one seed says nothing about the spread.
+    """
+    mean = curves.mean(axis=0)
+    if len(curves) == 1:
+        return mean, mean, mean
+    resampled = curves[rng.integers(len(curves), size=(BOOTSTRAP_SAMPLES, len(curves)))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+    return mean, low, high
+
+
+def _x(run: Run, x_axis: str) -> np.ndarray:
+    return run.steps if x_axis == "steps" else run.seconds
+
+
+def curve(group: Group, x_axis: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, low, high) over the x range every run of the group covers, each run's
+    returns linearly interpolated onto a common grid."""
+    xs = [_x(run, x_axis) for run in group.runs]
+    lo, hi = max(x[0] for x in xs), min(x[-1] for x in xs)
+    grid = np.linspace(lo, hi, GRID_POINTS) if hi > lo else np.array([hi])
+    curves = np.stack([np.interp(grid, x, run.returns) for x, run in zip(xs, group.runs, strict=True)])
+    return (grid, *mean_and_band(curves, rng))
+
+
+def _time_unit(seconds: float) -> tuple[str, float]:
+    for unit, size in (("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= 2 * size:
+            return unit, size
+    return "seconds", 1.0
+
+
+def plot_env(env: str, groups: list[Group], x_axis: str, path: Path, rng: np.random.Generator) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [(group, *curve(group, x_axis, rng)) for group in groups]
+    unit, size = ("", 1.0) if x_axis == "steps" else _time_unit(max(c[1][-1] for c in curves))
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    try:
+        for group, x, mean, low, high in curves:
+            x = x / size
+            seeds = len(group.runs)
+            (line,) = ax.plot(x, mean, marker="o" if len(x) == 1 else None,
+                              label=f"{group.label} ({seeds} seed{'s' if seeds > 1 else ''})")
+            if seeds > 1:
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(env)
+        ax.set_xlabel("agent steps (all environments)" if x_axis == "steps" else f"wall-clock time ({unit})")
+        ax.set_ylabel("episodic return (mean, 95% CI)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def _fmt_steps(values: list[float]) -> str:
+    low, high = int(min(values)), int(max(values))
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def score_table(groups: list[Group]) -> str:
+    rows = [
+        f"final return: mean ± std over seeds of each run's mean return over its last {FINAL_FRACTION:.0%} of agent steps",
+        "",
+        "| env | algorithm | variant | seeds | agent steps | final return |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for group in groups:
+        scores = [run.final_score for run in group.runs]
+        mean = sum(scores) / len(scores)
+        score = f"{mean:.2f}"
+        if len(scores) > 1:
+            score += f" ± {math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)):.2f}"
+        steps = _fmt_steps([run.steps[-1] for run in group.runs])
+        rows.append(f"| {group.env} | {group.algo} | {group.variant or '-'} | {len(scores)} | {steps} | {score} |")
+    return "\n".join(rows)
+
+
+def _file_name(env: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in env) + ".png"
+
+
+def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: int = 0) -> Report:
+    """Reads the runs under ``paths``; writes one PNG per env and report.md into ``out_dir``."""
+    if x_axis not in ("steps", "time"):
+        raise ConfigError(f"--x {x_axis!r} is not a valid choice: steps or time.")
+    runs, warnings = [], []
+    for path in find_runs(paths):
+        run = load_run(path)
+        if run is None:
+            warnings.append(f"{path} left out: it has logged no finished episode ({RETURN_TAG}) yet.")
+        else:
+            runs.append(run)
+    if not runs:
+        raise ConfigError(f"None of the {len(warnings)} runs found has logged a finished episode ({RETURN_TAG}); "
+                          "nothing to report. Train longer or with a smaller logging.interval_s.")
+    groups = group_runs(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    plots = []
+    by_env: dict[str, list[Group]] = defaultdict(list)
+    for group in groups:
+        by_env[group.env].append(group)
+    for env, env_groups in by_env.items():
+        plots.append(out_dir / _file_name(env))
+        plot_env(env, env_groups, x_axis, plots[-1], rng)
+    table = score_table(groups)
+    listing = [f"- {group.env} / {group.label}: " + ", ".join(str(run.path) for run in group.runs) for group in groups]
+    markdown = out_dir / "report.md"
+    markdown.write_text("\n\n".join([
+        "# parallel-rl report",
+        table,
+        "\n".join(f"![{env}]({plot.name})" for env, plot in zip(by_env, plots, strict=True)),
+        "## Runs\n\n" + "\n".join(listing),
+    ]) + "\n")
+    return Report(table, markdown, plots, groups, warnings)

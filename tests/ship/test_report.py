@@ -1,0 +1,130 @@
+"""`parallel-rl report`: curves and a score table from real runs; grouping and bands on made-up ones."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from parallel_rl.cli import main
+from parallel_rl.report import Group, Run, group_runs, mean_and_band
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def logged_final_score(run_dir):
+    """A run's final score recomputed from its events: mean return over the last 10% of steps."""
+    accumulator = EventAccumulator(str(run_dir / "tb"))
+    accumulator.Reload()
+    events = accumulator.Scalars("charts/episodic_return")
+    last = events[-1].step
+    return float(np.mean([e.value for e in events if e.step >= 0.9 * last])), [e.value for e in events]
+
+
+def table_rows(markdown):
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] not in ("env", "---"):
+            rows[cells[0], cells[1]] = cells[2:]
+    return rows
+
+
+def test_report_on_cartpole_runs(cartpole_runs, tmp_path):
+    out_dir = tmp_path / "report"
+    runs = [cartpole_runs[name][0] for name in ("paac_s1", "paac_s2", "impala_s1")]
+    out = cli("report", *runs, "--out", out_dir)
+    assert out.returncode == 0, out.stderr
+
+    png = out_dir / "CartPole-v1.png"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (700, 450)
+        assert len(image.convert("L").getcolors(maxcolors=1 << 16)) > 10  # something was drawn
+
+    markdown = (out_dir / "report.md").read_text()
+    assert "![CartPole-v1](CartPole-v1.png)" in markdown
+    rows = table_rows(markdown)
+    assert set(rows) == {("CartPole-v1", "paac"), ("CartPole-v1", "impala")}
+    variant, seeds, steps, score = rows["CartPole-v1", "paac"]
+    assert (variant, seeds, steps) == ("-", "2", "4,000")
+    mean, std = map(float, re.fullmatch(r"(-?\d+\.\d+) ± (\d+\.\d+)", score).groups())
+    finals = [logged_final_score(run)[0] for run in runs[:2]]
+    assert mean == pytest.approx(np.mean(finals), abs=0.006)
+    assert std == pytest.approx(np.std(finals, ddof=1), abs=0.006)
+    variant, seeds, steps, score = rows["CartPole-v1", "impala"]
+    assert (variant, seeds, steps) == ("-", "1", "4,000")
+    impala_final, impala_returns = logged_final_score(runs[2])
+    assert float(score) == pytest.approx(impala_final, abs=0.006)
+    assert min(impala_returns) <= impala_final <= max(impala_returns)
+    assert markdown.count("CartPole-v1") >= 3 and out.stdout.startswith("final return")
+
+
+def test_report_finds_runs_below_a_folder_and_plots_wall_clock(cartpole_runs, tmp_path, capsys):
+    root = cartpole_runs["paac_s1"][0].parent
+    assert main(["report", str(root), "--out", str(tmp_path / "time"), "--x", "time"]) == 0
+    assert "| CartPole-v1 | paac | - | 2 | 4,000 |" in capsys.readouterr().out
+    with Image.open(tmp_path / "time" / "CartPole-v1.png") as image:
+        image.verify()
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda tmp: tmp / "missing", "is not a folder"),
+    (lambda tmp: tmp, "holds no run directory"),
+])
+def test_bad_report_input_exits_2(tmp_path, capsys, make, needle):
+    assert main(["report", str(make(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_x_axis_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path), "--x", "frames"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'frames'" in err and "steps" in err
+
+
+def made_up_run(name, seed, **changes):
+    config = {"env.id": "Pong-v5", "algo.name": "paac", "seed": seed, "algo.gamma": 0.99, "logging.run_root": name,
+              "checkpoint.keep_last": seed, **changes}
+    steps = np.array([100.0, 200.0])
+    return Run(Path(name), config, steps, steps / 100, np.array([0.0, 1.0]))
+
+
+def test_variants_are_the_keys_that_differ_besides_seed_logging_and_checkpoints():
+    runs = [
+        made_up_run("a", 1), made_up_run("b", 2),
+        made_up_run("c", 1, **{"algo.gamma": 0.9}), made_up_run("d", 2, **{"algo.gamma": 0.9}),
+        made_up_run("e", 1, **{"algo.name": "impala"}),
+        made_up_run("f", 1, **{"env.id": "Breakout-v5", "algo.gamma": 0.5}),
+    ]
+    groups = {(g.env, g.algo, g.variant): [r.path.name for r in g.runs] for g in group_runs(runs)}
+    assert groups == {
+        ("Breakout-v5", "paac", ""): ["f"],
+        ("Pong-v5", "impala", ""): ["e"],
+        ("Pong-v5", "paac", "algo.gamma=0.9"): ["c", "d"],
+        ("Pong-v5", "paac", "algo.gamma=0.99"): ["a", "b"],
+    }
+    assert Group("Pong-v5", "paac", "algo.gamma=0.9", runs[2:4]).label == "paac [algo.gamma=0.9]"
+
+
+def test_bootstrap_band_holds_the_mean_within_the_runs():
+    rng = np.random.default_rng(0)
+    curves = np.array([[0.0, 1.0, 2.0], [2.0, 3.0, 2.0], [4.0, 5.0, 2.0]])
+    mean, low, high = mean_and_band(curves, rng)
+    np.testing.assert_allclose(mean, [2.0, 3.0, 2.0])
+    assert np.all(curves.min(0) <= low) and np.all(low < mean + 1e-12) and np.all(mean <= high + 1e-12)
+    assert np.all(high <= curves.max(0))
+    assert low[2] == high[2] == 2.0  # no spread, no band
+    assert low[0] < 1.5 and high[0] > 2.5  # a real spread gives a real band
+    single = mean_and_band(curves[:1], rng)
+    assert all(np.array_equal(part, curves[0]) for part in single)

@@ -1,0 +1,137 @@
+"""Gradient-flow diagnostics: definitions on a hand-built network, the interval, and a deep
+configuration with the interventions that trains with finite losses and logs every tag."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from parallel_rl.diagnostics import GradientFlow
+
+
+def _probe_net():
+    # unit 0 never fires, unit 1 barely (0.05), units 2 and 3 at 1: layer mean 0.5125
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.copy_(torch.tensor([-1.0, 0.05, 1.0, 1.0]))
+        net[2].weight.fill_(0.5)
+    return net
+
+
+def _measured_update(flow, net, optimizer, x):
+    flow.begin_update()
+    with flow.capture():
+        loss = net(x).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    flow.record_gradients()
+    with flow.record_step():
+        optimizer.step()
+    return flow.results()
+
+
+def test_definitions_on_a_known_network():
+    net = _probe_net()
+    flow = GradientFlow(net, interval=1, features=net[1])
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    grads = {}
+
+    def keep_grads():
+        grads.update({name: p.grad.clone() for name, p in net.named_parameters()})
+
+    flow.begin_update()
+    with flow.capture():
+        loss = net(torch.ones(8, 2)).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    keep_grads()
+    flow.record_gradients()
+    with flow.record_step():
+        optimizer.step()
+    out = flow.results()
+
+    # dormant: score = mean|a| / layer mean = 0, 0.098, 1.95, 1.95
+    assert out["diag/dormant_fraction"].item() == pytest.approx(0.25)
+    assert out["diag/dormant_fraction_tau0.1"].item() == pytest.approx(0.5)
+    # features: every sample's ReLU output is [0, .05, 1, 1]
+    assert out["diag/feature_norm"].item() == pytest.approx(math.sqrt(0.05**2 + 2))
+    for layer in ("0", "2"):
+        expected = torch.cat([grads[f"{layer}.weight"].flatten(), grads[f"{layer}.bias"]]).norm()
+        assert out[f"diag/grad_norm/{layer}"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # SGD: the update is lr x gradient
+    update = 0.1 * torch.cat([g.flatten() for g in grads.values()]).norm()
+    weights = torch.cat([b.flatten() for b in before]).norm()
+    assert out["diag/effective_lr"].item() == pytest.approx((update / weights).item(), rel=1e-5)
+
+
+def test_measures_every_kth_update_and_leaves_no_hooks():
+    net = _probe_net()
+    flow = GradientFlow(net, interval=3, features=net[1])
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    measured = [bool(_measured_update(flow, net, optimizer, torch.ones(4, 2))) for _ in range(7)]
+    assert measured == [True, False, False, True, False, False, True]
+    assert not any(m._forward_hooks for m in net.modules())
+    assert not any(_measured_update(GradientFlow(net, 0), net, optimizer, torch.ones(4, 2)) for _ in range(3))
+
+
+def test_only_the_first_minibatch_of_an_update_is_measured():
+    net = _probe_net()
+    flow = GradientFlow(net, interval=1, features=net[1])
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    flow.begin_update()
+    for minibatch in range(2):
+        if minibatch == 1:  # every unit alive: measuring this one would report 0 dormant
+            with torch.no_grad():
+                net[0].bias.fill_(1.0)
+        with flow.capture():
+            loss = net(torch.ones(8, 2)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        flow.record_gradients()
+        with flow.record_step():
+            optimizer.step()
+    assert flow.results()["diag/dormant_fraction"].item() == pytest.approx(0.25)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("optimizer", "updates"), [
+    ("adam", 300),
+    # Kron's preconditioner updates cost about 1.3 s a step at this size on two CPU cores
+    # (benchmarks/kron_cost.py): a few dozen steps show it keeps the deep network finite
+    ("kron", 30),
+])
+def test_deep_wide_network_with_the_interventions_trains_and_logs_the_diagnostics(tmp_path, optimizer, updates):
+    """The paper's largest torso (5 multi-skip blocks of width 1536 with LayerNorm) trained
+    by PPO on CPU: losses stay finite, nothing is skipped and every diagnostics tag is written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from parallel_rl.config import build_config
+    from parallel_rl.runtime.runner import Runner
+
+    num_envs, horizon = 4, 8
+    cfg = build_config("ppo_classic", {"seed": 0}, [
+        "model.torso=multiskip", "model.depth=5", "model.width=1536", "model.layer_norm=true",
+        f"optim.name={optimizer}", "torch_threads=2",
+        # Kron keeps diagonal preconditioners for dimensions above this: full 1536 x 1536
+        # triangular factors cost seconds a step on two cores (the GPU recipes keep 8192)
+        "optim.kron_max_size_triangular=512",
+        f"actors.num_envs={num_envs}", f"algo.rollout_length={horizon}", "algo.update_epochs=1", "algo.num_minibatches=1",
+        f"total_steps={updates * num_envs * horizon}", f"logging.diag_interval={updates // 6}", "logging.interval_s=0",
+        "logging.console=false", "checkpoint.interval_steps=0",
+    ])
+    summary = Runner(cfg, tmp_path / "run").run()
+    assert summary.updates == updates
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("diag/feature_norm", "diag/dormant_fraction", "diag/dormant_fraction_tau0.1", "diag/effective_lr"):
+        assert tag in tags, sorted(tags)
+    layer_norms = [t for t in tags if t.startswith("diag/grad_norm/")]
+    assert len(layer_norms) >= 5, sorted(tags)  # one per block at least
+    assert acc.Scalars("diag/nonfinite_updates")[-1].value == 0
+    for tag in ("losses/policy", "losses/value", "losses/total", "diag/grad_norm", *layer_norms):
+        values = [e.value for e in acc.Scalars(tag)]
+        assert values and all(math.isfinite(v) for v in values), tag

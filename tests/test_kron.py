@@ -1,0 +1,98 @@
+"""The Kron (PSGD-Kron) optimizer option: it learns, and its state survives a checkpoint."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from parallel_rl import checkpoint as ckpt
+from parallel_rl.algos.paac import make_optimizer
+from parallel_rl.algos.ppo import PPO
+from parallel_rl.config import ConfigError, build_config
+from parallel_rl.envs import EnvSpec
+
+SPEC = EnvSpec("Fake-v1", "envpool", (4,), np.dtype(np.float32), gym.spaces.Discrete(2), False)
+
+
+def _kron_config(*overrides):
+    return build_config("ppo_classic", overrides=["optim.name=kron", "model.torso=multiskip", "model.depth=2", *overrides])
+
+
+def _regression(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(256, 1, generator=g)
+    return x, y
+
+
+def test_lr_is_a_third_of_the_base_lr_and_the_rule_is_shown():
+    cfg = _kron_config("optim.lr=0.0003")
+    assert cfg.effective_lr == pytest.approx(1e-4)
+    assert cfg.lr_arithmetic == "optim.lr 0.0003 / optim.kron_lr_divisor 3 = 0.0001"
+    with pytest.raises(ConfigError, match="kron_lr_divisor = 0"):
+        _kron_config("optim.kron_lr_divisor=0")
+
+
+def test_a_kron_step_decreases_a_regression_loss():
+    torch.manual_seed(0)
+    x, y = _regression()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    optimizer = make_optimizer(model.parameters(), _kron_config("optim.lr=0.03"))
+    losses = []
+    for _ in range(30):
+        loss = F.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    final = F.mse_loss(model(x), y).item()
+    assert F.mse_loss(model(x), y).item() < losses[0]
+    assert losses[1] < losses[0]  # the very first step already helps
+    assert final < 0.5 * losses[0], losses
+
+
+def _train_steps(algo, steps, seed):
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(seed))
+    for _ in range(steps):
+        logits, values = algo.net(x)
+        loss = values.pow(2).mean() - logits.log_softmax(-1)[:, 0].mean()
+        algo.optimizer.zero_grad()
+        loss.backward()
+        algo.optimizer.step()
+
+
+def _assert_same(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_kron_state_survives_a_checkpoint_resume(tmp_path):
+    cfg = _kron_config()
+    torch.manual_seed(0)
+    trained = PPO(SPEC, cfg, torch.device("cpu"))
+    _train_steps(trained, 5, seed=1)
+    assert trained.optimizer.state, "Kron kept no state to check"
+    path = tmp_path / "step_5.pt"
+    ckpt.save_atomic({"algo": trained.state_dict(), "step": 5, "config": cfg.to_dict()}, path)
+
+    resumed = PPO(SPEC, cfg, torch.device("cpu"))
+    ckpt.restore(resumed, ckpt.load(path), path, cfg.env.id)  # torch.load(weights_only=True), as a resume does
+    _assert_same(trained.optimizer.state_dict(), resumed.optimizer.state_dict(), "optimizer")
+
+    # the state is complete: the next steps are the same in both
+    for algo in (trained, resumed):
+        torch.manual_seed(7)
+        _train_steps(algo, 3, seed=2)
+    for (name, p), q in zip(trained.net.named_parameters(), resumed.net.parameters(), strict=True):
+        assert torch.equal(p, q), name

@@ -1,0 +1,186 @@
+"""QR-DQN: the quantile-Huber loss by hand, epsilon-greedy acting and its schedule, the
+update cadence, the recipes, a short Pong run through the CLI, bad input, and a seeded
+CartPole learning test."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from parallel_rl import checkpoint as ckpt
+from parallel_rl.algos.base import Batch
+from parallel_rl.algos.qrdqn import (
+    QRDQN,
+    per_actor_epsilons,
+    quantile_huber_loss,
+    quantile_midpoints,
+)
+from parallel_rl.config import CONFIG_DIR, build_config
+from parallel_rl.envs import env_spec
+from parallel_rl.runtime.runner import Runner
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_quantile_huber_loss_hand_computed():
+    quantiles = torch.tensor([[0.0, 1.0]])  # at tau = 0.25, 0.75
+    targets = torch.tensor([[0.5, 3.0]])
+    # kappa 1. tau .25: u = .5 -> .25 * .125, u = 3 -> .25 * (3 - .5); mean .328125
+    #          tau .75: u = -.5 -> |.75 - 1| * .125, u = 2 -> .75 * (2 - .5); mean .578125
+    assert quantile_huber_loss(quantiles, targets, 1.0).item() == pytest.approx(0.90625)
+    # kappa 2 (divided by kappa). tau .25: .25 * .125 / 2, .25 * 2 * (3 - 1) / 2; mean .2578125
+    #                             tau .75: .25 * .125 / 2, .75 * .5 * 2^2 / 2; mean .3828125
+    assert quantile_huber_loss(quantiles, targets, 2.0).item() == pytest.approx(0.640625)
+    # per sample: a second, identical row gives the same value again
+    assert quantile_huber_loss(quantiles.repeat(2, 1), targets.repeat(2, 1)).tolist() == pytest.approx([0.90625] * 2)
+
+
+def test_minimising_the_loss_finds_the_quantiles():
+    # samples of U(0, 1): with a small kappa the minimiser is each tau_i's quantile, tau_i itself
+    targets = torch.linspace(0, 1, 1001).unsqueeze(0)
+    quantiles = torch.zeros(1, 4, requires_grad=True)
+    optimizer = torch.optim.Adam([quantiles], lr=0.01)
+    for _ in range(600):
+        optimizer.zero_grad()
+        quantile_huber_loss(quantiles, targets, kappa=0.001).sum().backward()
+        optimizer.step()
+    assert quantiles.detach().flatten().tolist() == pytest.approx(quantile_midpoints(4).tolist(), abs=0.01)
+
+
+def _cartpole(*overrides):
+    cfg = build_config("qrdqn_classic", {}, ["logging.diag_interval=0", *overrides])
+    return QRDQN(env_spec(cfg.env), cfg, torch.device("cpu")), cfg
+
+
+def test_epsilon_greedy_actions_and_their_log_probabilities():
+    torch.manual_seed(0)
+    algo, _ = _cartpole()
+    algo.net.epsilon.fill_(0.3)
+    obs = torch.randn(4000, 4)
+    greedy, greedy_log_probs = algo.act(obs, greedy=True)
+    assert torch.equal(greedy_log_probs, torch.zeros(4000))
+    actions, log_probs = algo.act(obs)
+    on_greedy = actions == greedy
+    assert torch.allclose(log_probs, torch.where(on_greedy, math.log(0.3 / 2 + 0.7), math.log(0.3 / 2)))
+    assert float((~on_greedy).float().mean()) == pytest.approx(0.15, abs=0.02)  # epsilon x 1/2 of the actions
+
+
+def test_per_actor_epsilons_follow_apex():
+    assert per_actor_epsilons(torch.tensor(0.4), 3, 7.0).tolist() == pytest.approx([0.4, 0.4**4.5, 0.4**8])
+    algo, _ = _cartpole("algo.exploration=per_actor")
+    algo.set_progress(5000 / 50000)  # past the warm-up: the base epsilon
+    assert float(algo.net.epsilon) == pytest.approx(0.4)
+    obs = torch.randn(5, 4)
+    greedy, _ = algo.act(obs, greedy=True)
+    actions, log_probs = algo.act(obs)
+    eps = per_actor_epsilons(torch.tensor(0.4), 5, 7.0)
+    assert torch.allclose(log_probs, torch.where(actions == greedy, eps / 2 + 1 - eps, eps / 2).log(), atol=1e-6)
+
+
+def test_epsilon_schedule_in_agent_steps():
+    algo, cfg = _cartpole("algo.warmup_steps=1000", "algo.epsilon_decay_steps=10000", "algo.epsilon_end=0.01")
+    assert algo.epsilon_at(999) == 1.0  # uniformly random while the replay fills
+    assert algo.epsilon_at(1000) == 1.0
+    assert algo.epsilon_at(6000) == pytest.approx(1 + 0.5 * (0.01 - 1))
+    assert algo.epsilon_at(10**6) == pytest.approx(0.01)
+    algo.set_progress(6000 / cfg.total_steps)
+    assert float(algo.net.epsilon) == pytest.approx(0.505)  # in the buffer actor processes receive
+
+
+def _batch(horizon, num_envs, autoreset_steps=()):
+    autoreset = torch.zeros(horizon, num_envs, dtype=torch.bool)
+    for t, n in autoreset_steps:
+        autoreset[t, n] = True
+    return Batch(
+        obs=torch.randn(horizon, num_envs, 4), actions=torch.randint(2, (horizon, num_envs)),
+        behaviour_log_probs=torch.zeros(horizon, num_envs), rewards=torch.ones(horizon, num_envs),
+        terminated=torch.zeros(horizon, num_envs, dtype=torch.bool), truncated=torch.zeros(horizon, num_envs, dtype=torch.bool),
+        autoreset=autoreset, next_obs=torch.randn(num_envs, 4),
+    )
+
+
+def test_gradient_steps_per_new_transition_and_hard_target_updates():
+    algo, _ = _cartpole("algo.warmup_steps=65", "algo.utd_ratio=0.25", "algo.target_period=16", "actors.num_envs=8")
+    assert algo.target_every == 4  # 16 agent steps at one gradient step per 4
+    metrics = algo.update(_batch(8, 8))  # 64 rows: still warming up
+    assert "losses/quantile_huber" not in metrics and algo.gradient_steps == 0
+    # 32 rows, 2 of them auto-reset steps: 30 transitions x 0.25 = 7.5 -> 7 steps, 0.5 carried over
+    algo.update(_batch(4, 8, [(0, 1), (2, 5)]))
+    assert algo.gradient_steps == 7
+    metrics = algo.update(_batch(4, 8, [(0, 1), (2, 5)]))
+    assert algo.gradient_steps == 15 and math.isfinite(float(metrics["losses/quantile_huber"]))
+    algo.gradient_step()  # the 16th: a multiple of 4, so the target is the online network now
+    assert all(torch.equal(a, b) for a, b in zip(algo.net.parameters(), algo.target_net.parameters(), strict=True))
+    algo.gradient_step()
+    assert not all(torch.equal(a, b) for a, b in zip(algo.net.parameters(), algo.target_net.parameters(), strict=True))
+
+
+def test_small_batch_recipe_is_the_atari_recipe_with_minibatches_of_8():
+    atari = yaml.safe_load((CONFIG_DIR / "qrdqn_atari.yaml").read_text())
+    small = yaml.safe_load((CONFIG_DIR / "qrdqn_small_batch.yaml").read_text())
+    assert atari["replay"].pop("minibatch_size") == 32
+    assert small["replay"].pop("minibatch_size") == 8
+    assert atari == small
+    # and the sweep's batch8 variant is that recipe
+    sweep = yaml.safe_load((Path(__file__).parents[1] / "launch" / "sweeps" / "qrdqn_small_batch.yaml").read_text())
+    variants = {v["name"]: v["set"] for v in sweep["overrides"]}
+    assert (build_config(sweep["config"], {}, variants["batch8"]).to_dict()
+            == build_config("qrdqn_small_batch").to_dict())
+    assert build_config(sweep["config"], {}, variants["batch32"]).to_dict() == build_config("qrdqn_atari").to_dict()
+
+
+def _scalars(run_dir):
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path):
+    run = tmp_path / "pong"
+    # the recipe (one actor process on this machine) with a smaller torso, learning from 400 agent steps on
+    out = cli("launch", "--config", "qrdqn_atari", "--actors", "4", "--steps", "1200", "--run-dir", str(run),
+              "--set", "algo.warmup_steps=400", "--set", "algo.target_period=200", "--set", "replay.capacity=4000",
+              "--set", "replay.minibatch_size=8", "--set", "model.width=64", "--set", "algo.num_quantiles=16",
+              "--set", "env.max_episode_steps=60", "--set", "logging.interval_s=0")
+    assert out.returncode == 0, out.stderr
+    tags = _scalars(run)
+    assert max(tags["diag/replay_size"]) == 1200  # every agent step is a row
+    assert max(tags["diag/gradient_steps"]) >= 150  # (1200 - 400) agent steps x 0.25, less the last n-step rows
+    assert all(math.isfinite(v) for v in tags["losses/quantile_huber"])
+    assert tags["charts/epsilon"][0] == 1.0 and min(tags["charts/epsilon"]) < 1.0
+    assert max(tags["diag/replay_breaks"]) == 0
+    assert "charts/episodic_return" in tags
+    assert ckpt.latest(run / "checkpoints").name == "step_1200.pt"
+    evaluated = cli("eval", str(run), "--episodes", "2", "--greedy")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "mean return" in evaluated.stdout
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--set", "replay.capacity=40"], ["replay.capacity = 40", "algo.rollout_length", "env.frame_stack"]),
+    (["--set", "algo.exploration=apex"], ["algo.exploration", "linear", "per_actor"]),
+    (["--set", "algo.warmup_steps=100000"], ["algo.warmup_steps = 100000", "replay.capacity = 50000"]),
+    (["--env", "Pendulum-v1"], ["continuous actions", "discrete action space"]),
+])
+def test_bad_input_exits_2_with_a_message(args, names, tmp_path):
+    out = cli("launch", "--config", "qrdqn_classic", "--steps", "1000", *args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    for name in names:
+        assert name in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+def test_qrdqn_learns_cartpole(tmp_path):
+    cfg = build_config("qrdqn_classic", {"seed": 1}, ["logging.console=false"])
+    summary = Runner(cfg, tmp_path / "run").run()
+    assert summary.final_step >= cfg.total_steps  # the budget rounded up to whole rollouts
+    # mean over the last 20 completed episodes (logging.return_window)
+    assert summary.recent_return >= 400, summary

@@ -1,0 +1,344 @@
+"""SAC / SimbaV2: hyperspherical weights, the C51 projection, reward scaling, replay,
+warm-up, the UTD ratio, action rescaling, checkpoints, the CLI and a seeded learning run."""
+
+import io
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from parallel_rl import checkpoint as ckpt
+from parallel_rl.algos.base import SKIPPED_STEPS, Batch
+from parallel_rl.algos.distributional import (
+    RewardScaler,
+    categorical_td_target,
+    project_categorical,
+)
+from parallel_rl.algos.returns import heuristic_discount
+from parallel_rl.algos.sac import SAC, rollout_transitions
+from parallel_rl.config import ConfigError, EnvConfig, build_config
+from parallel_rl.envs import env_spec, make_env
+from parallel_rl.nn.simba import HyperLinear, project_to_sphere
+from parallel_rl.replay import Transitions, UniformReplay
+from parallel_rl.runtime.runner import Runner
+from parallel_rl.runtime.slots import SharedWeights
+
+CPU = torch.device("cpu")
+F, T = False, True
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Networks this small run fastest on one thread, and do not stall when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_sac(*overrides: str) -> SAC:
+    """SimbaV2 SAC on Pendulum's spec (3-d observations, 1-d actions) with tiny networks."""
+    cfg = build_config("simbav2_pendulum", overrides=[
+        "model.width=16", "model.critic_width=32", "replay.capacity=1000", "replay.minibatch_size=8",
+        "algo.warmup_steps=10", "algo.utd_ratio=2", *overrides,
+    ])
+    return SAC(env_spec(cfg.env), cfg, CPU)
+
+
+def rollout(horizon=8, num_envs=4, autoreset=None, terminated=None, truncated=None, seed=0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    flags = torch.zeros(horizon, num_envs, dtype=torch.bool)
+    return Batch(
+        obs=torch.randn(horizon, num_envs, 3, generator=g),
+        actions=torch.rand(horizon, num_envs, 1, generator=g) * 2 - 1,
+        behaviour_log_probs=torch.zeros(horizon, num_envs),
+        rewards=-torch.rand(horizon, num_envs, generator=g) * 10,
+        terminated=flags.clone() if terminated is None else terminated,
+        truncated=flags.clone() if truncated is None else truncated,
+        autoreset=flags.clone() if autoreset is None else autoreset,
+        next_obs=torch.randn(num_envs, 3, generator=g),
+    )
+
+
+# ---------------------------------------------------------------------------- SimbaV2 blocks
+
+
+def hyper_layers(algo: SAC) -> list[HyperLinear]:
+    return [m for net in (algo.net, algo.critic) for m in net.modules() if isinstance(m, HyperLinear)]
+
+
+def test_hyperspherical_weights_have_unit_rows_after_every_optimizer_step():
+    torch.manual_seed(0)
+    algo = small_sac()
+    algo.update(rollout())  # past the warm-up: takes gradient steps
+    layers = hyper_layers(algo)
+    # actor: embedding, block (up, down), two heads (hidden, out); critic: embedding, block, head
+    assert len(layers) == 7 + 5
+    before = [layer.weight.detach().clone() for layer in layers]
+    algo.gradient_step(algo.replay.sample(8))
+    for layer, old in zip(layers, before, strict=True):
+        norms = layer.weight.norm(dim=-1)  # one norm per output unit (and critic member)
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0)
+        assert not torch.equal(layer.weight, old)  # the step did move every matrix
+
+    # without the projection an Adam step leaves the sphere: the check above can fail
+    weight = layers[0].weight
+    assert weight.grad is not None
+    torch.optim.Adam([weight], lr=1e-2).step()
+    assert (weight.norm(dim=-1) - 1).abs().max() > 1e-4
+    project_to_sphere(algo.net)
+    torch.testing.assert_close(weight.norm(dim=-1), torch.ones(weight.shape[:2]), atol=1e-5, rtol=0)
+
+
+def test_critic_members_are_independent_networks():
+    algo = small_sac()
+    out = algo.critic(torch.randn(5, 3), torch.rand(5, 1))
+    assert out.shape == (2, 5, 101)
+    assert not torch.allclose(out[0], out[1])
+
+
+# ---------------------------------------------------------------------------- categorical critic
+
+
+def test_c51_projection_hand_computed():
+    # atoms -2, -1, 0, 1, 2 (spacing 1)
+    values = torch.tensor([[-3.0, -0.5, 0.25, 2.0, 7.0], [-2.0, -1.0, 0.0, 1.0, 2.0]])
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.15, 0.25], [0.1, 0.2, 0.3, 0.15, 0.25]])
+    out = project_categorical(values, probs, -2.0, 2.0, 5)
+    # -3 clips to atom -2; -0.5 splits 50/50 between -1 and 0; 0.25 gives 3/4 to 0 and 1/4 to 1;
+    # 2.0 sits on the last atom; 7 clips to it
+    expected = torch.tensor([[0.1, 0.1, 0.1 + 0.225, 0.075, 0.15 + 0.25], [0.1, 0.2, 0.3, 0.15, 0.25]])
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out.sum(-1), probs.sum(-1))  # mass conserved
+
+
+def test_soft_categorical_target_hand_computed():
+    uniform = torch.full((2, 5), 0.2)
+    target = categorical_td_target(
+        uniform, next_log_pi=torch.tensor([-2.0, -2.0]), rewards=torch.tensor([1.0, 1.0]),
+        terminated=torch.tensor([False, True]), gamma=0.5, alpha=torch.tensor(0.5), v_min=-2.0, v_max=2.0,
+    )
+    # row 0: 1 + 0.5 (z + 0.5 * 2) = 0.5, 1, 1.5, 2, 2.5; row 1 (terminated): all mass at r = 1
+    torch.testing.assert_close(target, torch.tensor([[0.0, 0.0, 0.1, 0.4, 0.5], [0.0, 0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_reward_scaling_hand_computed():
+    scaler = RewardScaler(gamma=0.5, g_max=2.0)
+    # one env: rewards 1, 2, 4 (terminated), an auto-reset step, then 2
+    scaler.observe(torch.tensor([[1.0], [2.0]]), torch.tensor([[F], [F]]), torch.tensor([[F], [F]]), torch.tensor([[F], [F]]))
+    scaler.observe(torch.tensor([[4.0], [0.0], [2.0]]), torch.tensor([[T], [F], [F]]), torch.tensor([[F], [F], [F]]),
+                   torch.tensor([[F], [T], [F]]))
+    # G: 1, 0.5 * 1 + 2 = 2.5, 0.5 * 2.5 + 4 = 5.25, (reset) 2
+    returns = [1.0, 2.5, 5.25, 2.0]
+    mean = sum(returns) / 4
+    var = sum((g - mean) ** 2 for g in returns) / 4  # 2.48046875
+    assert scaler.var == pytest.approx(var) and scaler.max_abs == 5.25
+    assert scaler.scale == pytest.approx(5.25 / 2.0)  # max|G| / g_max = 2.625 > sqrt(var) = 1.575
+    torch.testing.assert_close(scaler(torch.tensor([4.0])), torch.tensor([4.0 / 2.625]))
+    wide = RewardScaler(gamma=0.5, g_max=10.0)
+    wide.load_state_dict(scaler.state_dict())
+    assert wide.scale == pytest.approx(math.sqrt(var + 1e-8))  # now the spread decides
+
+
+def test_discount_heuristic():
+    assert heuristic_discount(1000) == pytest.approx(0.995)
+    assert heuristic_discount(500) == pytest.approx(0.99)
+    assert heuristic_discount(200) == pytest.approx(0.975)
+    assert heuristic_discount(50) == 0.95 and heuristic_discount(0) == 0.995
+
+
+# ---------------------------------------------------------------------------- replay and ingestion
+
+
+def test_rollout_transitions_skip_autoreset_and_keep_final_observations():
+    obs = torch.tensor([[0.0, 1.0], [10.0, 11.0], [20.0, 21.0]]).unsqueeze(-1)  # obs[t, n] = 10 t + n
+    batch = Batch(
+        obs=obs, actions=torch.zeros(3, 2, 1), behaviour_log_probs=torch.zeros(3, 2), rewards=torch.ones(3, 2),
+        terminated=torch.tensor([[F, F], [T, F], [F, F]]),  # env 0 ends at t = 1 ...
+        truncated=torch.tensor([[F, F], [F, F], [F, T]]),  # env 1 is cut off at t = 2
+        autoreset=torch.tensor([[F, F], [F, F], [T, F]]),  # ... so its t = 2 only resets it
+        next_obs=torch.tensor([[30.0], [31.0]]),
+    )
+    out = rollout_transitions(batch)
+    assert out.obs.flatten().tolist() == [0, 1, 10, 11, 21]
+    assert out.next_obs.flatten().tolist() == [10, 11, 20, 21, 31]  # 20: env 0's final observation
+    assert out.terminated.tolist() == [F, F, T, F, F]  # the truncation bootstraps
+
+
+def transitions(values: list[float]) -> Transitions:
+    v = torch.tensor(values)
+    return Transitions(obs=v.unsqueeze(1), actions=v.unsqueeze(1), rewards=v, next_obs=v.unsqueeze(1) + 0.5,
+                       terminated=v > 100)
+
+
+def test_replay_ring_buffer_sampling_and_state():
+    replay = UniformReplay(4, (1,), np.float32, (1,), CPU)
+    replay.add(transitions([1, 2, 3]))
+    assert len(replay) == 3
+    sample = replay.sample(500, torch.Generator().manual_seed(0))
+    assert set(sample.rewards.tolist()) == {1.0, 2.0, 3.0}  # never the unwritten (NaN) row
+    torch.testing.assert_close(sample.next_obs.squeeze(1), sample.rewards + 0.5)
+    replay.add(transitions([4, 5, 6]))  # overwrites the two oldest
+    assert len(replay) == 4
+    assert replay.state_dict()["rewards"].tolist() == [3, 4, 5, 6]  # oldest first
+    bigger = UniformReplay(8, (1,), np.float32, (1,), CPU)
+    bigger.load_state_dict(replay.state_dict())
+    assert len(bigger) == 4 and set(bigger.sample(200).rewards.tolist()) == {3, 4, 5, 6}
+    replay.add(transitions([7, 8, 9, 10, 11, 12]))  # more than fits at once: the newest 4 stay
+    assert replay.state_dict()["rewards"].tolist() == [9, 10, 11, 12]
+
+
+# ---------------------------------------------------------------------------- warm-up and UTD
+
+
+def test_warmup_flag_reaches_actor_copies_through_shared_weights():
+    torch.manual_seed(0)
+    learner = small_sac("algo.warmup_steps=20")
+    actor = small_sac("algo.warmup_steps=20")
+    weights = SharedWeights(learner.net)
+    weights.publish(learner.net, 0)
+    weights.fetch(actor.net)
+    obs = torch.randn(6, 3)
+    actions, log_probs = actor.act(obs)
+    assert actions.shape == (6, 1) and actions.abs().max() <= 1
+    assert torch.all(log_probs == -math.log(2.0))  # uniform on [-1, 1]
+    learner.update(rollout())  # 32 transitions: warm-up over
+    assert float(learner.net.warming_up) == 0.0
+    weights.publish(learner.net, 1)
+    weights.fetch(actor.net)
+    assert float(actor.net.warming_up) == 0.0
+    torch.testing.assert_close(actor.net.obs_norm.mean, learner.net.obs_norm.mean)
+    _, log_probs = actor.act(obs)
+    assert not torch.any(log_probs == -math.log(2.0))  # now the tanh-Gaussian policy
+
+
+def test_gradient_steps_follow_the_utd_ratio_of_new_valid_transitions():
+    algo = small_sac("algo.warmup_steps=10", "algo.utd_ratio=2")
+    autoreset = torch.zeros(8, 4, dtype=torch.bool)
+    autoreset[3, 1] = autoreset[6, 2] = True
+    algo.update(rollout(autoreset=autoreset))  # 30 transitions, 20 of them after the warm-up
+    assert len(algo.replay) == 30 and algo.gradient_steps == 40
+    algo.update(rollout(seed=1))
+    assert algo.gradient_steps == 40 + 64
+    fractional = small_sac("algo.warmup_steps=0", "replay.minibatch_size=2", "algo.utd_ratio=0.5")
+    for expected in (1, 3, 4, 6):  # 3 transitions per update: 1.5 steps, the fraction carried over
+        fractional.update(rollout(horizon=1, num_envs=3, seed=expected))
+        assert fractional.gradient_steps == expected
+
+
+def test_state_dict_round_trip_continues_identically():
+    torch.manual_seed(0)
+    algo = small_sac("replay.save_with_checkpoint=true")
+    algo.update(rollout())
+    saved = io.BytesIO()  # through a file, as a checkpoint goes: no tensor is shared with the original
+    torch.save(algo.state_dict(), saved)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=True)
+    restored = small_sac("replay.save_with_checkpoint=true")
+    restored.load_state_dict(state)
+    assert len(restored.replay) == len(algo.replay) == 32
+    assert restored.reward_scaler.scale == algo.reward_scaler.scale
+    torch.manual_seed(1)
+    a = algo.gradient_step(algo.replay.sample(8))
+    torch.manual_seed(1)
+    b = restored.gradient_step(restored.replay.sample(8))
+    for tag in a:
+        torch.testing.assert_close(a[tag], b[tag], msg=tag)
+    assert "replay" not in small_sac().state_dict()  # off by default
+
+
+def test_a_non_finite_critic_loss_skips_that_step_and_says_so():
+    torch.manual_seed(0)
+    algo = small_sac()
+    algo.update(rollout())
+    sample = algo.replay.sample(8)
+    sample.rewards[0] = float("nan")
+    critic = [p.detach().clone() for p in algo.critic.parameters()]
+    actor = [p.detach().clone() for p in algo.net.parameters()]
+    result = algo.gradient_step(sample)
+    assert float(result[SKIPPED_STEPS]) == 1.0  # the critic's; the actor's loss does not see rewards
+    assert all(torch.equal(a, b) for a, b in zip(critic, algo.critic.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(actor, algo.net.parameters(), strict=True))
+
+
+# ---------------------------------------------------------------------------- environments
+
+
+def test_continuous_actions_are_rescaled_from_unit_range_to_the_env_bounds():
+    ours = make_env(EnvConfig(id="Pendulum-v1"), num_envs=2, seed=3, num_threads=1)
+    raw = make_env(EnvConfig(id="Pendulum-v1"), num_envs=2, seed=3, num_threads=1)
+    try:
+        space = ours.spec.action_space
+        assert space.low.tolist() == [-1.0] and space.high.tolist() == [1.0] and ours.spec.max_episode_steps == 200
+        ours.reset()
+        raw.reset()
+        for unit, torque in ((0.5, 1.0), (-1.0, -2.0), (3.0, 2.0)):  # Pendulum's torque lies in [-2, 2]
+            result = ours.step(np.full((2, 1), unit, np.float32))
+            obs, reward, *_ = raw._env.step(np.full((2, 1), torque, np.float32))
+            np.testing.assert_allclose(result.obs, obs, rtol=1e-6)
+            np.testing.assert_allclose(result.reward, reward, rtol=1e-6)
+    finally:
+        ours.close()
+        raw.close()
+
+
+def test_sac_rejects_discrete_actions_and_simbav2_needs_sac():
+    cfg = build_config("simbav2_pendulum", {"env.id": "CartPole-v1"})
+    with pytest.raises(ConfigError, match="continuous"):
+        SAC(env_spec(cfg.env), cfg, CPU)
+    with pytest.raises(ConfigError, match="simbav2"):
+        build_config("paac_classic", overrides=["model.encoder=simbav2"])
+    with pytest.raises(ConfigError, match="final_lr_scale"):
+        build_config("paac_classic", overrides=["optim.final_lr_scale=0.5"])
+
+
+# ---------------------------------------------------------------------------- CLI and learning
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_short_halfcheetah_run_writes_tensorboard_checkpoint_and_evaluates(tmp_path):
+    run = tmp_path / "cheetah"
+    out = cli("launch", "--config", "simbav2_mujoco", "--env", "HalfCheetah-v5", "--actors", "4", "--actor-procs", "1",
+              "--steps", "960", "--run-dir", str(run), "--set", "env.max_episode_steps=100",
+              "--set", "algo.warmup_steps=320", "--set", "algo.utd_ratio=0.25", "--set", "model.width=32",
+              "--set", "model.critic_width=64", "--set", "replay.capacity=2000", "--set", "replay.minibatch_size=32",
+              "--set", "replay.save_with_checkpoint=true", "--set", "logging.interval_s=0", "--set", "torch_threads=1")
+    assert out.returncode == 0, out.stderr
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("charts/episodic_return", "losses/value", "losses/policy", "diag/temperature", "diag/reward_scale",
+                "diag/replay_size", "charts/learning_rate"):
+        assert tag in tags, tag
+    assert all(math.isfinite(e.value) for e in acc.Scalars("losses/value"))
+    state = ckpt.load(ckpt.latest(run / "checkpoints"))
+    seen = state["algo"]["transitions_seen"]
+    # 960 agent steps less one auto-reset step per finished 100-step episode (two per env)
+    assert state["step"] == 960 and 960 - 4 * 3 <= seen < 960
+    assert len(state["algo"]["replay"]["rewards"]) == seen
+    assert state["algo"]["gradient_steps"] == int(0.25 * (seen - 320))
+    evaluation = cli("eval", str(run), "--episodes", "2", "--greedy")
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "mean return" in evaluation.stdout and "over 2 episodes" in evaluation.stdout
+
+
+def test_sac_on_a_discrete_env_exits_2_with_a_message(tmp_path):
+    out = cli("launch", "--config", "simbav2_pendulum", "--env", "CartPole-v1", "--run-dir", str(tmp_path / "x"))
+    assert out.returncode == 2
+    assert "continuous" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_simbav2_learns_pendulum(tmp_path):
+    cfg = build_config("simbav2_pendulum", {"seed": 1}, ["logging.console=false"])
+    summary = Runner(cfg, tmp_path / "run").run()
+    assert summary.final_step == cfg.total_steps
+    # mean over the last 10 episodes (logging.return_window); random play scores about -1200
+    assert summary.recent_return >= -250, summary

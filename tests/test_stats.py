@@ -1,0 +1,73 @@
+"""Human-normalised scores, IQM and stratified bootstrap intervals against hand-computed
+values, and benchmarks/iqm.py on TensorBoard logs written here."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from parallel_rl.config import build_config, save_yaml
+from parallel_rl.stats import atari_game, human_normalized, iqm, stratified_bootstrap_ci
+
+
+def test_human_normalised_scores():
+    assert human_normalized(-20.7, "Pong-v5") == pytest.approx(0.0)  # random play
+    assert human_normalized(14.6, "Pong-v5") == pytest.approx(1.0)  # the human tester
+    assert human_normalized([1.7, 30.5, 59.3], "Breakout-v5").tolist() == pytest.approx([0.0, 1.0, 2.0])
+    assert atari_game("MsPacman-v5") == "MsPacman"
+    with pytest.raises(KeyError, match="CartPole-v1"):
+        atari_game("CartPole-v1")
+
+
+def test_iqm_drops_a_quarter_from_each_end():
+    assert iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert iqm([100, 1, 2, 3, -100]) == pytest.approx(2.0)  # n = 5: one cut from each end
+    assert iqm([[1, 2], [3, 4]]) == pytest.approx(2.5)  # all values pooled
+    assert iqm([5.0]) == 5.0
+    with pytest.raises(ValueError):
+        iqm([])
+
+
+def test_bootstrap_resamples_within_each_task():
+    # stratified: every replicate keeps 3 runs of each task, so the mean is always 0.5;
+    # resampling the 6 runs pooled would move it
+    point, lower, upper = stratified_bootstrap_ci({"a": [0, 0, 0], "b": [1, 1, 1]}, statistic=np.mean, reps=200)
+    assert (point, lower, upper) == (0.5, 0.5, 0.5)
+    point, lower, upper = stratified_bootstrap_ci({"a": [0, 1, 2, 3], "b": [10, 11, 12, 13]}, reps=500, seed=1)
+    assert point == pytest.approx(iqm([0, 1, 2, 3, 10, 11, 12, 13]))
+    assert lower < point < upper
+    assert stratified_bootstrap_ci({"a": [0, 1, 2, 3]}, reps=500, seed=1) == stratified_bootstrap_ci({"a": [0, 1, 2, 3]}, reps=500, seed=1)
+
+
+def _fake_run(root: Path, env: str, batch: int, seed: int, returns: list[float]) -> None:
+    run = root / f"{env}__batch{batch}__s{seed}"
+    run.mkdir(parents=True)
+    save_yaml(build_config("qrdqn_atari", {"env.id": env, "seed": seed}, [f"replay.minibatch_size={batch}"]), run / "config.yaml")
+    writer = SummaryWriter(str(run / "tb"))
+    for i, value in enumerate(returns):
+        writer.add_scalar("charts/episodic_return", value, (i + 1) * 1000)
+    writer.close()
+
+
+def test_iqm_script_reads_runs_and_groups_variants(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("iqm_script", Path(__file__).parents[1] / "benchmarks" / "iqm.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # final score = mean over the last 10% of steps: the last two of 10 points here
+    for seed, (pong, breakout) in enumerate([(-20.7, 1.7), (14.6, 30.5), (-3.05, 16.1)], start=1):
+        _fake_run(tmp_path, "Pong-v5", 32, seed, [-21.0] * 8 + [pong] * 2)
+        _fake_run(tmp_path, "Breakout-v5", 32, seed, [0.0] * 8 + [breakout] * 2)
+        _fake_run(tmp_path, "Pong-v5", 8, seed, [-21.0] * 8 + [14.6] * 2)
+        _fake_run(tmp_path, "Breakout-v5", 8, seed, [0.0] * 8 + [30.5] * 2)
+    assert script.main([str(tmp_path), "--json", "--reps", "200"]) == 0
+    rows = {row["variant"]: row for row in json.loads(capsys.readouterr().out)}
+    small, default = rows["qrdqn [replay.minibatch_size=8]"], rows["qrdqn [replay.minibatch_size=32]"]
+    assert (small["games"], small["runs"]) == (2, 6)
+    assert small["iqm"] == pytest.approx(1.0) and small["ci"] == pytest.approx([1.0, 1.0])
+    # scores 0, 1, 0.5 in both games: IQM of (0, 0, .5, .5, 1, 1) = mean(0, .5, .5, 1) = 0.5
+    assert default["iqm"] == pytest.approx(0.5)
+    assert default["mean_per_game"] == pytest.approx({"Breakout": 0.5, "Pong": 0.5})
+    assert script.main([str(tmp_path / "nothing-here")]) == 2
