@@ -44,7 +44,7 @@ REPLAY_STEPS = 8192  # agent steps of real Pong frames in the benchmark's replay
 
 def filled_learner(device: str, num_envs: int = 16, horizon: int = 64) -> QRDQN:
     cfg = build_config(RECIPE, {"device": device, "actors.num_envs": num_envs},
-                       [f"replay.capacity={2 * REPLAY_STEPS}", "logging.diag_interval=0"])
+                       [f"replay.capacity={2 * REPLAY_STEPS}", "algo.warmup_steps=0", "logging.diag_interval=0"])
     groups = make_env_groups(cfg.env, num_envs, cfg.seed, os.cpu_count() or 1, cfg.actors.env_groups)
     collector = RolloutCollector(groups, horizon)
     policy = RandomPolicy(groups[0].spec, cfg.seed)

@@ -28,9 +28,9 @@ import time
 import torch
 
 from parallel_rl.algos.sac import SAC
-from parallel_rl.bench import raw_env_sps, train_sps
+from parallel_rl.bench import actor_threads, raw_env_sps, train_sps
 from parallel_rl.config import build_config
-from parallel_rl.envs import default_num_threads, env_spec
+from parallel_rl.envs import env_spec
 from parallel_rl.replay import Transitions
 from parallel_rl.runtime.pipeline import resolve_procs
 from parallel_rl.runtime.runner import resolve_device
@@ -104,7 +104,7 @@ def report_actors(args: argparse.Namespace) -> None:
         cfg.total_steps = acting.total_steps = 10**12  # the time limit ends each measurement
         figures: dict[str, list[float]] = {"raw": [], "random": [], "policy": []}
         for _ in range(args.repeats):
-            figures["raw"].append(raw_env_sps(cfg, args.seconds, cfg.actors.num_threads or default_num_threads(actors)))
+            figures["raw"].append(raw_env_sps(cfg, args.seconds, actor_threads(cfg)))
             figures["random"].append(train_sps(cfg, args.seconds, learner_enabled=False, random_policy=True))
             figures["policy"].append(train_sps(acting, args.seconds, learner_enabled=False))
         med = {k: statistics.median(v) for k, v in figures.items()}

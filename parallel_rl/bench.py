@@ -1,8 +1,9 @@
 """Throughput: raw EnvPool stepping vs the pipeline vs full training, same envs, one run.
 
-Three figures: raw EnvPool agent steps/s (random actions, no Python per env, all cores'
-threads), pipeline steps/s (actors with a random policy feeding a learner that skips the
-gradient step: transport efficiency) and training steps/s (end-to-end efficiency).
+Three figures: raw EnvPool agent steps/s (random actions, no Python per env, with the
+EnvPool threads the actors have between them, at most the cores: ``actor_threads``),
+pipeline steps/s (actors with a random policy feeding a learner that skips the gradient
+step: transport efficiency) and training steps/s (end-to-end efficiency).
 
 Raw EnvPool throughput on a shared machine drifts by about 10% between runs, so the two
 measurements are interleaved (raw, train, raw, train, ...) and each reduced to its median;
@@ -19,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from .config import Config
-from .envs import default_num_threads, make_env
+from .envs import make_env
 
 
 def raw_env_sps(cfg: Config, seconds: float, num_threads: int) -> float:
@@ -52,10 +53,28 @@ def train_sps(cfg: Config, seconds: float, learner_enabled: bool = True, random_
     return summary.sps
 
 
+def actor_threads(cfg: Config) -> int:
+    """EnvPool threads the run's actors have between them, at most the cores: what raw
+    stepping is measured with.
+
+    Each actor (or the inline source) steps ``actors.env_groups`` pools, each with the
+    layout's threads per actor; with actor processes the layout keeps a core for the
+    learner. Raw stepping with more threads than the actors have would charge that core
+    to transport; with more threads than cores it gains nothing."""
+    from .runtime.pipeline import resolve_procs, split_envs
+    from .runtime.runner import thread_layout
+
+    procs = resolve_procs(cfg)
+    per_pool = thread_layout(cfg, procs)[1]
+    pools = sum(min(cfg.actors.env_groups, envs) for envs in split_envs(cfg.actors.num_envs, max(procs, 1)))
+    return max(1, min(os.cpu_count() or 1, per_pool * pools))
+
+
 def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) -> dict:
     from .runtime.pipeline import resolve_procs
 
-    threads = cfg.actors.num_threads or default_num_threads(cfg.actors.num_envs)
+    procs = resolve_procs(cfg)
+    threads = actor_threads(cfg)
     cfg = replace(cfg, total_steps=10**12)  # the time limit ends each measurement
     figures: dict[str, list[float]] = {"raw": [], "pipeline": [], "train": []}
     for i in range(repeats):
@@ -69,7 +88,7 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
         "env": cfg.env.id,
         "algo": cfg.algo.name,
         "actors": cfg.actors.num_envs,
-        "actor_procs": resolve_procs(cfg),
+        "actor_procs": procs,
         "raw_env_threads": threads,
         "cores": os.cpu_count(),
         "device": cfg.device,

@@ -135,3 +135,18 @@ def test_expand_order_names_and_overrides(module):
     assert runs[0].argv == ["parallel-rl", "launch", "--config", "c", "--env", "A-v1", "--seed", "1", "--steps", "1000000",
                             "--run-dir", str(Path("r") / "A-v1__v__s1"), "--set", "x=1", "--set", "y=2"]
     assert runs[0].log == Path("r") / "A-v1__v__s1.log"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "launch" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_expands_to_valid_launches(module, path):
+    """No sweep in launch/ is dead: each of its runs parses as `parallel-rl launch` and
+    resolves to a valid configuration for its env (the recipes and keys it names exist)."""
+    from parallel_rl.cli import _flags, build_parser
+    from parallel_rl.config import build_config
+
+    runs = module.expand(module.load_sweep(path), ["parallel-rl"])
+    assert runs
+    for run in runs:
+        args = build_parser().parse_args(run.argv[1:])
+        cfg = build_config(args.config, _flags(args), args.overrides)
+        assert cfg.env.id == run.argv[run.argv.index("--env") + 1]
