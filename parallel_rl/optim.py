@@ -3,6 +3,7 @@ at Scale" (Castanyer et al. 2025), from the maintained heavyball package."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -18,7 +19,10 @@ def make_kron(params, lr: float, max_size_triangular: int) -> torch.optim.Optimi
     # heavyball compiles its step with torch.compile by default: on CPU the first step of
     # a two-layer MLP took 209 s to compile and later steps were no faster
     heavyball.utils.compile_mode = None
-    optimizer = heavyball.PSGDKron(params, lr=lr, max_size_triangular=max_size_triangular)
+    # LR annealing sets a new LR every update: heavyball supports that with multi_tensor=True
+    # but still warns, once per process, that it is experimental
+    warnings.filterwarnings("ignore", message="Learning rate changed between steps", category=UserWarning)
+    optimizer = heavyball.PSGDKron(params, lr=lr, max_size_triangular=max_size_triangular, multi_tensor=True)
     _keep_state_dtypes(optimizer)
     return optimizer
 
