@@ -2,6 +2,7 @@
 update cadence, the recipes, a short Pong run through the CLI, bad input, and a seeded
 CartPole learning test."""
 
+import copy
 import math
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from parallel_rl import checkpoint as ckpt
-from parallel_rl.algos.base import Batch
+from parallel_rl.algos.base import SKIPPED_STEPS, Batch
 from parallel_rl.algos.qrdqn import (
     QRDQN,
     per_actor_epsilons,
@@ -120,6 +121,18 @@ def test_gradient_steps_per_new_transition_and_hard_target_updates():
     assert all(torch.equal(a, b) for a, b in zip(algo.net.parameters(), algo.target_net.parameters(), strict=True))
     algo.gradient_step()
     assert not all(torch.equal(a, b) for a, b in zip(algo.net.parameters(), algo.target_net.parameters(), strict=True))
+
+
+def test_a_non_finite_loss_skips_the_gradient_step_and_says_so():
+    algo, _ = _cartpole("algo.warmup_steps=8", "algo.utd_ratio=0.25", "actors.num_envs=8")
+    poisoned = _batch(8, 8)
+    poisoned.rewards.fill_(float("nan"))
+    before = [p.detach().clone() for p in algo.net.parameters()]
+    state = copy.deepcopy(algo.optimizer.state_dict())
+    metrics = algo.update(poisoned)
+    assert float(metrics[SKIPPED_STEPS]) >= 1 and float(metrics[SKIPPED_STEPS]) == algo.gradient_steps
+    assert all(torch.equal(a, b) for a, b in zip(before, algo.net.parameters(), strict=True))
+    assert algo.optimizer.state_dict()["state"] == state["state"]  # Adam's moments untouched
 
 
 def test_small_batch_recipe_is_the_atari_recipe_with_minibatches_of_8():

@@ -70,3 +70,17 @@ def step_if_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_no
         return True
     optimizer.zero_grad(set_to_none=True)
     return False
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, net: torch.nn.Module, max_grad_norm: float,
+                 flow) -> tuple[torch.Tensor, bool]:
+    """One optimizer step on ``loss`` for ``net``: fresh gradients (seen by the gradient-flow
+    diagnostics ``flow``), global-norm clipping at ``max_grad_norm`` (0: none), then
+    :func:`step_if_finite`. Returns (the gradient norm before clipping, whether it stepped)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    flow.record_gradients()
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+    with flow.record_step():
+        stepped = step_if_finite(optimizer, loss, grad_norm)
+    return grad_norm, stepped

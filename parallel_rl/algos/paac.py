@@ -15,7 +15,7 @@ from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import ActorCritic
 from ..optim import make_kron
-from .base import SKIPPED_STEPS, Batch, sample_categorical, step_if_finite
+from .base import SKIPPED_STEPS, Batch, clipped_step, sample_categorical
 from .returns import n_step_returns
 
 
@@ -95,13 +95,7 @@ class PAAC:
         entropy_mean = (entropy * valid).sum() / count
         loss = algo.loss_scale * (policy_loss - algo.entropy_coef * entropy_mean + algo.value_coef * value_loss)
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.flow.record_gradients()
-        max_norm = algo.max_grad_norm if algo.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
-        with self.flow.record_step():
-            stepped = step_if_finite(self.optimizer, loss, grad_norm)
+        grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
         return {
             **self.flow.results(),
             SKIPPED_STEPS: torch.tensor(0.0 if stepped else 1.0),

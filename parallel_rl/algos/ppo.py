@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import SKIPPED_STEPS, Batch, step_if_finite
+from .base import SKIPPED_STEPS, Batch, clipped_step
 from .paac import PAAC
 from .returns import gae
 
@@ -78,13 +78,8 @@ class PPO(PAAC):
                 entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
                 loss = algo.loss_scale * (policy_loss - algo.entropy_coef * entropy + algo.value_coef * value_loss)
 
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.flow.record_gradients()
-                max_norm = algo.max_grad_norm if algo.max_grad_norm > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
-                with self.flow.record_step():
-                    skipped += not step_if_finite(self.optimizer, loss, grad_norm)
+                grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
+                skipped += not stepped
 
                 with torch.no_grad():
                     for tag, value in (

@@ -21,7 +21,7 @@ from ..config import Config
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import QNetwork
-from .base import SKIPPED_STEPS, Batch, step_if_finite
+from .base import SKIPPED_STEPS, Batch, clipped_step
 from .paac import anneal_lr, make_optimizer
 from .ppo import minibatches, valid_indices
 from .returns import lambda_returns
@@ -91,14 +91,9 @@ class PQN:
                 q_taken = q.gather(1, actions[idx].unsqueeze(1)).squeeze(1)
                 loss = algo.loss_scale * F.mse_loss(q_taken, returns[idx])
 
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.flow.record_gradients()
-                max_norm = algo.max_grad_norm if algo.max_grad_norm > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+                grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
                 grad_norms.append(grad_norm)
-                with self.flow.record_step():
-                    skipped += not step_if_finite(self.optimizer, loss, grad_norm)
+                skipped += not stepped
                 losses.append(loss.detach())
         return {
             "losses/q": torch.stack(losses).mean(),

@@ -32,7 +32,7 @@ from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn.quantile import QuantileQNetwork
 from ..replay.frames import FrameReplay
-from .base import Batch
+from .base import SKIPPED_STEPS, Batch, clipped_step
 from .paac import anneal_lr, make_optimizer
 
 
@@ -155,7 +155,8 @@ class QRDQN:
             return metrics
         self.flow.begin_update()
         stats = [self.gradient_step() for _ in range(steps)]
-        metrics.update({tag: torch.stack([s[tag] for s in stats]).mean() for tag in stats[0]})
+        metrics.update({tag: torch.stack([s[tag] for s in stats]).mean() for tag in stats[0] if tag != SKIPPED_STEPS})
+        metrics[SKIPPED_STEPS] = torch.stack([s[SKIPPED_STEPS] for s in stats]).sum()
         metrics["diag/gradient_steps"] = torch.tensor(float(self.gradient_steps))
         metrics.update(self.flow.results())
         return metrics
@@ -173,14 +174,10 @@ class QRDQN:
         per_sample = quantile_huber_loss(quantiles, targets, algo.kappa)
         loss = (per_sample * sample.weights).mean()
 
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.flow.record_gradients()
-        max_norm = algo.max_grad_norm if algo.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
-        with self.flow.record_step():
-            self.optimizer.step()
-        if self.replay.prioritized:
+        # a NaN/inf loss or gradient skips the step (counted by the runner) rather than
+        # poisoning the weights and, through the priorities, the replay
+        grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
+        if stepped and self.replay.prioritized:
             self.replay.update_priorities(sample.index, per_sample.detach())
         self.gradient_steps += 1
         if self.gradient_steps % self.target_every == 0:
@@ -189,6 +186,7 @@ class QRDQN:
             "losses/quantile_huber": loss.detach(),
             "diag/grad_norm": grad_norm.detach(),
             "diag/value_mean": quantiles.detach().mean(),
+            SKIPPED_STEPS: torch.tensor(float(not stepped)),
         }
 
     # -------------------------------------------------------------- state
