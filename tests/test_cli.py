@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from parallel_rl import checkpoint as ckpt
 
@@ -14,18 +13,14 @@ def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def scalars(run_dir):
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_short_pong_run_writes_tensorboard_and_checkpoint(tmp_path):
+def test_short_pong_run_writes_tensorboard_and_checkpoint(tmp_path, read_scalars):
     run = tmp_path / "pong"
     out = cli("launch", "--env", "Pong-v5", "--actors", "8", "--steps", "1600", "--run-dir", str(run),
               "--set", "env.max_episode_steps=60", "--set", "logging.interval_s=0")
     assert out.returncode == 0, out.stderr
-    tags = scalars(run)
+    tags = read_scalars(run)
     for tag in ("charts/episodic_return", "charts/episodic_length", "charts/sps", "losses/policy", "losses/value",
                 "losses/entropy", "diag/grad_norm", "charts/learning_rate"):
         assert tag in tags, tag
@@ -35,7 +30,7 @@ def test_short_pong_run_writes_tensorboard_and_checkpoint(tmp_path):
     assert ckpt.latest(run / "checkpoints").name == "step_1600.pt"
 
 
-def test_resume_continues_step_counter_and_restores_state(tmp_path):
+def test_resume_continues_step_counter_and_restores_state(tmp_path, read_scalars):
     run = tmp_path / "cp"
     first = cli("launch", "--config", "paac_classic", "--steps", "4000", "--run-dir", str(run),
                 "--set", "checkpoint.interval_steps=2000")
@@ -65,7 +60,7 @@ def test_resume_continues_step_counter_and_restores_state(tmp_path):
     # the optimizer kept counting from the restored state rather than starting again
     assert resumed["algo"]["optimizer"]["state"][0]["step"] == 100
     # the LR schedule position continued: the last update used lr for progress 7920/8000
-    assert scalars(run)["charts/learning_rate"][-1] == pytest.approx(1e-3 * (1 - 7920 / 8000), rel=1e-4)
+    assert read_scalars(run)["charts/learning_rate"][-1] == pytest.approx(1e-3 * (1 - 7920 / 8000), rel=1e-4)
 
 
 def test_eval_prints_mean_and_std(tmp_path):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos.base import SKIPPED_STEPS, Batch
@@ -149,13 +148,9 @@ def test_small_batch_recipe_is_the_atari_recipe_with_minibatches_of_8():
     assert build_config(sweep["config"], {}, variants["batch32"]).to_dict() == build_config("qrdqn_atari").to_dict()
 
 
-def _scalars(run_dir):
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path):
+def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path, read_scalars):
     run = tmp_path / "pong"
     # the recipe (one actor process on this machine) with a smaller torso, learning from 400 agent steps on
     out = cli("launch", "--config", "qrdqn_atari", "--actors", "4", "--steps", "1200", "--run-dir", str(run),
@@ -163,7 +158,7 @@ def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path)
               "--set", "replay.minibatch_size=8", "--set", "model.width=64", "--set", "algo.num_quantiles=16",
               "--set", "env.max_episode_steps=60", "--set", "logging.interval_s=0")
     assert out.returncode == 0, out.stderr
-    tags = _scalars(run)
+    tags = read_scalars(run)
     assert max(tags["diag/replay_size"]) == 1200  # every agent step is a row
     assert max(tags["diag/gradient_steps"]) >= 150  # (1200 - 400) agent steps x 0.25, less the last n-step rows
     assert all(math.isfinite(v) for v in tags["losses/quantile_huber"])

@@ -35,6 +35,11 @@ class Batch:
         return self.rewards.numel()
 
 
+def clipped_rewards(rewards: torch.Tensor, limit: float) -> torch.Tensor:
+    """Rewards clipped to [-limit, limit] for learning (Atari's sign-like clipping); 0 leaves them as they are."""
+    return rewards.clamp(-limit, limit) if limit > 0 else rewards
+
+
 def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
     """One sample per row via the Gumbel-max trick (one kernel, no normalisation)."""
     noise = torch.empty_like(logits).exponential_().log_()

@@ -15,7 +15,7 @@ from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import ActorCritic
 from ..optim import make_kron
-from .base import SKIPPED_STEPS, Batch, clipped_step, sample_categorical
+from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step, sample_categorical
 from .returns import n_step_returns
 
 
@@ -80,7 +80,7 @@ class PAAC:
 
         log_probs = F.log_softmax(logits, dim=-1)
         action_log_probs = log_probs.gather(1, batch.actions.flatten().long().unsqueeze(1)).squeeze(1)
-        rewards = batch.rewards.clamp(-algo.reward_clip, algo.reward_clip) if algo.reward_clip > 0 else batch.rewards
+        rewards = clipped_rewards(batch.rewards, algo.reward_clip)
         with torch.no_grad():
             returns, advantages = self.targets(
                 batch, rewards, values.detach(), bootstrap.detach(), action_log_probs.detach().view(horizon, num_envs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import SKIPPED_STEPS, Batch, clipped_step
+from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
 from .paac import PAAC
 from .returns import gae
 
@@ -45,7 +45,7 @@ class PPO(PAAC):
         obs = batch.obs.flatten(0, 1)
         actions = batch.actions.flatten().long()
         behaviour_log_probs = batch.behaviour_log_probs.flatten()
-        rewards = batch.rewards.clamp(-algo.reward_clip, algo.reward_clip) if algo.reward_clip > 0 else batch.rewards
+        rewards = clipped_rewards(batch.rewards, algo.reward_clip)
         with torch.no_grad():
             _, values = self.net(torch.cat([obs, batch.next_obs], dim=0))
             old_values, bootstrap = values[: horizon * num_envs], values[horizon * num_envs :]

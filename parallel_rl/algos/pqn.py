@@ -21,7 +21,7 @@ from ..config import Config
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import QNetwork
-from .base import SKIPPED_STEPS, Batch, clipped_step
+from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
 from .paac import anneal_lr, make_optimizer
 from .ppo import minibatches, valid_indices
 from .returns import lambda_returns
@@ -74,7 +74,7 @@ class PQN:
             return {}
         obs = batch.obs.flatten(0, 1)
         actions = batch.actions.flatten().long()
-        rewards = batch.rewards.clamp(-algo.reward_clip, algo.reward_clip) if algo.reward_clip > 0 else batch.rewards
+        rewards = clipped_rewards(batch.rewards, algo.reward_clip)
         with torch.no_grad():
             max_q = self.net(torch.cat([obs, batch.next_obs], dim=0)).max(-1).values
             values, bootstrap = max_q[: horizon * num_envs].view(horizon, num_envs), max_q[horizon * num_envs :]

@@ -32,7 +32,7 @@ from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn.quantile import QuantileQNetwork
 from ..replay.frames import FrameReplay
-from .base import SKIPPED_STEPS, Batch, clipped_step
+from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
 from .paac import anneal_lr, make_optimizer
 
 
@@ -139,7 +139,7 @@ class QRDQN:
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         algo = self.cfg.algo
         replay = self.ensure_replay()
-        rewards = batch.rewards.clamp(-algo.reward_clip, algo.reward_clip) if algo.reward_clip > 0 else batch.rewards
+        rewards = clipped_rewards(batch.rewards, algo.reward_clip)
         replay.add(batch.obs, batch.actions, rewards, batch.terminated, batch.truncated, batch.autoreset, batch.next_obs)
         metrics = {
             "charts/epsilon": self.net.epsilon.clone(),

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos.base import step_if_finite
@@ -77,18 +76,14 @@ def _poison(monkeypatch, bad_updates: set[int]):
     return snapshot
 
 
-def _scalars(run_dir):
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_a_few_bad_updates_are_skipped_counted_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+def test_a_few_bad_updates_are_skipped_counted_and_the_run_goes_on(tmp_path, monkeypatch, capsys, read_scalars):
     _poison(monkeypatch, {5, 6, 20})
     run_dir = tmp_path / "run"
     code = main(["launch", "--run-dir", str(run_dir), "--steps", "2400", *SYNC_CARTPOLE])
     assert code == 0, capsys.readouterr().err
-    tags = _scalars(run_dir)
+    tags = read_scalars(run_dir)
     assert tags["diag/nonfinite_updates"][-1] == 3
     for tag in ("losses/total", "diag/grad_norm"):  # a skipped update's NaN losses are not logged
         assert all(value == value for value in tags[tag]), tag
@@ -97,7 +92,7 @@ def test_a_few_bad_updates_are_skipped_counted_and_the_run_goes_on(tmp_path, mon
     assert all(torch.isfinite(t).all() for t in state["algo"]["net"].values())
 
 
-def test_bad_updates_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path, monkeypatch, capsys):
+def test_bad_updates_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path, monkeypatch, capsys, read_scalars):
     snapshot = _poison(monkeypatch, set(range(20, 10_000)))
     run_dir = tmp_path / "run"
     code = main(["launch", "--run-dir", str(run_dir), "--steps", "100000", "--set", "max_nonfinite_updates=5", *SYNC_CARTPOLE])
@@ -114,4 +109,4 @@ def test_bad_updates_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path, 
     for index in saved:
         for key in saved[index]:
             assert torch.equal(saved[index][key], before[index][key]), (index, key)
-    assert _scalars(run_dir)["diag/nonfinite_updates"][-1] == 5
+    assert read_scalars(run_dir)["diag/nonfinite_updates"][-1] == 5
