@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             signum = getattr(exc, "signum", signal.SIGINT)
             print(f"\ninterrupted by {signal.Signals(signum).name}", file=sys.stderr)
             return signals.exit_code(signum)
+        finally:
+            signals.reap_children()
 
 
 if __name__ == "__main__":

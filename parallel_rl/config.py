@@ -136,8 +136,9 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["rmsprop", "adam", "radam", "kron"] = _help(
-        "Optimizer: rmsprop, adam, radam (torch.optim) or kron (PSGD-Kron, preconditioned SGD with Kronecker-factored preconditioners).", "rmsprop")
+    name: Literal["rmsprop", "rmsprop_tf", "adam", "radam", "kron"] = _help(
+        "Optimizer: rmsprop, adam, radam (torch.optim), rmsprop_tf (TensorFlow's RMSProp, PAAC's: eps inside the square root, "
+        "mean square starting at 1) or kron (PSGD-Kron, preconditioned SGD with Kronecker-factored preconditioners).", "rmsprop")
     lr: float = _help("Learning rate (per environment when lr_per_env is set; divided by kron_lr_divisor for kron).", 0.0007)
     kron_lr_divisor: float = _help("Kron: its learning rate is optim.lr / this (the paper's rule: a third of the base LR).", 3.0)
     kron_max_size_triangular: int = _help(

@@ -92,29 +92,62 @@ class EpisodeTracker:
         return out
 
 
-def _flatten_obs(obs) -> np.ndarray:
-    if isinstance(obs, dict):
-        keys = sorted(obs)
-        n = len(obs[keys[0]])
-        return np.concatenate([np.asarray(obs[k], np.float32).reshape(n, -1) for k in keys], axis=1)
-    return obs
+class ObservationFlattener:
+    """Batched observations of any gymnasium space as one array per env, as the networks take them.
 
+    Images (a 3-d uint8 ``Box``) and vectors pass through; ``Discrete`` becomes a one-hot
+    vector and ``Tuple``/``Dict`` the concatenation of their parts, each flattened (dict keys
+    in sorted order) -- the layout of ``gymnasium.spaces.flatten`` applied to every env.
+    """
 
-def _flat_obs_space(space: gym.Space) -> tuple[tuple[int, ...], np.dtype]:
-    if isinstance(space, gym.spaces.Dict):
-        size = sum(int(np.prod(s.shape)) for s in space.spaces.values())
-        return (size,), np.dtype(np.float32)
-    dtype = np.dtype(space.dtype)
-    if dtype == np.float64:
-        dtype = np.dtype(np.float32)
-    return tuple(space.shape), dtype
+    def __init__(self, space: gym.Space, env_id: str):
+        self.space = space
+        self.shape, self.dtype = self._layout(space, env_id)
+
+    @classmethod
+    def _layout(cls, space: gym.Space, env_id: str) -> tuple[tuple[int, ...], np.dtype]:
+        if isinstance(space, gym.spaces.Box):
+            dtype = np.dtype(space.dtype)
+            return tuple(space.shape), np.dtype(np.float32) if dtype == np.float64 else dtype
+        if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary,
+                              gym.spaces.Tuple, gym.spaces.Dict)):
+            return (int(gym.spaces.flatdim(space)),), np.dtype(np.float32)
+        raise ConfigError(f"Environment {env_id!r} has the observation space {space}, which no network here can take: "
+                          "observations must be a Box (vectors or images), Discrete, MultiDiscrete, MultiBinary, or a "
+                          "Tuple or Dict of those.")
+
+    def __call__(self, obs) -> np.ndarray:
+        if isinstance(self.space, gym.spaces.Box):
+            obs = np.asarray(obs)
+            return obs if obs.dtype == self.dtype else obs.astype(self.dtype)
+        return self._flat(self.space, obs)
+
+    @classmethod
+    def _flat(cls, space: gym.Space, obs) -> np.ndarray:
+        if isinstance(space, gym.spaces.Discrete):
+            index = np.asarray(obs, np.int64).reshape(-1) - int(space.start)
+            out = np.zeros((len(index), int(space.n)), np.float32)
+            out[np.arange(len(index)), index] = 1.0
+            return out
+        if isinstance(space, gym.spaces.MultiDiscrete):
+            values = np.asarray(obs, np.int64).reshape(len(obs), -1) - np.asarray(space.start, np.int64).reshape(-1)
+            parts = [np.eye(int(n), dtype=np.float32)[values[:, i]] for i, n in enumerate(space.nvec.reshape(-1))]
+            return np.concatenate(parts, axis=1)
+        if isinstance(space, gym.spaces.Tuple):
+            return np.concatenate([cls._flat(s, o) for s, o in zip(space.spaces, obs, strict=True)], axis=1)
+        if isinstance(space, gym.spaces.Dict):
+            return np.concatenate([cls._flat(space.spaces[k], obs[k]) for k in sorted(space.spaces)], axis=1)
+        obs = np.asarray(obs, np.float32)
+        return obs.reshape(len(obs), -1)
 
 
 class VecEnv:
     """``num_envs`` environments stepped together; numpy in, numpy out."""
 
-    def __init__(self, env, spec: EnvSpec, num_envs: int, action_bounds: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(self, env, spec: EnvSpec, num_envs: int, flatten: ObservationFlattener,
+                 action_bounds: tuple[np.ndarray, np.ndarray] | None = None):
         self._env = env
+        self._flatten = flatten
         self.spec = spec
         self.num_envs = num_envs
         # continuous actions arrive in [-1, 1]: a -> center + half_range * a
@@ -127,7 +160,7 @@ class VecEnv:
     def reset(self) -> np.ndarray:
         obs, _ = self._env.reset()
         self.tracker = EpisodeTracker(self.num_envs)
-        return self._cast(_flatten_obs(obs))
+        return self._flatten(obs)
 
     def step(self, actions: np.ndarray) -> StepResult:
         self.send(actions)
@@ -151,7 +184,7 @@ class VecEnv:
             order = info["env_id"]
             if not np.array_equal(order, self._env_ids):  # completion order -> env order
                 inverse = np.argsort(order)
-                obs = {k: v[inverse] for k, v in obs.items()} if isinstance(obs, dict) else obs[inverse]
+                obs = {k: v[inverse] for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[inverse]
                 reward, terminated, truncated = reward[inverse], terminated[inverse], truncated[inverse]
         else:
             obs, reward, terminated, truncated, _ = self._env.step(self._pending)
@@ -159,10 +192,7 @@ class VecEnv:
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool)
         autoreset = self.tracker.update(reward, terminated, truncated)
-        return StepResult(self._cast(_flatten_obs(obs)), reward, terminated, truncated, autoreset)
-
-    def _cast(self, obs: np.ndarray) -> np.ndarray:
-        return obs if obs.dtype == self.spec.obs_dtype else obs.astype(self.spec.obs_dtype)
+        return StepResult(self._flatten(obs), reward, terminated, truncated, autoreset)
 
     def render(self, index: int = 0) -> np.ndarray:
         """RGB frame [H, W, 3] of env ``index`` as it is now; needs ``make_env(..., render=True)``."""
@@ -204,8 +234,15 @@ def _unknown_env(env_id: str) -> ConfigError:
     )
 
 
+# EnvPool tasks that ignore max_episode_steps (EnvPool 1.2.5's CliffWalking never truncates,
+# so an evaluation of a policy that walks in circles would never end): `auto` takes
+# gymnasium's version, whose time limit holds.
+ENVPOOL_WITHOUT_EPISODE_LIMIT = frozenset({"CliffWalking-v1"})
+
+
 def choose_backend(cfg: EnvConfig) -> str:
-    in_envpool = cfg.id in envpool_ids()
+    in_envpool = cfg.id in envpool_ids() and not (cfg.backend == "auto" and cfg.id in ENVPOOL_WITHOUT_EPISODE_LIMIT
+                                                  and cfg.id in gymnasium_ids())
     if cfg.backend == "envpool":
         if not in_envpool:
             raise _unknown_env(cfg.id) if cfg.id not in gymnasium_ids() else ConfigError(
@@ -286,10 +323,14 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
         env.reset(seed=seed)  # seeds the envs' RNGs; later unseeded resets continue from them
     obs_space = getattr(env, "single_observation_space", None) or env.observation_space
     act_space = getattr(env, "single_action_space", None) or env.action_space
-    obs_shape, obs_dtype = _flat_obs_space(obs_space)
+    try:
+        flatten = ObservationFlattener(obs_space, cfg.id)
+    except ConfigError:
+        env.close()
+        raise
     act_space, action_bounds = _unit_action_space(act_space)
-    spec = EnvSpec(cfg.id, backend, obs_shape, obs_dtype, act_space, is_atari, _episode_limit(env, cfg, backend))
-    return VecEnv(env, spec, num_envs, action_bounds)
+    spec = EnvSpec(cfg.id, backend, flatten.shape, flatten.dtype, act_space, is_atari, _episode_limit(env, cfg, backend))
+    return VecEnv(env, spec, num_envs, flatten, action_bounds)
 
 
 def _unit_action_space(space: gym.Space) -> tuple[gym.Space, tuple[np.ndarray, np.ndarray] | None]:

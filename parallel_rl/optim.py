@@ -1,12 +1,82 @@
-"""The Kron optimizer (PSGD-Kron, Li 2018) as used by "Stable Gradients for Stable Learning
-at Scale" (Castanyer et al. 2025), from the maintained heavyball package."""
+"""Optimizers and the learning-rate schedule, for every algorithm.
+
+``optim.name`` picks torch's RMSprop, Adam or RAdam, TensorFlow's RMSProp (PAAC's code), or
+the Kron optimizer (PSGD-Kron, Li 2018) as used by "Stable Gradients for Stable Learning at
+Scale" (Castanyer et al. 2025), from the maintained heavyball package.
+"""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    """The optimizer ``optim.name`` names, at ``cfg.effective_lr`` (a third of optim.lr for Kron)."""
+    name, lr = cfg.optim.name, cfg.effective_lr
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
+    if name == "rmsprop_tf":
+        return RMSpropTF(params, lr=lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
+    if name == "radam":
+        return torch.optim.RAdam(params, lr=lr, eps=cfg.optim.eps)
+    if name == "kron":
+        return make_kron(params, lr, cfg.optim.kron_max_size_triangular)
+    return torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps)
+
+
+def anneal_lr(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float, enabled: bool) -> float:
+    """Linear annealing from ``base_lr`` to 0 over the run (``fraction`` done); returns the LR set."""
+    lr = base_lr * max(0.0, 1.0 - fraction) if enabled else base_lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSProp with TensorFlow's semantics, as PAAC's code trains with it:
+
+        ms <- alpha ms + (1 - alpha) g^2,   ms starting at 1
+        w  <- w - lr g / sqrt(ms + eps)
+
+    torch's RMSprop starts ``ms`` at 0 and adds ``eps`` outside the square root, so with
+    PAAC's eps = 0.1 its first steps are about 10x larger (lr g / (sqrt((1 - alpha) g^2) + eps)).
+    """
+
+    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 0.1):
+        if lr <= 0 or not 0.0 <= alpha < 1.0 or eps < 0:
+            raise ValueError(f"invalid RMSpropTF settings lr={lr}, alpha={alpha}, eps={eps}")
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            squares = []
+            for p in params:
+                state = self.state[p]
+                if "square_avg" not in state:
+                    state["square_avg"] = torch.ones_like(p, memory_format=torch.preserve_format)
+                squares.append(state["square_avg"])
+            alpha = group["alpha"]
+            torch._foreach_mul_(squares, alpha)
+            torch._foreach_addcmul_(squares, grads, grads, value=1.0 - alpha)
+            denominators = torch._foreach_add(squares, group["eps"])
+            torch._foreach_sqrt_(denominators)
+            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+        return loss
 
 
 def make_kron(params, lr: float, max_size_triangular: int) -> torch.optim.Optimizer:

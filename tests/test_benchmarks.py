@@ -14,9 +14,13 @@ def script(name, *args):
 
 
 @pytest.mark.parametrize(("name", "args", "rows"), [
-    ("kron_cost.py", ["--width", "32", "--seconds", "0.1", "--repeats", "1"], ["| adam |", "| kron |"]),
-    ("qrdqn_learner.py", ["--minibatches", "8", "--seconds", "0.2", "--repeats", "1"], ["| uniform |", "| 8 |"]),
-    ("sac_throughput.py", ["--only", "learner", "--learner-steps", "1", "--repeats", "1"], ["| SimbaV2 SAC on cpu"]),
+    # Kron's triangular preconditioners for the Nature CNN's 3136-wide layer: minutes on 2 cores
+    pytest.param("kron_cost.py", ["--width", "32", "--seconds", "0.1", "--repeats", "1"], ["| adam |", "| kron |"],
+                 marks=pytest.mark.slow),
+    pytest.param("qrdqn_learner.py", ["--minibatches", "8", "--seconds", "0.2", "--repeats", "1"], ["| uniform |", "| 8 |"],
+                 marks=pytest.mark.slow),
+    pytest.param("sac_throughput.py", ["--only", "learner", "--learner-steps", "1", "--repeats", "1"],
+                 ["| SimbaV2 SAC on cpu"], marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):
     out = script(name, *args)

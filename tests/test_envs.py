@@ -71,3 +71,32 @@ def test_dmc_dict_observations_are_flattened():
 def test_unknown_env_names_nearest():
     with pytest.raises(ConfigError, match="Pong-v5"):
         make_env(EnvConfig(id="Pongg-v5"), 1, 0)
+
+
+def test_observations_of_every_space_become_one_vector_per_env():
+    import gymnasium as gym
+
+    from parallel_rl.envs import ObservationFlattener
+
+    one_hot = ObservationFlattener(gym.spaces.Discrete(4, start=1), "toy")
+    assert one_hot.shape == (4,) and one_hot.dtype == np.float32
+    np.testing.assert_array_equal(one_hot(np.array([1, 4])), [[1, 0, 0, 0], [0, 0, 0, 1]])
+
+    blackjack = gym.spaces.Tuple((gym.spaces.Discrete(32), gym.spaces.Discrete(11), gym.spaces.Discrete(2)))
+    flat = ObservationFlattener(blackjack, "Blackjack-v1")
+    assert flat.shape == (45,)
+    out = flat((np.array([15, 31]), np.array([10, 0]), np.array([0, 1])))
+    assert out.shape == (2, 45) and out.sum(axis=1).tolist() == [3.0, 3.0]
+    assert out[0, 15] == out[0, 32 + 10] == out[0, 43] == 1.0  # the layout of gymnasium.spaces.flatten
+    np.testing.assert_array_equal(out[1], gym.spaces.flatten(blackjack, (31, 0, 1)))
+
+    mixed = gym.spaces.Dict({"b": gym.spaces.Discrete(2), "a": gym.spaces.Box(-1, 1, (2,), np.float64)})
+    flat = ObservationFlattener(mixed, "toy")
+    assert flat.shape == (4,) and flat.dtype == np.float32
+    np.testing.assert_allclose(flat({"a": np.array([[0.5, -0.5]]), "b": np.array([1])}), [[0.5, -0.5, 0, 1]])
+
+    frames = ObservationFlattener(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), "Pong-v5")
+    assert frames.shape == (4, 84, 84) and frames.dtype == np.uint8
+
+    with pytest.raises(ConfigError, match="Text"):
+        ObservationFlattener(gym.spaces.Text(5), "toy")

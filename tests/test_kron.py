@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from parallel_rl import checkpoint as ckpt
-from parallel_rl.algos.paac import make_optimizer
 from parallel_rl.algos.ppo import PPO
 from parallel_rl.config import ConfigError, build_config
 from parallel_rl.envs import EnvSpec
+from parallel_rl.optim import make_optimizer
 
 SPEC = EnvSpec("Fake-v1", "envpool", (4,), np.dtype(np.float32), gym.spaces.Discrete(2), False)
 

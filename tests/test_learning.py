@@ -1,5 +1,9 @@
 """Seeded learning tests: returns must rise past a threshold, on CPU."""
 
+import re
+import subprocess
+import sys
+
 import pytest
 
 from parallel_rl.config import build_config
@@ -7,6 +11,7 @@ from parallel_rl.runtime.runner import Runner
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_paac_learns_cartpole(tmp_path):
     cfg = build_config("paac_classic", {"seed": 1}, ["logging.console=false"])
     summary = Runner(cfg, tmp_path / "run").run()
@@ -16,6 +21,7 @@ def test_paac_learns_cartpole(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
 def test_ppo_and_pqn_learn_cartpole(tmp_path, recipe):
     cfg = build_config(recipe, {"seed": 1}, ["logging.console=false"])
@@ -23,3 +29,21 @@ def test_ppo_and_pqn_learn_cartpole(tmp_path, recipe):
     summary = Runner(cfg, tmp_path / "run").run()
     assert summary.final_step >= cfg.total_steps
     assert summary.recent_return >= 450, summary
+
+
+@pytest.mark.slow
+@pytest.mark.learning
+def test_pqn_walks_the_cliff_edge_on_one_hot_observations(tmp_path):
+    """CliffWalking's observation is Discrete(48), one-hot encoded; through the CLI, the greedy
+    policy after training takes the optimal 13-step path along the cliff (return -13)."""
+    run_dir = tmp_path / "run"
+    cli = [sys.executable, "-m", "parallel_rl"]
+    launch = subprocess.run([*cli, "launch", "--config", "pqn_toytext", "--seed", "1", "--run-dir", str(run_dir)],
+                            capture_output=True, text=True, timeout=900)
+    assert launch.returncode == 0, launch.stderr
+    assert "CliffWalking-v1 (gymnasium)" in launch.stdout
+    evaluation = subprocess.run([*cli, "eval", str(run_dir), "--greedy", "--episodes", "1"],
+                                capture_output=True, text=True, timeout=300)
+    assert evaluation.returncode == 0, evaluation.stderr
+    score = float(re.search(r"mean return (-?[0-9.]+)", evaluation.stdout).group(1))
+    assert score >= -13.0, evaluation.stdout

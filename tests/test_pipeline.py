@@ -70,6 +70,7 @@ def test_deterministic_lag_is_reproducible(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_impala_learns_cartpole_with_two_actor_processes(tmp_path):
     cfg = _cfg("actors.procs=2", "algo.name=impala", "seed=1")
     summary = Runner(cfg, tmp_path / "run").run()

@@ -150,6 +150,7 @@ def test_small_batch_recipe_is_the_atari_recipe_with_minibatches_of_8():
 
 
 
+@pytest.mark.slow  # a real run of minutes' worth on busy cores
 def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path, read_scalars):
     run = tmp_path / "pong"
     # the recipe (one actor process on this machine) with a smaller torso, learning from 400 agent steps on
@@ -175,7 +176,7 @@ def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path,
     (["--set", "replay.capacity=40"], ["replay.capacity = 40", "algo.rollout_length", "env.frame_stack"]),
     (["--set", "algo.exploration=apex"], ["algo.exploration", "linear", "per_actor"]),
     (["--set", "algo.warmup_steps=100000"], ["algo.warmup_steps = 100000", "replay.capacity = 50000"]),
-    (["--env", "Pendulum-v1"], ["continuous actions", "discrete action space"]),
+    (["--env", "Pendulum-v1"], ["continuous actions", "needs discrete actions", "--config simbav2_pendulum"]),
 ])
 def test_bad_input_exits_2_with_a_message(args, names, tmp_path):
     out = cli("launch", "--config", "qrdqn_classic", "--steps", "1000", *args, cwd=tmp_path)
@@ -186,6 +187,7 @@ def test_bad_input_exits_2_with_a_message(args, names, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_qrdqn_learns_cartpole(tmp_path):
     cfg = build_config("qrdqn_classic", {"seed": 1}, ["logging.console=false"])
     summary = Runner(cfg, tmp_path / "run").run()

@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from parallel_rl import checkpoint as ckpt
+from parallel_rl.algos import check_fit
 from parallel_rl.algos.base import SKIPPED_STEPS, Batch
 from parallel_rl.algos.distributional import (
     RewardScaler,
@@ -92,6 +93,36 @@ def test_hyperspherical_weights_have_unit_rows_after_every_optimizer_step():
     assert (weight.norm(dim=-1) - 1).abs().max() > 1e-4
     project_to_sphere(algo.net)
     torch.testing.assert_close(weight.norm(dim=-1), torch.ones(weight.shape[:2]), atol=1e-5, rtol=0)
+
+
+def test_simbav2_scalers_start_as_the_official_code():
+    """Embedding and block scalers start at sqrt(2 / width) (blocks' inner one / sqrt(4)), the
+    output heads' at exactly 1 (init = scale = 1), alpha at 1 / (depth + 1)."""
+    from parallel_rl.nn.simba import HyperHead, LerpBlock
+
+    algo = small_sac()  # actor width 16, depth 1; critic width 32, depth 2
+    heads = [m for net in (algo.net, algo.critic) for m in net.modules() if isinstance(m, HyperHead)]
+    assert len(heads) == 3  # mean, log_std, critic
+    for head in heads:
+        assert head.scaler.forward_scale == 1.0
+        assert torch.equal(head.scaler.value, torch.ones_like(head.scaler.value))
+    assert torch.allclose(algo.net.torso.embedding.scaler.value, torch.tensor(math.sqrt(2 / 16)))
+    actor_block = next(m for m in algo.net.modules() if isinstance(m, LerpBlock))
+    assert math.isclose(actor_block.up_scaler.value.flatten()[0].item(), math.sqrt(2 / 16) / 2, rel_tol=1e-6)
+    assert math.isclose(actor_block.alpha.value.flatten()[0].item() * actor_block.alpha.forward_scale, 1 / 2, rel_tol=1e-6)
+
+
+def test_lerp_block_keeps_the_official_epsilon_after_relu():
+    """With every expanded unit inactive, W2's input is 1e-8 everywhere, not 0."""
+    from parallel_rl.nn.simba import LerpBlock
+
+    block = LerpBlock(4, 0.5, 0.5, 0.5, 0.5, members=1)
+    seen = {}
+    block.down.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        block.up.weight.fill_(-1.0)  # relu of W1 h is 0 for a positive h
+        block(torch.full((1, 2, 4), 0.5))
+    assert torch.equal(seen["x"], torch.full_like(seen["x"], 1e-8))
 
 
 def test_critic_members_are_independent_networks():
@@ -289,7 +320,7 @@ def test_continuous_actions_are_rescaled_from_unit_range_to_the_env_bounds():
 def test_sac_rejects_discrete_actions_and_simbav2_needs_sac():
     cfg = build_config("simbav2_pendulum", {"env.id": "CartPole-v1"})
     with pytest.raises(ConfigError, match="continuous"):
-        SAC(env_spec(cfg.env), cfg, CPU)
+        check_fit(cfg, env_spec(cfg.env))
     with pytest.raises(ConfigError, match="simbav2"):
         build_config("paac_classic", overrides=["model.encoder=simbav2"])
     with pytest.raises(ConfigError, match="final_lr_scale"):
@@ -303,6 +334,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a real run of minutes' worth on busy cores
 def test_short_halfcheetah_run_writes_tensorboard_checkpoint_and_evaluates(tmp_path):
     run = tmp_path / "cheetah"
     out = cli("launch", "--config", "simbav2_mujoco", "--env", "HalfCheetah-v5", "--actors", "4", "--actor-procs", "1",
@@ -336,6 +368,7 @@ def test_sac_on_a_discrete_env_exits_2_with_a_message(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_simbav2_learns_pendulum(tmp_path):
     cfg = build_config("simbav2_pendulum", {"seed": 1}, ["logging.console=false"])
     summary = Runner(cfg, tmp_path / "run").run()

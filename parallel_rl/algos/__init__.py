@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config
+from ..config import CONFIG_DIR, Config, ConfigError, load_yaml
 from ..envs import EnvSpec
 from .impala import IMPALA
 from .paac import PAAC
@@ -14,10 +14,44 @@ from .qrdqn import QRDQN
 from .sac import SAC
 
 ALGORITHMS = {"paac": PAAC, "impala": IMPALA, "ppo": PPO, "pqn": PQN, "sac": SAC, "qrdqn": QRDQN}
+CONTINUOUS_ACTION_ALGORITHMS = ("sac",)
+IMAGE_ENCODERS = ("nips_cnn", "nature_cnn")
 
 
 def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device):
+    check_fit(cfg, spec)
     return ALGORITHMS[cfg.algo.name](spec, cfg, device)
 
 
-__all__ = ["ALGORITHMS", "make_algorithm"]
+def _recipes_for(image: bool, continuous: bool) -> list[str]:
+    """The shipped recipes that fit observations and actions of this kind."""
+    names = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        data = load_yaml(path)
+        algo, encoder = data.get("algo", {}).get("name", "paac"), data.get("model", {}).get("encoder", "auto")
+        if (algo in CONTINUOUS_ACTION_ALGORITHMS) == continuous and (encoder in IMAGE_ENCODERS) == image:
+            names.append(path.stem)
+    return names
+
+
+def check_fit(cfg: Config, spec: EnvSpec) -> None:
+    """Refuse, before anything starts, a configuration whose network or algorithm cannot take
+    this environment's observations or actions; the message names the fix."""
+    algo, encoder = cfg.algo.name, cfg.model.encoder
+    wants_continuous = algo in CONTINUOUS_ACTION_ALGORITHMS
+    obs = f"image observations {spec.obs_shape}" if spec.is_image else f"vector observations of shape {spec.obs_shape}"
+    actions = f"discrete actions ({spec.action_space})" if spec.discrete else f"continuous actions ({spec.action_space})"
+    fitting = ", ".join(f"--config {r}" for r in _recipes_for(spec.is_image, not spec.discrete)) or "none ships"
+    if wants_continuous == spec.discrete or (wants_continuous and spec.is_image):
+        needs = "continuous actions and vector observations" if wants_continuous else "discrete actions"
+        raise ConfigError(f"algo.name = {algo!r} needs {needs}, but {spec.id} has {actions} and {obs}. "
+                          f"Recipes that fit {spec.id}: {fitting}.")
+    if encoder in IMAGE_ENCODERS and not spec.is_image:
+        raise ConfigError(f"model.encoder = {encoder!r} is a convolutional encoder for images, but {spec.id} has {obs}. "
+                          f"Set --set model.encoder=mlp, or use a recipe for such environments: {fitting}.")
+    if encoder not in IMAGE_ENCODERS and encoder != "auto" and spec.is_image:
+        raise ConfigError(f"model.encoder = {encoder!r} encodes vectors, but {spec.id} has {obs}. "
+                          f"Set --set model.encoder=nature_cnn (or nips_cnn), or use a recipe for such environments: {fitting}.")
+
+
+__all__ = ["ALGORITHMS", "check_fit", "make_algorithm"]

@@ -14,28 +14,9 @@ from ..config import Config
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import ActorCritic
-from ..optim import make_kron
+from ..optim import anneal_lr, make_optimizer
 from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step, sample_categorical
 from .returns import n_step_returns
-
-
-def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
-    """The optimizer ``optim.name`` names, at ``cfg.effective_lr`` (a third of optim.lr for Kron)."""
-    if cfg.optim.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.effective_lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
-    if cfg.optim.name == "radam":
-        return torch.optim.RAdam(params, lr=cfg.effective_lr, eps=cfg.optim.eps)
-    if cfg.optim.name == "kron":
-        return make_kron(params, cfg.effective_lr, cfg.optim.kron_max_size_triangular)
-    return torch.optim.Adam(params, lr=cfg.effective_lr, eps=cfg.optim.eps)
-
-
-def anneal_lr(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float, enabled: bool) -> float:
-    """Linear annealing from ``base_lr`` to 0 over the run (``fraction`` done); returns the LR set."""
-    lr = base_lr * max(0.0, 1.0 - fraction) if enabled else base_lr
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 class PAAC:

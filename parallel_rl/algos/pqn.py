@@ -21,8 +21,8 @@ from ..config import Config
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import QNetwork
+from ..optim import anneal_lr, make_optimizer
 from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
-from .paac import anneal_lr, make_optimizer
 from .ppo import minibatches, valid_indices
 from .returns import lambda_returns
 

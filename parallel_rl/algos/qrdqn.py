@@ -31,9 +31,9 @@ from ..config import Config
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn.quantile import QuantileQNetwork
+from ..optim import anneal_lr, make_optimizer
 from ..replay.frames import FrameReplay
 from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
-from .paac import anneal_lr, make_optimizer
 
 
 def quantile_midpoints(num_quantiles: int, device=None) -> torch.Tensor:

@@ -26,14 +26,14 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..envs import EnvSpec
 from ..nn.continuous import TanhGaussianPolicy, make_critic, squashed_gaussian_sample
 from ..nn.simba import project_to_sphere
+from ..optim import make_optimizer
 from ..replay.uniform import Transitions, UniformReplay
 from .base import SKIPPED_STEPS, Batch, step_if_finite
 from .distributional import RewardScaler, categorical_support, categorical_td_target
-from .paac import make_optimizer
 from .returns import heuristic_discount
 
 
@@ -59,10 +59,6 @@ class SAC:
     name = "sac"
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
-        if spec.discrete or spec.is_image:
-            kind = "discrete actions" if spec.discrete else f"image observations {spec.obs_shape}"
-            raise ConfigError(f"algo.name = 'sac' needs vector observations and continuous actions; {spec.id} has {kind}. "
-                              f"Use paac or impala for it, or a continuous-control task (e.g. Pendulum-v1, HalfCheetah-v5).")
         self.cfg, self.device, self.spec = cfg, device, spec
         algo = cfg.algo
         self.obs_dim = math.prod(spec.obs_shape)

@@ -107,8 +107,9 @@ class HyperEmbedding(nn.Module):
 
 
 class LerpBlock(nn.Module):
-    """``h <- l2norm(h + alpha * (l2norm(W2 relu(s * W1 h)) - h))``: a residual step along
-    the sphere with a learnable per-unit interpolation ``alpha``; W1 expands 4x."""
+    """``h <- l2norm(h + alpha * (l2norm(W2 (relu(s * W1 h) + 1e-8)) - h))``: a residual step
+    along the sphere with a learnable per-unit interpolation ``alpha``; W1 expands 4x. The
+    1e-8 is the official code's: it keeps W2's input off zero when every unit is inactive."""
 
     def __init__(self, width: int, scaler_init: float, scaler_scale: float, alpha_init: float, alpha_scale: float,
                  members: int, expansion: int = 4):
@@ -120,7 +121,7 @@ class LerpBlock(nn.Module):
         self.alpha = Scaler(width, alpha_init, alpha_scale, members)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        update = l2_normalize(self.down(torch.relu(self.up_scaler(self.up(h)))))
+        update = l2_normalize(self.down(torch.relu(self.up_scaler(self.up(h))) + 1e-8))
         return l2_normalize(h + self.alpha(update - h))
 
 
@@ -155,9 +156,9 @@ class SimbaV2Torso(nn.Module):
             LerpBlock(width, scaler, scaler, 1.0 / (depth + 1), 1.0 / math.sqrt(width), members) for _ in range(depth)
         ])
 
-    @property
-    def head_scaler(self) -> float:
-        return math.sqrt(2.0 / self.width)
+    # The output heads' scaler starts at 1 (init = scale = 1 in the official code), unlike
+    # the torso's sqrt(2 / width): smaller would shrink the initial logits and action means.
+    head_scaler = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:

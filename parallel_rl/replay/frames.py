@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runtime.slots import SENTINELS
+from ..sentinels import sentinel
 from .uniform import choose_storage, torch_dtype
 
 # bits of the per-row ``flags``
@@ -144,7 +144,7 @@ class FrameReplay:
             if name == "priority_tree":
                 tensor.zero_()
             else:  # pre-faults the pages; a read of never-written rows would show the sentinel
-                tensor.fill_(SENTINELS.get(dtype, float("nan")))
+                tensor.fill_(sentinel(dtype))
             self.data[name] = tensor
         self.leaves = tree_size(self.rows * num_envs)
         self.max_priority = 1.0  # in tree units (priority ** alpha): what new rows get

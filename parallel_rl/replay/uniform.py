@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from ..runtime.slots import SENTINELS
+from ..sentinels import sentinel
 
 GPU_MEMORY_FRACTION = 0.5  # of the memory free at allocation; the rest is for the networks
 
@@ -61,7 +61,7 @@ class UniformReplay:
         self.data: dict[str, torch.Tensor] = {}
         for name, (shape, dtype) in shapes.items():
             tensor = torch.empty(shape, dtype=dtype, device=self.storage_device, pin_memory=pinned)
-            tensor.fill_(SENTINELS.get(dtype, float("nan")))  # reading unwritten rows shows up as NaN
+            tensor.fill_(sentinel(dtype))  # reading unwritten rows shows up as NaN
             self.data[name] = tensor
         # host storage, GPU learner: gather into pinned memory, then one fast copy per field
         self.staging: dict[str, torch.Tensor] | None = None

@@ -19,6 +19,7 @@ for SIGTERM, whether the signal stopped a run or interrupted anything before it.
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -86,3 +87,17 @@ def ignore_in_child() -> None:
     meanwhile is discarded), then unblock both signals."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def reap_children() -> None:
+    """Join every child process this process started, multiprocessing's resource tracker
+    included, so that nothing of a command outlives it (not even as a zombie).
+
+    The tracker would otherwise exit only after this process did, when it sees its pipe
+    close; stopping it here is what the standard library does for its own tests. Everything
+    it tracks has been released by then (shared memory is unlinked when a pool closes)."""
+    for child in multiprocessing.active_children():
+        child.join()
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # private: present in 3.11 to 3.14
+    if stop is not None:
+        stop()

@@ -4,9 +4,15 @@ import os
 import signal
 import time
 
+import pytest
+
 from parallel_rl import checkpoint as ckpt
 
 from .helpers import ASYNC_CARTPOLE, Launch, alive
+
+# processes killed, stopped and signalled at random moments: minutes in all, so not in the fast tier
+pytestmark = pytest.mark.slow
+
 
 
 def test_kill_9_actor_is_named_and_run_stops(tmp_path):

@@ -28,6 +28,10 @@ from parallel_rl.runtime.pipeline import ActorPool
 
 from .helpers import ASYNC_CARTPOLE, Launch
 
+# processes killed, stopped and signalled at random moments: minutes in all, so not in the fast tier
+pytestmark = pytest.mark.slow
+
+
 BINS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 8), (8, 12), (12, 20), (20, 30)]
 _rng = random.Random(8)
 CASES = [
