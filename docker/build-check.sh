@@ -41,10 +41,11 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 suite=bookworm
 packages=(python3.11 python3-venv python3-distutils ca-certificates passwd)
-# the Debian archive this machine's apt uses (its first deb source), unless DEBIAN_MIRROR says
+# the Debian archive this machine's apt uses (its first deb source), unless DEBIAN_MIRROR says;
+# either apt source file may be missing, which must not end the script (set -e, pipefail)
 host_mirror() {
-  { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
-    grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}'; } | grep -v -- '-security' | head -n 1
+  { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' || true
+    grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}' || true; } | grep -v -- '-security' | head -n 1 || true
 }
 mirror="${DEBIAN_MIRROR:-$(host_mirror)}"
 [[ -n "$mirror" ]] || { echo "build-check: no Debian archive in /etc/apt; set DEBIAN_MIRROR" >&2; exit 1; }
