@@ -17,6 +17,8 @@ A sweep file (only `config`, `envs` and `seeds` are required):
         set: []
       - name: ent0.01
         set: [algo.entropy_coef=0.01]
+      - name: paper               # a variant may run another recipe (--config)
+        config: paac_atari_paper
     parallel: 2                   # runs at a time (default 1)
     run_root: runs/paac_atari     # default runs/sweeps/<sweep file name>
 
@@ -59,12 +61,12 @@ KEYS = {
     "seeds": "list of integer seeds (--seed)",
     "steps": "agent steps for every run (--steps); default: the recipe's",
     "set": "list of key=value overrides for every run (--set)",
-    "overrides": "list of named variants, each {name: ..., set: [key=value, ...]}",
+    "overrides": "list of named variants, each {name: ..., set: [key=value, ...], config: recipe (optional)}",
     "parallel": "number of runs at a time (default 1)",
     "run_root": "folder of the run directories (default runs/sweeps/<sweep file name>)",
 }
 REQUIRED = ("config", "envs", "seeds")
-VARIANT_KEYS = ("name", "set")
+VARIANT_KEYS = ("name", "set", "config")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 DONE_RE = re.compile(r"^done: .*recent mean return (?P<ret>[-+0-9.naif]+)")
 
@@ -92,7 +94,7 @@ class Sweep:
     seeds: list[int]
     steps: int | None = None
     common: list[str] = field(default_factory=list)
-    variants: list[tuple[str, list[str]]] = field(default_factory=lambda: [("base", [])])
+    variants: list[tuple[str, list[str], str | None]] = field(default_factory=lambda: [("base", [], None)])  # name, sets, config
     parallel: int = 1
     run_root: Path = Path("runs/sweeps")
 
@@ -184,7 +186,10 @@ def parse_sweep(data: Any, stem: str) -> Sweep:
                                  f"(it becomes part of the run directory's name).")
             if name in (v[0] for v in sweep.variants):
                 raise SweepError(f"{where}.name = {name!r}: two variants have that name.")
-            sweep.variants.append((name, _assignments(variant.get("set"), f"{where}.set")))
+            recipe = variant.get("config")
+            if recipe is not None and (not isinstance(recipe, str) or not recipe):
+                raise SweepError(f"{where}.config = {recipe!r} must be a recipe name or a file path.")
+            sweep.variants.append((name, _assignments(variant.get("set"), f"{where}.set"), recipe))
     return sweep
 
 
@@ -215,11 +220,11 @@ def launcher() -> list[str]:
 def expand(sweep: Sweep, prefix: list[str]) -> list[Run]:
     runs = []
     for env in sweep.envs:
-        for variant, assignments in sweep.variants:
+        for variant, assignments, recipe in sweep.variants:
             for seed in sweep.seeds:
                 name = f"{env.replace('/', '_')}__{variant}__s{seed}"
                 run_dir = sweep.run_root / name
-                argv = [*prefix, "launch", "--config", sweep.config, "--env", env, "--seed", str(seed)]
+                argv = [*prefix, "launch", "--config", recipe or sweep.config, "--env", env, "--seed", str(seed)]
                 if sweep.steps is not None:
                     argv += ["--steps", str(sweep.steps)]
                 argv += ["--run-dir", str(run_dir)]

@@ -47,7 +47,8 @@ class EnvConfig:
     image_size: int = _help("Atari: observations are image_size x image_size grayscale.", 84)
     noop_max: int = _help("Atari: up to this many no-op actions at the start of an episode.", 30)
     sticky_action_prob: float = _help("Atari: probability of repeating the previous action (0 = PAAC's deterministic ALE).", 0.0)
-    episodic_life: bool = _help("Atari: end an episode at every life lost (reported returns still span whole games).", False)
+    episodic_life: bool = _help("Atari: a life lost ends the learning episode (no bootstrap across it); reported episodes "
+                                "(charts/episodic_return, evaluation) still span whole games.", False)
     fire_reset: bool = _help("Atari: press FIRE after reset in games that need it.", True)
 
 
@@ -59,8 +60,12 @@ class ActorsConfig:
     procs: int = _help("Actor processes (K) sharing the environments; 0 runs the actor loop inline (synchronous, exact); -1 picks K from the core count.", -1)
     env_groups: int = _help("Groups of envs per actor stepped alternately, so inference for one overlaps stepping of the other.", 2)
     slots_per_actor: int = _help("Shared-memory rollout slots per actor process (2 = double buffering).", 2)
-    max_policy_lag: int = _help("Asynchronous mode: rollouts acted by a policy more than this many updates old are dropped (and counted).", 4)
-    deterministic_lag: bool = _help("Asynchronous mode: actors act with exactly the previous policy version, making seeded runs reproducible.", False)
+    max_policy_lag: int = _help(
+        "Actor processes wait for weights at most this many updates old before acting (0: the newest, exactly as K = 0); "
+        "-1 takes the algorithm's own: 0 for PAAC, PPO and PQN, unbounded for IMPALA (V-trace corrects), QR-DQN and SAC "
+        "(replay is off-policy). The slots bound the lag at about actors.slots_per_actor anyway.", -1)
+    deterministic_lag: bool = _help("Asynchronous mode: actors act with exactly the previous policy version, making seeded runs "
+                                    "reproducible while acting overlaps learning.", False)
     heartbeat_timeout_s: float = _help("An actor silent for this long is reported as stalled.", 3.0)
     restart_actors: bool = _help("Restart a dead or stalled actor instead of stopping the run.", False)
 
@@ -76,6 +81,10 @@ class ModelConfig:
     width: int = _help("Units per hidden layer of the torso (after the CNN for images); the depth-width sweep uses 512, 1536, 2560.", 256)
     depth: int = _help("Hidden layers of the mlp torso, or residual blocks of the multiskip torso (2 Linear layers each; 1/3/5 blocks = 4/8/12 layers).", 1)
     layer_norm: bool = _help("LayerNorm after every hidden Linear and every convolution (over C,H,W).", True)
+    init: Literal["orthogonal", "fan_in_uniform"] = _help(
+        "Weight initialisation of the actor-critic and Q-networks: orthogonal (gain sqrt 2, heads 0.01 / value 1, zero "
+        "biases: CleanRL's) or fan_in_uniform (weights and biases U(+-1/sqrt(fan_in)), heads included: PAAC's code).",
+        "orthogonal")
     critic_width: int = _help("SAC: units per critic layer (model.width sizes the actor; SimbaV2: critic 512, actor 128).", 512)
     critic_depth: int = _help("SAC: hidden layers (mlp) or LERP residual blocks (simbav2) of each critic (SimbaV2: 2; actor 1 via model.depth).", 2)
     obs_norm: bool = _help("SAC: normalise observations by their running mean and variance (the actors receive the statistics with the weights).", True)
@@ -104,6 +113,7 @@ class AlgoConfig:
     norm_advantages: bool = _help("PPO: normalise advantages to zero mean and unit variance in every minibatch.", True)
     epsilon_start: float = _help("PQN, QR-DQN: exploration rate of the epsilon-greedy actors at the start (QR-DQN: after the warm-up).", 1.0)
     epsilon_end: float = _help("PQN, QR-DQN: exploration rate after the linear decay (Dopamine's QR-DQN: 0.01).", 0.005)
+    eval_epsilon: float = _help("PQN, QR-DQN: exploration rate when evaluating (Dopamine's 0.001); `eval --greedy` takes 0.", 0.001)
     epsilon_fraction: float = _help("PQN: fraction of total_steps over which epsilon decays linearly from epsilon_start to epsilon_end.", 0.1)
     utd_ratio: float = _help("SAC, QR-DQN: gradient steps per new transition, all actors together (update-to-data ratio; SimbaV2: 2; "
                              "QR-DQN: 0.25, Dopamine's update every 4 agent steps). Fractions carry over between updates.", 2.0)
@@ -145,8 +155,9 @@ class OptimConfig:
         "Kron: a weight dimension larger than this gets a diagonal preconditioner factor instead of a triangular one "
         "(far cheaper; the default keeps every width up to 8192 triangular, as the paper's Kron does).", 8192)
     lr_per_env: bool = _help("Multiply lr by actors.num_envs (PAAC's rule: 0.0007 x n_e).", True)
-    anneal_lr: bool = _help("Decay the learning rate linearly to 0 over total_steps.", True)
-    final_lr_scale: float = _help("SAC: with anneal_lr the decay ends at this fraction of the start LR instead of 0 (SimbaV2: 0.5, 1e-4 -> 5e-5).", 0.0)
+    anneal_lr: bool = _help("Decay the learning rate linearly to 0 (or final_lr_scale x LR) over anneal_steps.", True)
+    anneal_steps: int = _help("Agent steps the LR decay spans (0: total_steps); PAAC's code anneals over 80M whatever the budget.", 0)
+    final_lr_scale: float = _help("With anneal_lr the decay ends at this fraction of the start LR instead of 0 (SimbaV2: 0.5, 1e-4 -> 5e-5).", 0.0)
     alpha: float = _help("RMSProp smoothing constant.", 0.99)
     eps: float = _help("Optimizer epsilon (RMSProp 0.1 in PAAC).", 0.1)
 
@@ -249,14 +260,17 @@ class Config:
                 raise ConfigError(f"{name} = {value} is invalid: it must be 1 or more.")
         if self.actors.heartbeat_timeout_s <= 0:
             raise ConfigError(f"actors.heartbeat_timeout_s = {self.actors.heartbeat_timeout_s} is invalid: it must be positive.")
+        if self.actors.max_policy_lag < -1:
+            raise ConfigError(f"actors.max_policy_lag = {self.actors.max_policy_lag} is invalid: 0 or more updates, "
+                              "or -1 for the algorithm's own bound.")
         non_negative = {
-            "actors.max_policy_lag": self.actors.max_policy_lag,
             "model.depth": self.model.depth,
             "env.max_episode_steps": self.env.max_episode_steps,
             "env.noop_max": self.env.noop_max,
             "actors.num_threads": self.actors.num_threads,
             "torch_threads": self.torch_threads,
             "checkpoint.interval_steps": self.checkpoint.interval_steps,
+            "optim.anneal_steps": self.optim.anneal_steps,
             "algo.max_grad_norm": self.algo.max_grad_norm,
             "algo.reward_clip": self.algo.reward_clip,
             "algo.entropy_coef": self.algo.entropy_coef,
@@ -272,7 +286,7 @@ class Config:
         if not 0.0 <= self.env.sticky_action_prob < 1.0:
             raise ConfigError(f"env.sticky_action_prob = {self.env.sticky_action_prob} is invalid: a probability in [0, 1).")
         for name, value in (("algo.td_lambda", self.algo.td_lambda), ("algo.epsilon_start", self.algo.epsilon_start),
-                            ("algo.epsilon_end", self.algo.epsilon_end)):
+                            ("algo.epsilon_end", self.algo.epsilon_end), ("algo.eval_epsilon", self.algo.eval_epsilon)):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} = {value} is invalid: it lies in [0, 1].")
         if not 0.0 < self.algo.epsilon_fraction <= 1.0:
@@ -314,11 +328,17 @@ class Config:
         if algo.name == "sac" and model.encoder in ("nips_cnn", "nature_cnn"):
             raise ConfigError(f"model.encoder = {model.encoder!r} is for images; algo.name = 'sac' takes vector observations: "
                               f"use model.encoder=simbav2 (SimbaV2) or mlp (the LayerNorm MLP baseline).")
+        if algo.name in ("sac", "qrdqn") and algo.loss_scale != 1.0:
+            raise ConfigError(f"algo.loss_scale = {algo.loss_scale} is not used by algo.name = {algo.name!r} (its loss is "
+                              "not scaled): remove it, or scale the learning rate (optim.lr) instead.")
+        if algo.name == "sac" and algo.reward_clip:
+            raise ConfigError(f"algo.reward_clip = {algo.reward_clip} is not used by algo.name = 'sac', which scales "
+                              "rewards instead (algo.reward_scale_gmax, SimbaV2's): remove it.")
+        if algo.name == "sac" and model.init != "orthogonal":
+            raise ConfigError(f"model.init = {model.init!r} is for the actor-critic and Q-networks; algo.name = 'sac' "
+                              "initialises its own networks (SimbaV2's or orthogonal): remove model.init.")
         if not 0.0 <= optim.final_lr_scale <= 1.0:
             raise ConfigError(f"optim.final_lr_scale = {optim.final_lr_scale} is invalid: a fraction of the start LR in [0, 1].")
-        if optim.final_lr_scale and algo.name != "sac":
-            raise ConfigError(f"optim.final_lr_scale = {optim.final_lr_scale} is only used by algo.name = 'sac'; "
-                              f"{algo.name} anneals to 0 (set optim.anneal_lr=false to keep the LR constant).")
         if algo.utd_ratio <= 0:
             raise ConfigError(f"algo.utd_ratio = {algo.utd_ratio} is invalid: gradient steps per transition must be positive (SimbaV2: 2).")
         if not 0.0 < algo.tau <= 1.0:

@@ -62,28 +62,36 @@ class StepResult:
 
 
 class EpisodeTracker:
-    """Vectorised per-env return and length counters that understand next-step auto-reset."""
+    """Vectorised per-env return and length counters that understand next-step auto-reset.
+
+    A learning episode ends at every termination or truncation; a reported one (a whole
+    game) only where ``game_over`` says so, when given: with Atari's episodic life, a life
+    lost ends the learning episode while the score runs on to the end of the game.
+    """
 
     def __init__(self, num_envs: int):
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
         self.done = np.zeros(num_envs, bool)
+        self.game_done = np.zeros(num_envs, bool)
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
 
-    def update(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+    def update(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+               game_over: np.ndarray | None = None) -> np.ndarray:
         """Count one step; returns the auto-reset mask (steps that only reset an env)."""
         autoreset = self.done
         live = ~autoreset
-        self.returns[autoreset] = 0.0
-        self.lengths[autoreset] = 0
+        self.returns[self.game_done] = 0.0
+        self.lengths[self.game_done] = 0
         self.returns += reward * live
         self.lengths += live
         done = (terminated | truncated) & live
-        if done.any():
-            self.finished_returns.extend(self.returns[done].tolist())
-            self.finished_lengths.extend(self.lengths[done].tolist())
-        self.done = done
+        game_done = done if game_over is None else (game_over | truncated) & live
+        if game_done.any():
+            self.finished_returns.extend(self.returns[game_done].tolist())
+            self.finished_lengths.extend(self.lengths[game_done].tolist())
+        self.done, self.game_done = done, game_done
         return autoreset
 
     def pop(self) -> tuple[list[float], list[int]]:
@@ -145,8 +153,9 @@ class VecEnv:
     """``num_envs`` environments stepped together; numpy in, numpy out."""
 
     def __init__(self, env, spec: EnvSpec, num_envs: int, flatten: ObservationFlattener,
-                 action_bounds: tuple[np.ndarray, np.ndarray] | None = None):
+                 action_bounds: tuple[np.ndarray, np.ndarray] | None = None, episodic_life: bool = False):
         self._env = env
+        self._episodic_life = episodic_life  # EnvPool terminates at each life lost; info["terminated"] marks the game's end
         self._flatten = flatten
         self.spec = spec
         self.num_envs = num_envs
@@ -181,17 +190,20 @@ class VecEnv:
     def recv(self) -> StepResult:
         if self.spec.backend == "envpool":
             obs, reward, terminated, truncated, info = self._env.recv()
+            game_over = np.asarray(info["terminated"], bool) if self._episodic_life else None
             order = info["env_id"]
             if not np.array_equal(order, self._env_ids):  # completion order -> env order
                 inverse = np.argsort(order)
                 obs = {k: v[inverse] for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[inverse]
                 reward, terminated, truncated = reward[inverse], terminated[inverse], truncated[inverse]
+                game_over = None if game_over is None else game_over[inverse]
         else:
             obs, reward, terminated, truncated, _ = self._env.step(self._pending)
+            game_over = None
         reward = np.asarray(reward, np.float32)
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool)
-        autoreset = self.tracker.update(reward, terminated, truncated)
+        autoreset = self.tracker.update(reward, terminated, truncated, game_over)
         return StepResult(self._flatten(obs), reward, terminated, truncated, autoreset)
 
     def render(self, index: int = 0) -> np.ndarray:
@@ -330,7 +342,7 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
         raise
     act_space, action_bounds = _unit_action_space(act_space)
     spec = EnvSpec(cfg.id, backend, flatten.shape, flatten.dtype, act_space, is_atari, _episode_limit(env, cfg, backend))
-    return VecEnv(env, spec, num_envs, flatten, action_bounds)
+    return VecEnv(env, spec, num_envs, flatten, action_bounds, episodic_life=is_atari and cfg.episodic_life)
 
 
 def _unit_action_space(space: gym.Space) -> tuple[gym.Space, tuple[np.ndarray, np.ndarray] | None]:

@@ -145,6 +145,7 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
     try:
         algo = make_algorithm(env.spec, cfg, torch_device)
         ckpt.restore(algo, state, path, cfg.env.id)
+        algo.prepare_evaluation()
         counts = np.zeros(num_envs, np.int64)
         returns: list[list[float]] = [[] for _ in range(num_envs)]
         obs = env.reset()
@@ -164,7 +165,7 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
             actions = algo.act(torch.from_numpy(obs).to(torch_device), greedy=greedy)[0].cpu().numpy()
             result = env.step(actions)
             obs = result.obs
-            done = (result.terminated | result.truncated) & ~result.autoreset
+            done = tracker.game_done.copy()  # whole games: with episodic life a life lost is no episode end
             if filming():
                 recorder.add(camera.frame(obs))  # after an episode's end: the next one's first observation
                 if done[0]:

@@ -36,7 +36,7 @@ DIAGNOSTIC_CHARTS = {
     "gradient norm (global and per layer)": ["diag/grad_norm"],
     "value mean": ["diag/value_mean"],
     "policy lag (updates)": [r"diag/policy_lag.*"],
-    "pipeline": ["diag/queue_fill", "diag/dropped_rollouts", "diag/actor_restarts", "diag/nonfinite_updates"],
+    "pipeline": ["diag/queue_fill", "diag/actor_restarts", "diag/nonfinite_updates"],
     "dormant units": [r"diag/dormant_fraction.*"],
     "feature norm": ["diag/feature_norm"],
     "effective learning rate": ["diag/effective_lr"],

@@ -30,11 +30,22 @@ def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps)
 
 
-def anneal_lr(optimizer: torch.optim.Optimizer, base_lr: float, fraction: float, enabled: bool) -> float:
-    """Linear annealing from ``base_lr`` to 0 over the run (``fraction`` done); returns the LR set."""
-    lr = base_lr * max(0.0, 1.0 - fraction) if enabled else base_lr
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def anneal_lr(optimizers: list[torch.optim.Optimizer], cfg: Config, fraction: float) -> float:
+    """Set the LR of ``optimizers`` for a run ``fraction`` done (of ``total_steps``); returns it.
+
+    With ``optim.anneal_lr`` it decays linearly from ``cfg.effective_lr`` to
+    ``optim.final_lr_scale`` times that over ``optim.anneal_steps`` agent steps (0: the
+    run's ``total_steps``) and stays there: PAAC's code anneals over 80M steps whatever the
+    budget, SimbaV2 ends at half its LR.
+    """
+    lr = cfg.effective_lr
+    if cfg.optim.anneal_lr:
+        horizon = cfg.optim.anneal_steps or cfg.total_steps
+        done = min(1.0, max(0.0, fraction * cfg.total_steps / horizon))
+        lr *= 1.0 - (1.0 - cfg.optim.final_lr_scale) * done
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     return lr
 
 

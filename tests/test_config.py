@@ -67,3 +67,10 @@ def test_malformed_yaml(tmp_path):
     bad.write_text("algo: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML at line"):
         build_config(str(bad))
+
+
+@pytest.mark.parametrize("recipe, key", [("qrdqn_classic", "algo.loss_scale=5"), ("simbav2_pendulum", "algo.loss_scale=5"),
+                                         ("simbav2_pendulum", "algo.reward_clip=1")])
+def test_keys_an_algorithm_ignores_are_refused_with_its_alternative(recipe, key):
+    with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.")):
+        build_config(recipe, overrides=[key])

@@ -100,3 +100,33 @@ def test_observations_of_every_space_become_one_vector_per_env():
 
     with pytest.raises(ConfigError, match="Text"):
         ObservationFlattener(gym.spaces.Text(5), "toy")
+
+
+def test_episodic_life_ends_learning_episodes_at_each_life_but_reports_whole_games():
+    """Breakout has 5 lives: with episodic life every life lost terminates (a learning
+    boundary), while the reported episodes are the games, each scoring all its lives."""
+    env = make_env(EnvConfig(id="Breakout-v5", episodic_life=True, fire_reset=True), num_envs=2, seed=3)
+    rng = np.random.default_rng(0)
+    env.reset()
+    lives_lost = np.zeros(2, int)
+    game_return, game_length = np.zeros(2), np.zeros(2, int)
+    expected_returns, expected_lengths, reported_returns, reported_lengths = [], [], [], []
+    for _ in range(4000):
+        step = env.step(rng.integers(env.spec.num_actions, size=2))
+        live = ~step.autoreset
+        game_return += step.reward * live
+        game_length += live
+        for i in np.flatnonzero(step.terminated & live):
+            lives_lost[i] += 1
+            if lives_lost[i] == 5:  # the fifth life lost ends the game
+                expected_returns.append(game_return[i])
+                expected_lengths.append(game_length[i])
+                lives_lost[i], game_return[i], game_length[i] = 0, 0.0, 0
+        returns, lengths = env.tracker.pop()
+        reported_returns += returns
+        reported_lengths += lengths
+    env.close()
+    assert len(expected_returns) >= 4  # several games, 5 learning episodes each
+    assert sorted(reported_returns) == sorted(expected_returns)
+    assert sorted(reported_lengths) == sorted(expected_lengths)
+    assert sum(expected_returns) > 0  # the scores are not trivially zero

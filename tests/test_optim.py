@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from parallel_rl.config import build_config
-from parallel_rl.optim import RMSpropTF, make_optimizer
+from parallel_rl.optim import RMSpropTF, anneal_lr, make_optimizer
 
 
 def test_rmsprop_tf_first_steps_match_hand_computed_values():
@@ -43,3 +43,17 @@ def test_rmsprop_tf_is_chosen_by_name_and_round_trips_its_state():
     copy.load_state_dict(optimizer.state_dict())
     for p in net.parameters():
         assert torch.equal(copy.state[p]["square_avg"], optimizer.state[p]["square_avg"])
+
+
+@pytest.mark.parametrize("anneal_steps, final_scale, expected", [
+    (0, 0.0, [0.0224, 0.0112, 0.0, 0.0]),            # to 0 over the run (1000 steps)
+    (4000, 0.0, [0.0224, 0.0196, 0.0168, 0.014]),    # PAAC: over 4x the run, so 3/4 of the LR is left at its end
+    (0, 0.5, [0.0224, 0.0168, 0.0112, 0.0112]),      # SimbaV2's decay to half the LR
+])
+def test_lr_schedule_spans_anneal_steps_and_ends_at_final_scale(anneal_steps, final_scale, expected):
+    cfg = build_config("paac_atari", overrides=["total_steps=1000", f"optim.anneal_steps={anneal_steps}",
+                                                f"optim.final_lr_scale={final_scale}"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for fraction, lr in zip([0.0, 0.5, 1.0, 1.5], expected, strict=True):
+        assert anneal_lr([optimizer], cfg, fraction) == pytest.approx(lr)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr)

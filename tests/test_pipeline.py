@@ -1,5 +1,7 @@
 """The asynchronous pipeline: slot protocol, deterministic lag, learning with actor processes."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos import make_algorithm
 from parallel_rl.config import build_config
 from parallel_rl.envs import env_spec
-from parallel_rl.runtime.pipeline import ActorPool
+from parallel_rl.runtime.pipeline import ActorPool, InlineSource
 from parallel_rl.runtime.runner import Runner
 from parallel_rl.runtime.slots import SlotPool
 
@@ -43,7 +45,6 @@ def test_every_slot_consumed_exactly_once_in_order(tmp_path, slots_per_actor):
         for update in range(40):
             delivery = source.next_batch(update, lambda: False)
             batch = delivery.batch
-            assert delivery.dropped == 0
             assert not torch.isnan(batch.obs).any() and not torch.isnan(batch.next_obs).any()
             assert not torch.isnan(batch.rewards).any() and (batch.actions >= 0).all()
             if previous_next_obs is not None:
@@ -53,6 +54,55 @@ def test_every_slot_consumed_exactly_once_in_order(tmp_path, slots_per_actor):
     finally:
         source.close()
     assert not (tmp_path / "ipc").exists()
+
+
+def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
+    """Losses of the first updates (learner side) and the pids that stepped the envs."""
+    torch.manual_seed(cfg.seed)
+    spec = env_spec(cfg.env)
+    algo = make_algorithm(spec, cfg, torch.device("cpu"))
+    if procs:
+        source = ActorPool(cfg, spec, algo, torch.device("cpu"), procs, tmp_path, env_threads=1, start_version=0,
+                           log=lambda _: None)
+    else:
+        source = InlineSource(cfg, spec, algo, torch.device("cpu"), env_threads=1)
+    losses, producers, lags = [], set(), []
+    try:
+        for version in range(updates):
+            delivery = source.next_batch(version, lambda: False)
+            algo.set_progress(version / (2 * updates))  # epsilon and LR move as in a run
+            metrics = algo.update(delivery.batch)
+            losses.append({tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/") or tag == "diag/grad_norm"})
+            producers.update(delivery.producers)
+            lags += delivery.lag
+            source.published(version + 1)
+        pids = source.pids() if procs else []
+    finally:
+        source.close()
+    return losses, producers, lags, pids
+
+
+@pytest.mark.parametrize("recipe", ["paac_classic", pytest.param("ppo_classic", marks=pytest.mark.slow),
+                                    pytest.param("pqn_classic", marks=pytest.mark.slow)])
+def test_zero_lag_actor_process_is_the_synchronous_algorithm(tmp_path, recipe):
+    """By default PAAC, PPO and PQN act with the newest weights in actor processes too: a
+    seeded K = 1 run makes exactly the updates K = 0 makes, from batches the actor process
+    stepped (PPO's minibatch shuffles draw from the learner's stream, not the acting one)."""
+    cfg = _cfg("actors.num_envs=4", "torch_threads=1", recipe=recipe)
+    inline, inline_producers, _, _ = _first_updates(cfg, 0, tmp_path / "k0")
+    pooled, pooled_producers, lags, actor_pids = _first_updates(cfg, 1, tmp_path / "k1")
+    assert inline_producers == {os.getpid()}
+    assert pooled_producers == set(actor_pids) and os.getpid() not in pooled_producers
+    assert lags == [0] * 10
+    assert len(inline[0]) >= 2 and inline[0] != inline[-1]
+    assert pooled == inline
+
+
+@pytest.mark.slow
+def test_lag_bound_one_lets_acting_run_one_version_ahead(tmp_path):
+    cfg = _cfg("actors.num_envs=4", "actors.max_policy_lag=1")
+    _, _, lags, _ = _first_updates(cfg, 2, tmp_path, updates=30)
+    assert max(lags) <= 1 and 1 in lags
 
 
 def test_deterministic_lag_is_reproducible(tmp_path):

@@ -194,3 +194,23 @@ def test_qrdqn_learns_cartpole(tmp_path):
     assert summary.final_step >= cfg.total_steps  # the budget rounded up to whole rollouts
     # mean over the last 20 completed episodes (logging.return_window)
     assert summary.recent_return >= 400, summary
+
+
+@pytest.mark.parametrize("recipe, exploration", [("qrdqn_classic", "linear"), ("qrdqn_classic", "per_actor"),
+                                                 ("pqn_classic", "linear")])
+def test_evaluation_acts_with_epsilon_one_in_a_thousand_in_every_env(recipe, exploration):
+    """Dopamine evaluates with epsilon 0.001, whatever the training schedule reached (and
+    without per-actor exploration's spread across envs)."""
+    from parallel_rl.algos import make_algorithm
+
+    cfg = build_config(recipe, overrides=[f"algo.exploration={exploration}"] if recipe.startswith("qrdqn") else [])
+    algo = make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu"))
+    algo.set_progress(1.0)
+    assert float(algo.net.epsilon) != pytest.approx(0.001)
+    algo.prepare_evaluation()
+    obs = torch.randn(64, 4)
+    greedy, _ = algo.act(obs, greedy=True)
+    actions, log_probs = algo.act(obs)
+    on_greedy = actions == greedy
+    expected = torch.where(on_greedy, math.log(1 - 0.001 + 0.001 / 2), math.log(0.001 / 2))
+    assert torch.allclose(log_probs, expected, rtol=0, atol=1e-6)  # float32 log near 1

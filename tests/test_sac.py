@@ -296,6 +296,33 @@ def test_a_non_finite_critic_loss_skips_that_step_and_says_so():
     assert not all(torch.equal(a, b) for a, b in zip(actor, algo.net.parameters(), strict=True))
 
 
+def test_gradient_step_updates_actor_then_temperature_then_critic_as_simbav2():
+    """SimbaV2's order: the actor against the critic as it was, the temperature from that
+    actor's entropy, and the critic's target from the updated actor and temperature."""
+    torch.manual_seed(0)
+    algo = small_sac()
+    algo.update(rollout())
+    calls: list[str] = []
+    for name, optimizer in (("actor", algo.actor_optimizer), ("temperature", algo.alpha_optimizer),
+                            ("critic", algo.critic_optimizer)):
+        step = optimizer.step
+        optimizer.step = lambda *a, _step=step, _name=name, **k: (calls.append(_name), _step(*a, **k))[1]
+    sampled_with: list[float] = []
+    sample = algo.net.sample
+
+    def recording_sample(obs):  # the temperature at each draw of actions
+        sampled_with.append(float(algo.log_alpha.detach().exp()))
+        return sample(obs)
+
+    algo.net.sample = recording_sample
+    before = float(algo.log_alpha.detach().exp())
+    algo.gradient_step(algo.replay.sample(8))
+    assert calls == ["actor", "temperature", "critic"]
+    after = float(algo.log_alpha.detach().exp())
+    assert after != before
+    assert sampled_with == [before, after]  # the actor's loss, then the critic's target
+
+
 # ---------------------------------------------------------------------------- environments
 
 
@@ -323,8 +350,6 @@ def test_sac_rejects_discrete_actions_and_simbav2_needs_sac():
         check_fit(cfg, env_spec(cfg.env))
     with pytest.raises(ConfigError, match="simbav2"):
         build_config("paac_classic", overrides=["model.encoder=simbav2"])
-    with pytest.raises(ConfigError, match="final_lr_scale"):
-        build_config("paac_classic", overrides=["optim.final_lr_scale=0.5"])
 
 
 # ---------------------------------------------------------------------------- CLI and learning

@@ -127,3 +127,21 @@ def test_epsilon_greedy_log_probabilities():
     assert greedy.float().mean().item() == pytest.approx(0.75, abs=0.03)
     greedy_actions, greedy_log_probs = algo.act(obs, greedy=True)
     assert torch.equal(greedy_actions, best) and not greedy_log_probs.any()
+
+
+def test_fan_in_uniform_init_is_paacs():
+    """PAAC's code: every weight and bias of the NIPS network U(+-1/sqrt(fan_in)), heads too,
+    fan_in = in_channels x kernel^2 for a convolution (4 x 8 x 8 = 256 for the first)."""
+    torch.manual_seed(0)
+    net = ActorCritic(ATARI, ModelConfig(encoder="nips_cnn", width=256, layer_norm=False, init="fan_in_uniform"))
+    expected_fan_in = {"encoder.net.0": 4 * 8 * 8, "encoder.net.2": 16 * 4 * 4, "torso.net.0": 32 * 9 * 9,
+                       "policy": 256, "value": 256}
+    layers = {name: m for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    assert sorted(layers) == sorted(expected_fan_in)
+    for name, layer in layers.items():
+        bound = expected_fan_in[name] ** -0.5
+        for tensor in (layer.weight.detach(), layer.bias.detach()):
+            assert float(tensor.abs().max()) <= bound
+            if tensor.numel() >= 32:  # enough draws to see the spread (the value head has one bias)
+                assert float(tensor.abs().max()) > 0.9 * bound  # the whole interval, not a narrower init
+                assert float(tensor.std()) == pytest.approx(bound / 3**0.5, rel=0.25)  # a uniform's std

@@ -16,6 +16,7 @@ from .returns import vtrace
 
 class IMPALA(PAAC):
     name = "impala"
+    max_policy_lag = None  # V-trace corrects for the lag
 
     def targets(self, batch: Batch, rewards, values, bootstrap, target_log_probs) -> tuple[torch.Tensor, torch.Tensor]:
         algo = self.cfg.algo

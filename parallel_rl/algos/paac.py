@@ -21,13 +21,13 @@ from .returns import n_step_returns
 
 class PAAC:
     name = "paac"
+    max_policy_lag: int | None = 0  # no off-policy correction: act with the newest weights
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
         self.cfg = cfg
         self.device = device
         self.net = ActorCritic(spec, cfg.model).to(device)
         self.optimizer = make_optimizer(self.net.parameters(), cfg)
-        self.base_lr = cfg.effective_lr
         self.flow = GradientFlow(self.net, cfg.logging.diag_interval)
 
     # -------------------------------------------------------------- acting
@@ -42,7 +42,7 @@ class PAAC:
     # -------------------------------------------------------------- learning
     def set_progress(self, fraction: float) -> float:
         """Linear annealing to 0 over the run; returns the LR now in use."""
-        return anneal_lr(self.optimizer, self.base_lr, fraction, self.cfg.optim.anneal_lr)
+        return anneal_lr([self.optimizer], self.cfg, fraction)
 
     def targets(self, batch: Batch, rewards, values, bootstrap, target_log_probs) -> tuple[torch.Tensor, torch.Tensor]:
         """Value targets and policy-gradient advantages: n-step returns, A = R - V."""
@@ -89,6 +89,9 @@ class PAAC:
         }
 
     # -------------------------------------------------------------- state
+    def prepare_evaluation(self) -> None:
+        """Nothing to change for evaluation: sampling from the policy is how it is evaluated."""
+
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
 

@@ -29,6 +29,7 @@ from .returns import lambda_returns
 
 class PQN:
     name = "pqn"
+    max_policy_lag: int | None = 0  # Q(lambda) targets assume the acting policy is the current one
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
         self.cfg = cfg
@@ -36,7 +37,6 @@ class PQN:
         self.net = QNetwork(spec, cfg.model).to(device)
         self.net.epsilon.fill_(cfg.algo.epsilon_start)
         self.optimizer = make_optimizer(self.net.parameters(), cfg)
-        self.base_lr = cfg.effective_lr
         self.flow = GradientFlow(self.net, cfg.logging.diag_interval)
 
     # -------------------------------------------------------------- acting
@@ -64,7 +64,7 @@ class PQN:
     def set_progress(self, fraction: float) -> float:
         """Moves epsilon along its schedule and anneals the LR; returns the LR now in use."""
         self.net.epsilon.fill_(self.epsilon_at(fraction))
-        return anneal_lr(self.optimizer, self.base_lr, fraction, self.cfg.optim.anneal_lr)
+        return anneal_lr([self.optimizer], self.cfg, fraction)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         algo = self.cfg.algo
@@ -89,12 +89,13 @@ class PQN:
                 with self.flow.capture():
                     q = self.net(obs[idx])
                 q_taken = q.gather(1, actions[idx].unsqueeze(1)).squeeze(1)
-                loss = algo.loss_scale * F.mse_loss(q_taken, returns[idx])
+                q_loss = F.mse_loss(q_taken, returns[idx])
 
-                grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
+                grad_norm, stepped = clipped_step(self.optimizer, algo.loss_scale * q_loss, self.net, algo.max_grad_norm,
+                                                  self.flow)
                 grad_norms.append(grad_norm)
                 skipped += not stepped
-                losses.append(loss.detach())
+                losses.append(q_loss.detach())  # logged before loss_scale, as every algorithm's losses/ tags
         return {
             "losses/q": torch.stack(losses).mean(),
             "diag/grad_norm": torch.stack(grad_norms).mean(),
@@ -105,6 +106,10 @@ class PQN:
         }
 
     # -------------------------------------------------------------- state
+    def prepare_evaluation(self) -> None:
+        """Evaluation acts epsilon-greedily with algo.eval_epsilon, not the training schedule's epsilon."""
+        self.net.epsilon.fill_(self.cfg.algo.eval_epsilon)
+
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
 

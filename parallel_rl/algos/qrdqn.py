@@ -67,6 +67,7 @@ def per_actor_epsilons(epsilon: torch.Tensor, count: int, alpha: float) -> torch
 
 class QRDQN:
     name = "qrdqn"
+    max_policy_lag: int | None = None  # replay is off-policy: any lag is fine
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -74,10 +75,10 @@ class QRDQN:
         self.net = QuantileQNetwork(spec, cfg.model, algo.num_quantiles).to(device)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = make_optimizer(self.net.parameters(), cfg)
-        self.base_lr = cfg.effective_lr
         self.flow = GradientFlow(self.net, cfg.logging.diag_interval)
         self.spec = spec
         self.replay: FrameReplay | None = None
+        self.evaluating = False  # prepare_evaluation(): one epsilon for every env
         # hard target updates every target_period agent steps = this many gradient steps
         self.target_every = max(1, round(algo.target_period * algo.utd_ratio))
         self.gradient_steps = 0
@@ -100,7 +101,7 @@ class QRDQN:
             return best, torch.zeros_like(q[:, 0])
         algo = self.cfg.algo
         epsilon = self.net.epsilon
-        if algo.exploration == "per_actor":
+        if algo.exploration == "per_actor" and not self.evaluating:
             epsilon = per_actor_epsilons(epsilon, len(q), algo.epsilon_alpha)
         num_actions = q.shape[-1]
         explore = torch.rand(len(q), device=q.device) < epsilon
@@ -122,7 +123,7 @@ class QRDQN:
     def set_progress(self, fraction: float) -> float:
         """Moves epsilon along its schedule (in agent steps); returns the LR now in use."""
         self.net.epsilon.fill_(self.epsilon_at(fraction * self.cfg.total_steps))
-        return anneal_lr(self.optimizer, self.base_lr, fraction, self.cfg.optim.anneal_lr)
+        return anneal_lr([self.optimizer], self.cfg, fraction)
 
     def ensure_replay(self) -> FrameReplay:
         """The replay, allocated on first use: actor processes build this algorithm too and never need one."""
@@ -190,6 +191,11 @@ class QRDQN:
         }
 
     # -------------------------------------------------------------- state
+    def prepare_evaluation(self) -> None:
+        """Evaluation acts epsilon-greedily with algo.eval_epsilon in every env, not the training schedule's epsilon."""
+        self.net.epsilon.fill_(self.cfg.algo.eval_epsilon)
+        self.evaluating = True
+
     def state_dict(self) -> dict:
         return {
             "net": self.net.state_dict(),

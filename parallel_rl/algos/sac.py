@@ -30,7 +30,7 @@ from ..config import Config
 from ..envs import EnvSpec
 from ..nn.continuous import TanhGaussianPolicy, make_critic, squashed_gaussian_sample
 from ..nn.simba import project_to_sphere
-from ..optim import make_optimizer
+from ..optim import anneal_lr, make_optimizer
 from ..replay.uniform import Transitions, UniformReplay
 from .base import SKIPPED_STEPS, Batch, step_if_finite
 from .distributional import RewardScaler, categorical_support, categorical_td_target
@@ -57,6 +57,7 @@ def rollout_transitions(batch: Batch) -> Transitions:
 
 class SAC:
     name = "sac"
+    max_policy_lag: int | None = None  # replay is off-policy: any lag is fine
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
         self.cfg, self.device, self.spec = cfg, device, spec
@@ -73,7 +74,6 @@ class SAC:
         self.log_alpha = torch.tensor(math.log(algo.init_temperature), device=device, requires_grad=True)
         self.target_entropy = -algo.target_entropy_scale * action_dim
         self.gamma = heuristic_discount(spec.max_episode_steps) if algo.gamma_from_horizon else algo.gamma
-        self.base_lr = cfg.effective_lr
         self.actor_optimizer = make_optimizer(self.net.parameters(), cfg)
         self.critic_optimizer = make_optimizer(self.critic.parameters(), cfg)
         self.alpha_optimizer = make_optimizer([self.log_alpha], cfg)
@@ -105,13 +105,7 @@ class SAC:
     # -------------------------------------------------------------- learning
     def set_progress(self, fraction: float) -> float:
         """Linear decay from optim.lr to optim.final_lr_scale x optim.lr over the run."""
-        lr = self.base_lr
-        if self.cfg.optim.anneal_lr:
-            lr *= 1.0 - (1.0 - self.cfg.optim.final_lr_scale) * min(1.0, max(0.0, fraction))
-        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        return lr
+        return anneal_lr([self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer], self.cfg, fraction)
 
     @property
     def learning_starts(self) -> int:
@@ -168,11 +162,26 @@ class SAC:
         return critic_out.squeeze(-1)
 
     def gradient_step(self, sample: Transitions) -> dict[str, torch.Tensor]:
+        """One SAC step in SimbaV2's order: the actor (against the critic as it is), the
+        temperature (from the actor's entropy), then the critic (its target drawn from the
+        updated actor at the updated temperature), then the target critic."""
         algo = self.cfg.algo
         obs, next_obs = self.net.obs_norm(sample.obs), self.net.obs_norm(sample.next_obs)
         rewards = self.reward_scaler(sample.rewards) if self.reward_scaler is not None else sample.rewards
-        alpha = self.log_alpha.detach().exp()
 
+        alpha = self.log_alpha.detach().exp()
+        actions, log_pi = self.net.sample(obs)
+        q = self.q_values(self.critic(obs, actions)).min(0).values
+        actor_loss = (alpha * log_pi - q).mean()
+        _, actor_stepped = self._step(self.actor_optimizer, actor_loss)
+        if actor_stepped:
+            project_to_sphere(self.net)
+
+        entropy = -log_pi.detach().mean()
+        alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
+        _, alpha_stepped = self._step(self.alpha_optimizer, alpha_loss)
+
+        alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             next_actions, next_log_pi = self.net.sample(next_obs)
             target_out = self.target_critic(next_obs, next_actions)
@@ -195,17 +204,6 @@ class SAC:
         critic_grad_norm, critic_stepped = self._step(self.critic_optimizer, critic_loss)
         if critic_stepped:  # a skipped step leaves the weights bit for bit as they were
             project_to_sphere(self.critic)
-
-        actions, log_pi = self.net.sample(obs)
-        q = self.q_values(self.critic(obs, actions)).min(0).values
-        actor_loss = (alpha * log_pi - q).mean()
-        _, actor_stepped = self._step(self.actor_optimizer, actor_loss)
-        if actor_stepped:
-            project_to_sphere(self.net)
-
-        entropy = -log_pi.detach().mean()
-        alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
-        _, alpha_stepped = self._step(self.alpha_optimizer, alpha_loss)
 
         with torch.no_grad():
             online, target_params = list(self.critic.parameters()), list(self.target_critic.parameters())
@@ -234,6 +232,9 @@ class SAC:
         return grad_norm.detach(), step_if_finite(optimizer, loss, grad_norm)
 
     # -------------------------------------------------------------- state
+    def prepare_evaluation(self) -> None:
+        """Nothing to change for evaluation: the policy's own noise (or --greedy, its mean)."""
+
     def state_dict(self) -> dict:
         state = {
             "net": self.net.state_dict(),

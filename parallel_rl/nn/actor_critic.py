@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..envs import EnvSpec
-from .blocks import MLP, ConvEncoder, MultiSkipTorso, orthogonal_init
+from .blocks import MLP, ConvEncoder, MultiSkipTorso, fan_in_uniform_init, orthogonal_init
 
 
 def encoder_kind(model: ModelConfig, spec: EnvSpec) -> str:
@@ -20,7 +20,7 @@ def encoder_kind(model: ModelConfig, spec: EnvSpec) -> str:
 
 def build_body(spec: EnvSpec, model: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """(encoder, torso) as ``model`` says; ``torso.out_dim`` is the width of the features
-    the heads read. Every network shares this body; :func:`init_body` initialises it."""
+    the heads read. Every network shares this body; :func:`init_network` initialises it."""
     kind = encoder_kind(model, spec)
     if kind == "mlp":
         if spec.is_image:
@@ -39,10 +39,18 @@ def build_body(spec: EnvSpec, model: ModelConfig) -> tuple[nn.Module, nn.Module]
     return encoder, torso
 
 
-def init_body(encoder: nn.Module, torso: nn.Module) -> None:
-    # called after the heads are built, so seeded runs draw the same weights as before
+def init_network(model: ModelConfig, encoder: nn.Module, torso: nn.Module, heads: list[tuple[nn.Module, float]]) -> None:
+    """Initialise a network built from :func:`build_body` and its output ``heads`` (each with
+    the gain of its orthogonal init) as ``model.init`` says. Called after the heads are
+    built, so seeded runs draw the same weights as before the option existed."""
+    if model.init == "fan_in_uniform":
+        for module in (encoder, torso, *(head for head, _ in heads)):
+            fan_in_uniform_init(module)
+        return
     orthogonal_init(encoder)
     orthogonal_init(torso)
+    for head, gain in heads:
+        orthogonal_init(head, gain=gain)
 
 
 class ActorCritic(nn.Module):
@@ -53,9 +61,7 @@ class ActorCritic(nn.Module):
         self.encoder, self.torso = build_body(spec, model)
         self.policy = nn.Linear(self.torso.out_dim, spec.num_actions)
         self.value = nn.Linear(self.torso.out_dim, 1)
-        init_body(self.encoder, self.torso)
-        orthogonal_init(self.policy, gain=0.01)
-        orthogonal_init(self.value, gain=1.0)
+        init_network(model, self.encoder, self.torso, [(self.policy, 0.01), (self.value, 1.0)])
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.torso(self.encoder(obs))

@@ -18,6 +18,18 @@ def orthogonal_init(module: nn.Module, gain: float = math.sqrt(2)) -> nn.Module:
     return module
 
 
+def fan_in_uniform_init(module: nn.Module) -> nn.Module:
+    """Weights and biases uniform in +-1/sqrt(fan_in), for every Linear and Conv2d inside
+    ``module``: the initialisation of PAAC's code ("torch" in its networks.py)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            bound = 1.0 / math.sqrt(m.weight[0].numel())
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.uniform_(m.bias, -bound, bound)
+    return module
+
+
 # (out_channels, kernel, stride) per convolution
 CNN_LAYERS = {
     "nips_cnn": ((16, 8, 4), (32, 4, 2)),

@@ -7,8 +7,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..envs import EnvSpec
-from .actor_critic import build_body, init_body
-from .blocks import orthogonal_init
+from .actor_critic import build_body, init_network
 
 
 class QNetwork(nn.Module):
@@ -23,8 +22,7 @@ class QNetwork(nn.Module):
         super().__init__()
         self.encoder, self.torso = build_body(spec, model)
         self.q = nn.Linear(self.torso.out_dim, spec.num_actions)
-        init_body(self.encoder, self.torso)
-        orthogonal_init(self.q, gain=0.01)
+        init_network(model, self.encoder, self.torso, [(self.q, 0.01)])
         self.register_buffer("epsilon", torch.ones(()))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..envs import EnvSpec
-from .actor_critic import build_body, init_body
-from .blocks import orthogonal_init
+from .actor_critic import build_body, init_network
 
 
 class QuantileQNetwork(nn.Module):
@@ -23,8 +22,7 @@ class QuantileQNetwork(nn.Module):
         self.num_actions, self.num_quantiles = spec.num_actions, num_quantiles
         self.encoder, self.torso = build_body(spec, model)
         self.quantiles = nn.Linear(self.torso.out_dim, self.num_actions * num_quantiles)
-        init_body(self.encoder, self.torso)
-        orthogonal_init(self.quantiles, gain=0.01)
+        init_network(model, self.encoder, self.torso, [(self.quantiles, 0.01)])
         self.register_buffer("epsilon", torch.ones(()))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

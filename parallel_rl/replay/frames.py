@@ -20,7 +20,7 @@ returns are rebuilt when a minibatch is sampled:
 - Rows are sampled only when the ``frame_stack - 1`` rows before them and the
   ``n_step`` rows after them are stored, so nothing overwritten or not yet written is
   ever read. Unwritten memory holds the sentinel of ``runtime/slots.py`` regardless.
-- A break in an env's stream (a rollout dropped for policy lag, a restarted actor) is
+- A break in an env's stream (a restarted actor's lost rollout) is
   detected by comparing each rollout's first observation with the previous rollout's
   ``next_obs``: the row before the break becomes a truncation (its successor is the
   last stored row), the last row is not sampled, and neither are the first

@@ -1,7 +1,8 @@
 """Actor process: owns groups of EnvPools and a policy replica, fills shared-memory slots.
 
 Loop: wait for a free slot (heartbeating while it waits) -> load the policy version to
-act with -> collect one rollout straight into the slot -> ring the doorbell. The process
+act with (waiting for it when the lag bound asks for newer weights than are published)
+-> collect one rollout straight into the slot -> ring the doorbell. The process
 exits by itself when told to stop, when its parent disappears (the runner was killed),
 or after reporting its own exception to the runner.
 """
@@ -21,7 +22,7 @@ import zmq
 from ..config import from_dict
 from ..envs import make_env_groups
 from . import control, signals
-from .rollout import RandomPolicy, RolloutCollector
+from .rollout import NetworkPolicy, RandomPolicy, RolloutCollector, acting_seed
 from .slots import SharedWeights, SlotPool
 
 HEARTBEAT_S = 0.5
@@ -49,6 +50,11 @@ class ActorArgs:
     free_slots: list[int]
     address: str
     parent_pid: int
+    # the learner consumes this actor's rollouts in order, one per update: rollout r is
+    # consumed at version first_version + r, which fixes the weights it may act with
+    first_version: int
+    oldest_version: int  # the first version published in this run (the start, or the resumed one)
+    lag_bound: int | None  # the newest weights at most this many versions old; None: unbounded
     random_policy: bool = False  # uniformly random actions (transport benchmark), no inference
 
 
@@ -93,12 +99,12 @@ class Actor:
         if wanted == "auto":
             wanted = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(wanted)
-        torch.manual_seed(cfg.seed * 1_000_003 + args.actor)
         groups = make_env_groups(cfg.env, args.num_envs, cfg.seed + args.env_start, args.env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.algo = make_algorithm(groups[0].spec, cfg, self.device)
         self.algo.net.requires_grad_(False)
-        self.random = RandomPolicy(groups[0].spec, cfg.seed * 1_000_003 + args.actor) if args.random_policy else None
+        seed = acting_seed(cfg.seed, args.actor)
+        self.act = RandomPolicy(groups[0].spec, seed) if args.random_policy else NetworkPolicy(self.algo, self.device, seed)
         self._last_beat = 0.0
 
     def beat(self) -> bool:
@@ -129,10 +135,18 @@ class Actor:
 
     def policy(self, obs: np.ndarray):
         self.beat()
-        if self.random is not None:
-            return self.random(obs)
-        actions, log_probs = self.algo.act(torch.from_numpy(obs).to(self.device))
-        return actions.cpu().numpy(), log_probs.cpu().numpy()
+        return self.act(obs)
+
+    def fetch_weights(self, rollout: int) -> int:
+        """Load the weights rollout ``rollout`` acts with; returns their version."""
+        args = self.args
+        consumed_at = args.first_version + rollout
+        if self.cfg.actors.deterministic_lag:  # exactly one version old
+            exactly, at_least = max(args.oldest_version, consumed_at - 1), None
+        else:
+            exactly = None
+            at_least = args.oldest_version if args.lag_bound is None else max(args.oldest_version, consumed_at - args.lag_bound)
+        return args.weights.fetch(self.algo.net, exactly, at_least, timeout_s=3600, should_stop=self.waiting)
 
     def run(self) -> None:
         args, pool = self.args, self.args.pool
@@ -143,15 +157,13 @@ class Actor:
                 self.beat()
                 self.drain(0.1)
             slot = self.free.popleft()
-            # deterministic lag: rollout r acts with exactly version r - 1 (version 0 for r = 0, 1)
-            wanted = max(0, rollout - 1) if self.cfg.actors.deterministic_lag else None
-            version = args.weights.fetch(self.algo.net, wanted, timeout_s=3600, should_stop=self.waiting)
+            version = self.fetch_weights(rollout)
             self.collector.collect(self.policy, pool.numpy_views(slot, args.num_envs))
             pool.version[slot] = version
             returns, lengths = self.collector.pop_episodes()
             step_s, policy_s = self.collector.pop_timings()
             control.send(self.socket, {
-                "type": "ready", "actor": args.actor, "slot": slot, "version": version,
+                "type": "ready", "actor": args.actor, "pid": os.getpid(), "slot": slot, "version": version,
                 "returns": returns, "lengths": lengths, "step_s": step_s, "policy_s": policy_s,
             })
             rollout += 1

@@ -1,9 +1,10 @@
 """Where batches come from: inline collection (K = 0) or K actor processes (K >= 1).
 
 Both sources hand the learner one batch per update holding one rollout of every env, so
-the algorithm code is identical in both modes; the asynchronous source adds policy lag,
-which it measures, bounds (``max_policy_lag``) and, in deterministic-lag mode, fixes at
-exactly one version.
+the algorithm code is identical in both modes. Actor processes act with weights at most
+``policy_lag_bound`` versions old (0 for algorithms without an off-policy correction:
+the same algorithm as K = 0), waiting for newer ones when they run ahead, or, in
+deterministic-lag mode, with exactly the previous version; the lag is measured.
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ import torch
 import torch.multiprocessing as mp
 import zmq
 
+from ..algos import policy_lag_bound
 from ..algos.base import Batch
 from ..config import Config
 from ..envs import EnvSpec, make_env_groups
 from . import control, signals
 from .actor import ActorArgs, actor_main
-from .rollout import RandomPolicy, RolloutCollector, allocate, rollout_arrays
+from .rollout import (
+    NetworkPolicy,
+    RandomPolicy,
+    RolloutCollector,
+    acting_seed,
+    allocate,
+    rollout_arrays,
+)
 from .slots import SharedWeights, SlotPool
 
 STARTUP_GRACE_S = 120.0  # spawning, importing torch and building EnvPools before the first heartbeat
@@ -45,7 +54,7 @@ class Delivery:
     lengths: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     lag: list[int] = field(default_factory=list)
-    dropped: int = 0
+    producers: list[int] = field(default_factory=list)  # pids of the processes that stepped the envs
 
 
 def resolve_procs(cfg: Config) -> int:
@@ -67,15 +76,10 @@ class InlineSource:
 
     def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int, random_policy: bool = False):
         self.cfg, self.algo, self.device = cfg, algo, device
-        self.policy = RandomPolicy(spec, cfg.seed) if random_policy else self._policy
+        self.policy = RandomPolicy(spec, cfg.seed) if random_policy else NetworkPolicy(algo, device, acting_seed(cfg.seed, 0))
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.arrays = allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs)
-        self.non_blocking = device.type == "cuda"
-
-    def _policy(self, obs: np.ndarray):
-        actions, log_probs = self.algo.act(torch.from_numpy(obs).to(self.device, non_blocking=self.non_blocking))
-        return actions.cpu().numpy(), log_probs.cpu().numpy()
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
         arrays = self.collector.collect(self.policy, self.arrays)
@@ -84,7 +88,8 @@ class InlineSource:
         copy_s = time.perf_counter() - began
         returns, lengths = self.collector.pop_episodes()
         step_s, policy_s = self.collector.pop_timings()
-        return Delivery(batch, returns, lengths, {"step": step_s, "inference": policy_s, "copy": copy_s}, lag=[0])
+        return Delivery(batch, returns, lengths, {"step": step_s, "inference": policy_s, "copy": copy_s}, lag=[0],
+                        producers=[os.getpid()])
 
     def published(self, version: int) -> None:
         pass
@@ -106,6 +111,8 @@ class ActorPool:
         self.envs_per_actor = split_envs(cfg.actors.num_envs, procs)
         self.env_starts = [sum(self.envs_per_actor[:k]) for k in range(procs)]
         self.env_threads = env_threads
+        self.oldest_version = self.version = start_version
+        self.lag_bound = policy_lag_bound(cfg)
         # what close() releases exists from the start, so a failure or an interrupt part-way
         # through construction releases whatever was already built
         self.processes: list[mp.Process | None] = [None] * procs
@@ -142,8 +149,11 @@ class ActorPool:
 
     # ---------------------------------------------------------------- processes
     def _start(self, k: int, free_slots: list[int]) -> None:
+        # rollouts it already delivered are consumed first, one per update
+        first_version = self.version + len(self.ready[k])
         args = ActorArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_actor[k], self.env_threads,
-                         self.pool, self.weights, free_slots, self.endpoint.address, os.getpid(), self.random_policy)
+                         self.pool, self.weights, free_slots, self.endpoint.address, os.getpid(),
+                         first_version, self.oldest_version, self.lag_bound, self.random_policy)
         process = self._mp.Process(target=actor_main, args=(args,), name=f"parallel-rl-actor-{k}", daemon=True)
         self.processes[k] = process  # before start(): an interrupt right after it must not lose the child
         signals.start_child(process)
@@ -216,8 +226,7 @@ class ActorPool:
             pass  # the actor is gone; its replacement starts with this slot free
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
-        cfg = self.cfg
-        dropped = 0
+        self.version = version
         began = time.perf_counter()
         while True:
             if should_stop():  # before supervising: actors that die once a stop is under way are no failure
@@ -226,11 +235,6 @@ class ActorPool:
             # while the learner was busy must not look like silence
             self._receive(0.0)
             self.supervise()
-            for k in range(self.procs):  # drop rollouts acted by a policy that is too old
-                while self.ready[k] and version - int(self.ready[k][0][1]["version"]) > cfg.actors.max_policy_lag:
-                    slot, _ = self.ready[k].popleft()
-                    self._release(slot)
-                    dropped += 1
             if all(self.ready):
                 break
             self._receive(0.05)
@@ -243,12 +247,13 @@ class ActorPool:
             self._release(slot)
         batch = Batch.from_arrays(staged, self.device)
         copy_s = time.perf_counter() - began
-        delivery = Delivery(batch, dropped=dropped)
+        delivery = Delivery(batch)
         delivery.timings = {"wait": wait_s, "copy": copy_s, "step": 0.0, "inference": 0.0}
         for _, message in taken:
             delivery.returns += message["returns"]
             delivery.lengths += message["lengths"]
             delivery.lag.append(version - int(message["version"]))
+            delivery.producers.append(int(message["pid"]))
             delivery.timings["step"] += message["step_s"] / self.procs
             delivery.timings["inference"] += message["policy_s"] / self.procs
         return delivery
@@ -258,6 +263,7 @@ class ActorPool:
         return sum(len(q) for q in self.ready) / (self.procs * self.cfg.actors.slots_per_actor)
 
     def published(self, version: int) -> None:
+        self.version = version
         self.weights.publish(self.algo.net, version)
 
     # ---------------------------------------------------------------- shutdown

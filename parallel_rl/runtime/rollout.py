@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from ..envs import EnvSpec, VecEnv
 
@@ -102,6 +103,45 @@ class RolloutCollector:
 
 def allocate(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, np.ndarray]:
     return {name: np.zeros(shape, dtype) for name, (shape, dtype) in rollout_arrays(spec, horizon, num_envs).items()}
+
+
+def acting_seed(seed: int, actor: int) -> int:
+    """Seed of actor process ``actor``'s acting stream; the synchronous mode acts as actor 0."""
+    return seed * 1_000_003 + actor
+
+
+class NetworkPolicy:
+    """An algorithm's ``act`` as a rollout :data:`Policy`, drawing from its own random stream.
+
+    Acting (sampling, epsilon-greedy, warm-up noise) never shares torch's global generator
+    with learning (minibatch shuffles): a seeded run then acts identically whether the
+    learner's process or an actor process steps the envs, and however many random numbers
+    an update draws.
+    """
+
+    def __init__(self, algo, device: torch.device, seed: int):
+        self.algo, self.device = algo, device
+        self.cuda = device.type == "cuda"
+        self.cpu_state = torch.Generator().manual_seed(seed).get_state()
+        self.cuda_state = None
+        if self.cuda:
+            self.cuda_state = torch.Generator(device=device).manual_seed(seed).get_state()
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outer_cpu = torch.get_rng_state()
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda:
+            outer_cuda = torch.cuda.get_rng_state(self.device)
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+        try:
+            actions, log_probs = self.algo.act(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
+        finally:
+            self.cpu_state = torch.get_rng_state()
+            torch.set_rng_state(outer_cpu)
+            if self.cuda:
+                self.cuda_state = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+        return actions.cpu().numpy(), log_probs.cpu().numpy()
 
 
 class RandomPolicy:

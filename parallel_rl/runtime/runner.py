@@ -178,7 +178,6 @@ class Runner:
 
         stage_seconds: dict[str, float] = {}
         lags: list[int] = []
-        dropped = 0
         nonfinite_updates = nonfinite_in_a_row = 0
         result: dict[str, torch.Tensor] = {}
         lr = algo.set_progress(step / cfg.total_steps)
@@ -191,7 +190,6 @@ class Runner:
             if lags:
                 out["diag/policy_lag"] = statistics.fmean(lags)
                 out["diag/policy_lag_max"] = max(lags)
-            out["diag/dropped_rollouts"] = dropped
             out["diag/nonfinite_updates"] = nonfinite_updates
             if hasattr(source, "queue_fill"):
                 out["diag/queue_fill"] = source.queue_fill()
@@ -233,7 +231,6 @@ class Runner:
                     stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
                 stage_seconds["update"] = stage_seconds.get("update", 0.0) + time.perf_counter() - began
                 lags += delivery.lag
-                dropped += delivery.dropped
                 step += delivery.batch.num_steps
                 if updates == first_update + 1:
                     start, start_step = time.perf_counter(), step

@@ -98,12 +98,15 @@ class SharedWeights:
         self.stamps[buffer] = version
         self.latest[0] = version
 
-    def fetch(self, module: torch.nn.Module, version: int | None = None, timeout_s: float = 60.0, should_stop=None) -> int:
-        """Load the newest version (or exactly ``version``) into ``module``; returns the version."""
+    def fetch(self, module: torch.nn.Module, exactly: int | None = None, at_least: int = 0, timeout_s: float = 60.0,
+              should_stop=None) -> int:
+        """Load the newest version, once it is ``at_least`` (or exactly version ``exactly``, one of
+        the last two published), into ``module``; returns the version loaded."""
         deadline = time.monotonic() + timeout_s
         while True:
-            want = int(self.latest[0]) if version is None else version
-            if want >= 0 and int(self.latest[0]) >= want:
+            latest = int(self.latest[0])
+            want = (latest if latest >= at_least else -1) if exactly is None else exactly
+            if want >= 0 and latest >= want:
                 buffer = want % 2
                 if int(self.stamps[buffer]) == want:
                     vector = self.flat[buffer].clone()
@@ -111,7 +114,8 @@ class SharedWeights:
                         self._load(module, vector)
                         return want
             if time.monotonic() > deadline or (should_stop is not None and should_stop()):
-                raise TimeoutError(f"policy version {want} was not published within {timeout_s:.0f} s")
+                wanted = exactly if exactly is not None else f"{at_least} or newer"
+                raise TimeoutError(f"policy version {wanted} was not published within {timeout_s:.0f} s")
             time.sleep(0.0005)
 
     @staticmethod

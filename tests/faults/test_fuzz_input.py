@@ -94,11 +94,12 @@ OUT_OF_RANGE = {
         "env.image_size", "logging.return_window", "checkpoint.keep_last", "max_nonfinite_updates",
         "actors.env_groups", "actors.slots_per_actor", "algo.update_epochs", "algo.num_minibatches")},
     **{key: st.integers(max_value=-1) for key in (
-        "actors.max_policy_lag", "model.depth", "env.max_episode_steps", "env.noop_max", "actors.num_threads",
+        "model.depth", "env.max_episode_steps", "env.noop_max", "actors.num_threads",
         "torch_threads", "checkpoint.interval_steps")},
     **{key: st.one_of(st.floats(max_value=-1e-9, allow_infinity=True), _non_finite) for key in (
         "algo.max_grad_norm", "algo.reward_clip", "algo.entropy_coef", "algo.value_coef", "logging.interval_s")},
     "actors.procs": st.integers(max_value=-2),
+    "actors.max_policy_lag": st.integers(max_value=-2),
     "algo.gamma": st.one_of(st.floats(min_value=1.0, exclude_min=True), st.floats(max_value=0.0, exclude_max=True), _non_finite),
     "env.sticky_action_prob": st.one_of(st.floats(min_value=1.0), st.floats(max_value=0.0, exclude_max=True), _non_finite),
     "optim.lr": st.one_of(st.floats(max_value=0.0), _non_finite),

@@ -69,7 +69,8 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
     out = sweep(ATARI, "--dry-run")
     assert out.returncode == 0, out.stderr
     commands = [line for line in out.stdout.splitlines() if " launch " in line]
-    assert len(commands) == 2 * 3 * 2  # envs x seeds x variants
+    assert len(commands) == 2 * 3 * 3  # envs x seeds x variants
+    assert sum("--config paac_atari_paper " in c for c in commands) == 2 * 3  # a variant's own recipe
     assert all("--steps 10000000" in c for c in commands)
     assert len({re.search(r"--run-dir (\S+)", c)[1] for c in commands}) == len(commands)
     assert {re.search(r"--env (\S+)", c)[1] for c in commands} == {"Pong-v5", "Breakout-v5"}
