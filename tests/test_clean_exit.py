@@ -33,6 +33,7 @@ def run_in_own_group(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, process.returncode, out, err), left
 
 
+@pytest.mark.slow  # three full CLI runs with actor processes: 40 s on 2 cores
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 def test_launch_eval_and_bench_leave_no_child_behind(tmp_path):
     run_dir = tmp_path / "run"
