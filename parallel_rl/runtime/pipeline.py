@@ -75,7 +75,7 @@ class InlineSource:
     mode = "synchronous"
 
     def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int, random_policy: bool = False):
-        self.cfg, self.algo, self.device = cfg, algo, device
+        self.device = device  # the network is reached through self.policy
         self.policy = RandomPolicy(spec, cfg.seed) if random_policy else NetworkPolicy(algo, device, acting_seed(cfg.seed, 0))
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
