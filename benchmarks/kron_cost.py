@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from parallel_rl.algos.base import Batch
 from parallel_rl.algos.ppo import PPO
 from parallel_rl.config import build_config
+from parallel_rl.contracts import Batch
 from parallel_rl.envs import env_spec
 from parallel_rl.runtime.runner import resolve_device
 

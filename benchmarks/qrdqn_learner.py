@@ -30,12 +30,13 @@ import time
 import numpy as np
 import torch
 
-from parallel_rl.algos.base import Batch
+from parallel_rl.algos.policies import UniformPolicy
 from parallel_rl.algos.qrdqn import QRDQN
 from parallel_rl.config import build_config
+from parallel_rl.contracts import Batch
 from parallel_rl.envs import make_env_groups
 from parallel_rl.replay.frames import FrameReplay
-from parallel_rl.runtime.rollout import RandomPolicy, RolloutCollector, allocate
+from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
 from parallel_rl.runtime.runner import resolve_device
 
 RECIPE = "qrdqn_atari"
@@ -47,9 +48,9 @@ def filled_learner(device: str, num_envs: int = 16, horizon: int = 64) -> QRDQN:
                        [f"replay.capacity={2 * REPLAY_STEPS}", "algo.warmup_steps=0", "logging.diag_interval=0"])
     groups = make_env_groups(cfg.env, num_envs, cfg.seed, os.cpu_count() or 1, cfg.actors.env_groups)
     collector = RolloutCollector(groups, horizon)
-    policy = RandomPolicy(groups[0].spec, cfg.seed)
+    policy = NetworkPolicy(UniformPolicy(groups[0].spec), torch.device("cpu"), cfg.seed)
     algo = QRDQN(groups[0].spec, cfg, resolve_device(device))
-    replay = algo.ensure_replay()
+    replay = algo.replay
     try:
         arrays = allocate(groups[0].spec, horizon, num_envs)
         for _ in range(REPLAY_STEPS // (num_envs * horizon)):

@@ -28,7 +28,13 @@ import time
 import torch
 
 from parallel_rl.algos.sac import SAC
-from parallel_rl.bench import actor_threads, raw_env_sps, train_sps
+from parallel_rl.bench import (
+    actor_threads,
+    frozen_algorithm,
+    raw_env_sps,
+    train_sps,
+    transport_config,
+)
 from parallel_rl.config import build_config
 from parallel_rl.envs import env_spec
 from parallel_rl.replay import Transitions
@@ -45,7 +51,7 @@ def learner_steps_per_s(device: str, steps: int, threads: int) -> float:
     algo = SAC(spec, cfg, resolve_device(device))
     n = 20_000
     obs_dim, act_dim = spec.obs_shape[0], spec.action_space.shape[0]
-    algo.ensure_replay().add(Transitions(
+    algo.replay.add(Transitions(
         obs=torch.randn(n, obs_dim), actions=torch.rand(n, act_dim) * 2 - 1, rewards=torch.randn(n),
         next_obs=torch.randn(n, obs_dim), terminated=torch.rand(n) < 0.001,
     ))
@@ -105,8 +111,8 @@ def report_actors(args: argparse.Namespace) -> None:
         figures: dict[str, list[float]] = {"raw": [], "random": [], "policy": []}
         for _ in range(args.repeats):
             figures["raw"].append(raw_env_sps(cfg, args.seconds, actor_threads(cfg)))
-            figures["random"].append(train_sps(cfg, args.seconds, learner_enabled=False, random_policy=True))
-            figures["policy"].append(train_sps(acting, args.seconds, learner_enabled=False))
+            figures["random"].append(train_sps(transport_config(cfg), args.seconds))
+            figures["policy"].append(train_sps(acting, args.seconds, algorithm=frozen_algorithm))
         med = {k: statistics.median(v) for k, v in figures.items()}
         print(f"| {actors} | {resolve_procs(cfg)} | {med['raw']:,.0f} | {med['random']:,.0f} | {med['policy']:,.0f} |", flush=True)
 

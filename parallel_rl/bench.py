@@ -2,8 +2,11 @@
 
 Three figures: raw EnvPool agent steps/s (random actions, no Python per env, with the
 EnvPool threads the actors have between them, at most the cores: ``actor_threads``),
-pipeline steps/s (actors with a random policy feeding a learner that skips the gradient
-step: transport efficiency) and training steps/s (end-to-end efficiency).
+pipeline steps/s (the run with ``TransportProbe`` as its algorithm: a uniformly random
+Policy and an update that learns nothing, so it measures transport: efficiency) and
+training steps/s (end-to-end efficiency). The probe is injected as an algorithm, named by
+its import path like any algorithm outside the registry, so actor processes build its
+Policy themselves: nothing is passed down the runtime but the config.
 
 Raw EnvPool throughput on a shared machine drifts by about 10% between runs, so the two
 measurements are interleaved (raw, train, raw, train, ...) and each reduced to its median;
@@ -15,12 +18,78 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
+import torch
 
-from .config import Config
-from .envs import make_env
+from .algos.policies import UniformPolicy
+from .config import AlgoConfig, Config, algo_section
+from .contracts import Batch, Policy, UpdateResult
+from .envs import EnvSpec, make_env
+
+TRANSPORT_PROBE = "parallel_rl.bench:TransportProbe"
+
+
+class TransportProbe:
+    """The pipeline measurement's algorithm: a :class:`UniformPolicy` and an update that
+    learns nothing, for observations and actions of any kind."""
+
+    name = "transport_probe"
+    config_class = AlgoConfig
+    max_policy_lag: int | None = None
+    continuous_actions = None  # either kind
+
+    @classmethod
+    def make_policy(cls, spec: EnvSpec, cfg: Config) -> UniformPolicy:
+        return UniformPolicy(spec)
+
+    def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
+        self.acting = UniformPolicy(spec).to(device)
+
+    def policy(self) -> UniformPolicy:
+        return self.acting
+
+    def update(self, batch: Batch) -> UpdateResult:
+        return UpdateResult()
+
+    def set_progress(self, fraction: float) -> float:
+        return 0.0
+
+    def state_dict(self) -> dict:
+        return {"policy": self.acting.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.acting.load_state_dict(state["policy"])
+
+
+class Frozen:
+    """An algorithm that acts with ``algo``'s Policy and learns nothing: the cost of acting
+    with the network (inference) without the cost of learning."""
+
+    def __init__(self, algo):
+        self.algo = algo
+
+    def policy(self) -> Policy:
+        return self.algo.policy()
+
+    def update(self, batch: Batch) -> UpdateResult:
+        return UpdateResult()
+
+    def set_progress(self, fraction: float) -> float:
+        return 0.0
+
+    def state_dict(self) -> dict:
+        return self.algo.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.algo.load_state_dict(state)
+
+
+def transport_config(cfg: Config) -> Config:
+    """``cfg`` with the transport probe as its algorithm (same envs, layout and rollout length)."""
+    return replace(cfg, algo=algo_section(None, {"name": TRANSPORT_PROBE, "rollout_length": cfg.algo.rollout_length}))
 
 
 def raw_env_sps(cfg: Config, seconds: float, num_threads: int) -> float:
@@ -44,13 +113,21 @@ def raw_env_sps(cfg: Config, seconds: float, num_threads: int) -> float:
         env.close()
 
 
-def train_sps(cfg: Config, seconds: float, learner_enabled: bool = True, random_policy: bool = False) -> float:
+def train_sps(cfg: Config, seconds: float, algorithm: Callable | None = None) -> float:
+    """Agent steps/s of a run of ``cfg`` for ``seconds`` after start-up; ``algorithm`` builds
+    the learner's algorithm from (spec, cfg, device) instead of ``cfg.algo.name``'s."""
     from .runtime.runner import Runner
 
     quiet = replace(cfg, logging=replace(cfg.logging, console=False))
-    summary = Runner(quiet, run_dir=os.devnull, write_logs=False).run(max_seconds=seconds, learner_enabled=learner_enabled,
-                                                                      random_policy=random_policy)
+    summary = Runner(quiet, run_dir=os.devnull, write_logs=False, algorithm=algorithm).run(max_seconds=seconds)
     return summary.sps
+
+
+def frozen_algorithm(spec: EnvSpec, cfg: Config, device: torch.device) -> Frozen:
+    """``cfg``'s algorithm, acting but not learning (see :class:`Frozen`)."""
+    from .algos import make_algorithm
+
+    return Frozen(make_algorithm(spec, cfg, device))
 
 
 def actor_threads(cfg: Config) -> int:
@@ -79,7 +156,7 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
     figures: dict[str, list[float]] = {"raw": [], "pipeline": [], "train": []}
     for i in range(repeats):
         figures["raw"].append(raw_env_sps(cfg, seconds, threads))
-        figures["pipeline"].append(train_sps(cfg, seconds, learner_enabled=False, random_policy=True))
+        figures["pipeline"].append(train_sps(transport_config(cfg), seconds))
         figures["train"].append(train_sps(cfg, seconds))
         if progress:
             print(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:,.0f} SPS" for k, v in figures.items()), flush=True)

@@ -13,6 +13,10 @@ import torch
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 
+# 1: the algorithm's acting network under "net", acting state (epsilon) inside it.
+# 2: the algorithm's Policy (contracts.py) under "policy": network and acting state together.
+FORMAT = 2
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit; the message names the file."""
@@ -65,7 +69,21 @@ def load(path: Path) -> dict[str, Any]:
     if not (isinstance(state, dict) and isinstance(state.get("algo"), dict) and isinstance(state.get("step"), int)
             and isinstance(state.get("config"), dict)):
         raise CheckpointError(f"Checkpoint {str(path)!r} is not a parallel-rl checkpoint (it lacks the algo, step and config entries).")
+    written = state.get("format", 1)
+    if not isinstance(written, int) or not 1 <= written <= FORMAT:
+        raise CheckpointError(f"Checkpoint {str(path)!r} has format {written!r}, but this parallel-rl reads formats 1 to {FORMAT}: "
+                              "it was written by a newer version; upgrade parallel-rl to read it.")
     return state
+
+
+def policy_state(algo_state: dict[str, Any], policy: torch.nn.Module) -> dict[str, Any]:
+    """The Policy's entry of an algorithm's state, from either format: format 1 kept the acting
+    network under "net" with acting state as its buffers; each of its keys is the Policy's key
+    of the same name, or that key under the Policy's ``net`` attribute."""
+    if "policy" in algo_state:
+        return algo_state["policy"]
+    expected = set(policy.state_dict())
+    return {(key if key in expected else f"net.{key}"): value for key, value in algo_state["net"].items()}
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -115,18 +133,37 @@ class CheckpointManager:
         return path
 
 
-def restore(algo, state: dict[str, Any], path: Path, env_id: str) -> None:
-    """Load ``state['algo']`` into ``algo``, built for ``env_id``; a checkpoint trained on
-    another environment, or one whose shapes do not fit, is refused naming the file, both
-    environments and the mismatch."""
+def _check_env(state: dict[str, Any], path: Path, env_id: str) -> str:
     trained_on = state.get("config", {}).get("env", {}).get("id", "?")
     if trained_on != env_id:
         raise CheckpointError(
             f"Checkpoint {str(path)!r} was trained on {trained_on}, but {env_id} was requested: "
             f"a checkpoint only continues or evaluates the environment it was trained on."
         )
+    return trained_on
+
+
+def restore_policy(policy: torch.nn.Module, state: dict[str, Any], path: Path, env_id: str) -> None:
+    """Load only the Policy from a checkpoint (evaluation); refusals as :func:`restore`."""
+    trained_on = _check_env(state, path, env_id)
     try:
-        algo.load_state_dict(state["algo"])
+        policy.load_state_dict(policy_state(state["algo"], policy))
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        detail = " ".join(str(exc).split())[:600]
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} (trained on {trained_on}) does not fit the network built for {env_id}: {detail}"
+        ) from None
+
+
+def restore(algo, state: dict[str, Any], path: Path, env_id: str) -> None:
+    """Load ``state['algo']`` into ``algo``, built for ``env_id``; a checkpoint trained on
+    another environment, or one whose shapes do not fit, is refused naming the file, both
+    environments and the mismatch."""
+    trained_on = _check_env(state, path, env_id)
+    try:
+        algo_state = dict(state["algo"])
+        algo_state["policy"] = policy_state(algo_state, algo.policy())
+        algo.load_state_dict(algo_state)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         detail = " ".join(str(exc).split())[:600]
         raise CheckpointError(

@@ -17,7 +17,7 @@ from .config import (
     build_config,
     describe,
     dump_yaml,
-    from_dict,
+    from_saved,
     load_yaml,
     set_override,
 )
@@ -116,7 +116,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {args.resume!r}: no config.yaml there, so it is not a parallel-rl run directory.")
         resume_path = ckpt.find(run_dir)
         state = ckpt.load(resume_path)
-        cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+        cfg, notice = from_saved(load_yaml(run_dir / "config.yaml"))
+        if notice:
+            print(notice, flush=True)
         for key in ("steps", "device", "seed"):
             value = getattr(args, key)
             if value is not None:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .algos import make_algorithm
-from .config import ConfigError, from_dict
+from .algos import make_policy
+from .config import ConfigError, from_saved
 from .envs import EnvSpec, VecEnv, choose_backend, make_env
 from .runtime.runner import resolve_device
 
@@ -132,7 +132,7 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
     from .video import VideoRecorder
 
     state = ckpt.load(path)
-    cfg = from_dict(state["config"])
+    cfg, _ = from_saved(state["config"])
     torch_device = resolve_device(device)
     torch.manual_seed(seed)  # sampled actions too: the same seed plays the same episodes
     num_envs = min(episodes, MAX_EVAL_ENVS)
@@ -143,9 +143,9 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
     film: Video | None = None
     recorder = None
     try:
-        algo = make_algorithm(env.spec, cfg, torch_device)
-        ckpt.restore(algo, state, path, cfg.env.id)
-        algo.prepare_evaluation()
+        policy = make_policy(env.spec, cfg, torch_device)
+        ckpt.restore_policy(policy, state, path, cfg.env.id)
+        policy.prepare_evaluation(cfg)
         counts = np.zeros(num_envs, np.int64)
         returns: list[list[float]] = [[] for _ in range(num_envs)]
         obs = env.reset()
@@ -162,7 +162,7 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
             return film is not None and len(film.returns) < video_episodes
 
         while counts.min() < per_env or filming():
-            actions = algo.act(torch.from_numpy(obs).to(torch_device), greedy=greedy)[0].cpu().numpy()
+            actions = policy.act(torch.from_numpy(obs).to(torch_device), greedy=greedy)[0].cpu().numpy()
             result = env.step(actions)
             obs = result.obs
             done = tracker.game_done.copy()  # whole games: with episodic life a life lost is no episode end

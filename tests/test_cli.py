@@ -46,8 +46,8 @@ def test_resume_continues_step_counter_and_restores_state(tmp_path, read_scalars
     cfg = from_dict(saved["config"])
     algo = make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu"))
     algo.load_state_dict(saved["algo"])
-    for name, tensor in algo.net.state_dict().items():
-        assert torch.equal(tensor, saved["algo"]["net"][name]), name
+    for name, tensor in algo.policy().state_dict().items():
+        assert torch.equal(tensor, saved["algo"]["policy"][name]), name
     opt = algo.optimizer.state_dict()
     assert opt["state"][0]["step"] == saved["algo"]["optimizer"]["state"][0]["step"] == 50
     assert torch.equal(opt["state"][0]["exp_avg_sq"], saved["algo"]["optimizer"]["state"][0]["exp_avg_sq"])

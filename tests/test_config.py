@@ -29,7 +29,7 @@ def test_default_recipe_is_paac_atari():
 def test_unknown_key_suggests_nearest():
     with pytest.raises(ConfigError, match="Did you mean 'algo.gamma'"):
         set_override(Config(), "algo.gama=0.9")
-    with pytest.raises(ConfigError, match="Did you mean 'rollout_length'"):
+    with pytest.raises(ConfigError, match="Did you mean 'algo.rollout_length'"):
         from_dict({"algo": {"rollout_lenght": 5}})
 
 
@@ -74,3 +74,55 @@ def test_malformed_yaml(tmp_path):
 def test_keys_an_algorithm_ignores_are_refused_with_its_alternative(recipe, key):
     with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.")):
         build_config(recipe, overrides=[key])
+
+
+# ---------------------------------------------------------------------------- per-algorithm sections
+
+
+@pytest.mark.parametrize("recipe, key, algorithm", [
+    ("paac_classic", "algo.update_epochs=3", "paac"),  # PPO's key
+    ("ppo_classic", "algo.epsilon_start=0.5", "ppo"),  # PQN's
+    ("pqn_classic", "algo.tau=0.01", "pqn"),  # SAC's
+    ("simbav2_pendulum", "algo.num_quantiles=10", "sac"),  # QR-DQN's
+])
+def test_a_key_of_another_algorithm_is_refused_naming_the_chosen_ones_keys(recipe, key, algorithm):
+    with pytest.raises(ConfigError) as error:
+        build_config(recipe, overrides=[key])
+    message = str(error.value)
+    assert f"'algo.{key.split('=')[0].split('.')[1]}' for algo.name = '{algorithm}'" in message
+    assert "Valid keys: algo." in message and "algo.rollout_length" in message
+
+
+def test_switching_algorithm_keeps_the_recipes_keys_and_checks_them_against_the_new_one():
+    cfg = build_config("paac_atari", overrides=["algo.name=impala", "algo.rho_bar=0.9"])
+    assert type(cfg.algo).__name__ == "IMPALAConfig"
+    assert (cfg.algo.entropy_coef, cfg.algo.loss_scale, cfg.algo.rho_bar) == (0.02, 5.0, 0.9)  # the recipe's PAAC keys kept
+    with pytest.raises(ConfigError, match="'algo.entropy_coef' for algo.name = 'pqn'"):
+        build_config("paac_atari", overrides=["algo.name=pqn"])  # PQN has no entropy bonus
+    with pytest.raises(ConfigError, match="algo.name = 'dqn' is not an algorithm.*Valid choices: impala, paac, ppo, pqn, qrdqn, sac"):
+        build_config("paac_classic", overrides=["algo.name=dqn"])
+
+
+def test_a_flat_algo_section_of_an_older_run_is_migrated_with_a_notice(tmp_path):
+    from parallel_rl.config import from_saved
+
+    cfg = build_config("paac_classic")
+    saved = cfg.to_dict()
+    # before per-algorithm sections every run saved every algorithm's keys, e.g. PPO's and SAC's
+    saved["algo"].update({"update_epochs": 4, "clip_coef": 0.1, "tau": 0.005, "num_quantiles": 200})
+    migrated, notice = from_saved(saved)
+    assert migrated == cfg
+    assert notice and "dropped the 4 algo keys paac never used (clip_coef, num_quantiles, tau, update_epochs)" in notice
+    assert from_saved(cfg.to_dict()) == (cfg, None)
+    with pytest.raises(ConfigError, match="algo.entropy_coeff"):  # a key no algorithm has is still an error
+        from_saved({**cfg.to_dict(), "algo": {**cfg.to_dict()["algo"], "entropy_coeff": 0.1}})
+
+
+def test_config_reference_lists_each_algorithms_keys_with_their_owners():
+    from parallel_rl.config import describe
+
+    rows = {key: text for key, _, text in describe()}
+    assert rows["algo.gamma"].startswith("Discount")  # every algorithm has it: no owner list
+    assert rows["algo.rho_bar"].startswith("[impala] ")
+    assert rows["algo.entropy_coef"].startswith("[impala, paac, ppo] ")
+    assert rows["algo.utd_ratio"].startswith("[qrdqn, sac] ")

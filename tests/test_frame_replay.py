@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from parallel_rl.algos.policies import UniformPolicy
 from parallel_rl.config import build_config
 from parallel_rl.envs import make_env_groups
 from parallel_rl.replay.frames import SAMPLEABLE, FrameReplay, n_step_targets
-from parallel_rl.runtime.rollout import RandomPolicy, RolloutCollector, allocate
+from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
 
 F, T_ = False, True
 CPU = torch.device("cpu")
@@ -103,7 +104,7 @@ def _atari_stream(env_id, num_envs, horizon, rollouts, **env_overrides):
     cfg = build_config("qrdqn_atari", {}, overrides)
     groups = make_env_groups(cfg.env, num_envs, 3, 1, cfg.actors.env_groups)
     collector = RolloutCollector(groups, horizon)
-    policy = RandomPolicy(groups[0].spec, 0)
+    policy = NetworkPolicy(UniformPolicy(groups[0].spec), torch.device("cpu"), 0)
     try:
         out = []
         for _ in range(rollouts):

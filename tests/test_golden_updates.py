@@ -45,7 +45,7 @@ def first_updates(recipe: str) -> list[dict[str, float]]:
         for version in range(UPDATES):
             delivery = source.next_batch(version, lambda: False)
             algo.set_progress(step / cfg.total_steps)
-            metrics = algo.update(delivery.batch)
+            metrics = algo.update(delivery.batch).metrics
             step += delivery.batch.num_steps
             records.append({tag: float(v) for tag, v in sorted(metrics.items()) if tag.startswith("losses/")})
     finally:

@@ -71,7 +71,7 @@ def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
         for version in range(updates):
             delivery = source.next_batch(version, lambda: False)
             algo.set_progress(version / (2 * updates))  # epsilon and LR move as in a run
-            metrics = algo.update(delivery.batch)
+            metrics = algo.update(delivery.batch).metrics
             losses.append({tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/") or tag == "diag/grad_norm"})
             producers.update(delivery.producers)
             lags += delivery.lag
@@ -114,8 +114,8 @@ def test_deterministic_lag_is_reproducible(tmp_path):
     first, state_a = run("a")
     second, state_b = run("b")
     assert first.updates == second.updates == 50
-    for name, tensor in state_a["algo"]["net"].items():
-        assert torch.equal(tensor, state_b["algo"]["net"][name]), name
+    for name, tensor in state_a["algo"]["policy"].items():
+        assert torch.equal(tensor, state_b["algo"]["policy"][name]), name
     assert state_a["recent_returns"] == state_b["recent_returns"]
 
 

@@ -13,14 +13,10 @@ import torch
 import yaml
 
 from parallel_rl import checkpoint as ckpt
-from parallel_rl.algos.base import SKIPPED_STEPS, Batch
-from parallel_rl.algos.qrdqn import (
-    QRDQN,
-    per_actor_epsilons,
-    quantile_huber_loss,
-    quantile_midpoints,
-)
+from parallel_rl.algos.policies import per_actor_epsilons
+from parallel_rl.algos.qrdqn import QRDQN, quantile_huber_loss, quantile_midpoints
 from parallel_rl.config import CONFIG_DIR, build_config
+from parallel_rl.contracts import Batch
 from parallel_rl.envs import env_spec
 from parallel_rl.runtime.runner import Runner
 
@@ -62,11 +58,11 @@ def _cartpole(*overrides):
 def test_epsilon_greedy_actions_and_their_log_probabilities():
     torch.manual_seed(0)
     algo, _ = _cartpole()
-    algo.net.epsilon.fill_(0.3)
+    algo.policy().epsilon.fill_(0.3)
     obs = torch.randn(4000, 4)
-    greedy, greedy_log_probs = algo.act(obs, greedy=True)
+    greedy, greedy_log_probs = algo.policy().act(obs, greedy=True)
     assert torch.equal(greedy_log_probs, torch.zeros(4000))
-    actions, log_probs = algo.act(obs)
+    actions, log_probs = algo.policy().act(obs)
     on_greedy = actions == greedy
     assert torch.allclose(log_probs, torch.where(on_greedy, math.log(0.3 / 2 + 0.7), math.log(0.3 / 2)))
     assert float((~on_greedy).float().mean()) == pytest.approx(0.15, abs=0.02)  # epsilon x 1/2 of the actions
@@ -76,10 +72,10 @@ def test_per_actor_epsilons_follow_apex():
     assert per_actor_epsilons(torch.tensor(0.4), 3, 7.0).tolist() == pytest.approx([0.4, 0.4**4.5, 0.4**8])
     algo, _ = _cartpole("algo.exploration=per_actor")
     algo.set_progress(5000 / 50000)  # past the warm-up: the base epsilon
-    assert float(algo.net.epsilon) == pytest.approx(0.4)
+    assert float(algo.policy().epsilon) == pytest.approx(0.4)
     obs = torch.randn(5, 4)
-    greedy, _ = algo.act(obs, greedy=True)
-    actions, log_probs = algo.act(obs)
+    greedy, _ = algo.policy().act(obs, greedy=True)
+    actions, log_probs = algo.policy().act(obs)
     eps = per_actor_epsilons(torch.tensor(0.4), 5, 7.0)
     assert torch.allclose(log_probs, torch.where(actions == greedy, eps / 2 + 1 - eps, eps / 2).log(), atol=1e-6)
 
@@ -91,7 +87,7 @@ def test_epsilon_schedule_in_agent_steps():
     assert algo.epsilon_at(6000) == pytest.approx(1 + 0.5 * (0.01 - 1))
     assert algo.epsilon_at(10**6) == pytest.approx(0.01)
     algo.set_progress(6000 / cfg.total_steps)
-    assert float(algo.net.epsilon) == pytest.approx(0.505)  # in the buffer actor processes receive
+    assert float(algo.policy().epsilon) == pytest.approx(0.505)  # in the buffer actor processes receive
 
 
 def _batch(horizon, num_envs, autoreset_steps=()):
@@ -109,12 +105,12 @@ def _batch(horizon, num_envs, autoreset_steps=()):
 def test_gradient_steps_per_new_transition_and_hard_target_updates():
     algo, _ = _cartpole("algo.warmup_steps=65", "algo.utd_ratio=0.25", "algo.target_period=16", "actors.num_envs=8")
     assert algo.target_every == 4  # 16 agent steps at one gradient step per 4
-    metrics = algo.update(_batch(8, 8))  # 64 rows: still warming up
+    metrics = algo.update(_batch(8, 8)).metrics  # 64 rows: still warming up
     assert "losses/quantile_huber" not in metrics and algo.gradient_steps == 0
     # 32 rows, 2 of them auto-reset steps: 30 transitions x 0.25 = 7.5 -> 7 steps, 0.5 carried over
     algo.update(_batch(4, 8, [(0, 1), (2, 5)]))
     assert algo.gradient_steps == 7
-    metrics = algo.update(_batch(4, 8, [(0, 1), (2, 5)]))
+    metrics = algo.update(_batch(4, 8, [(0, 1), (2, 5)])).metrics
     assert algo.gradient_steps == 15 and math.isfinite(float(metrics["losses/quantile_huber"]))
     algo.gradient_step()  # the 16th: a multiple of 4, so the target is the online network now
     assert all(torch.equal(a, b) for a, b in zip(algo.net.parameters(), algo.target_net.parameters(), strict=True))
@@ -128,8 +124,8 @@ def test_a_non_finite_loss_skips_the_gradient_step_and_says_so():
     poisoned.rewards.fill_(float("nan"))
     before = [p.detach().clone() for p in algo.net.parameters()]
     state = copy.deepcopy(algo.optimizer.state_dict())
-    metrics = algo.update(poisoned)
-    assert float(metrics[SKIPPED_STEPS]) >= 1 and float(metrics[SKIPPED_STEPS]) == algo.gradient_steps
+    result = algo.update(poisoned)
+    assert float(result.skipped_steps) >= 1 and float(result.skipped_steps) == algo.gradient_steps
     assert all(torch.equal(a, b) for a, b in zip(before, algo.net.parameters(), strict=True))
     assert algo.optimizer.state_dict()["state"] == state["state"]  # Adam's moments untouched
 
@@ -206,11 +202,12 @@ def test_evaluation_acts_with_epsilon_one_in_a_thousand_in_every_env(recipe, exp
     cfg = build_config(recipe, overrides=[f"algo.exploration={exploration}"] if recipe.startswith("qrdqn") else [])
     algo = make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu"))
     algo.set_progress(1.0)
-    assert float(algo.net.epsilon) != pytest.approx(0.001)
-    algo.prepare_evaluation()
+    policy = algo.policy()
+    assert float(policy.epsilon) != pytest.approx(0.001)
+    policy.prepare_evaluation(cfg)
     obs = torch.randn(64, 4)
-    greedy, _ = algo.act(obs, greedy=True)
-    actions, log_probs = algo.act(obs)
+    greedy, _ = policy.act(obs, greedy=True)
+    actions, log_probs = policy.act(obs)
     on_greedy = actions == greedy
     expected = torch.where(on_greedy, math.log(1 - 0.001 + 0.001 / 2), math.log(0.001 / 2))
     assert torch.allclose(log_probs, expected, rtol=0, atol=1e-6)  # float32 log near 1

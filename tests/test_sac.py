@@ -13,7 +13,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos import check_fit
-from parallel_rl.algos.base import SKIPPED_STEPS, Batch
 from parallel_rl.algos.distributional import (
     RewardScaler,
     categorical_td_target,
@@ -22,6 +21,7 @@ from parallel_rl.algos.distributional import (
 from parallel_rl.algos.returns import heuristic_discount
 from parallel_rl.algos.sac import SAC, rollout_transitions
 from parallel_rl.config import ConfigError, EnvConfig, build_config
+from parallel_rl.contracts import Batch
 from parallel_rl.envs import env_spec, make_env
 from parallel_rl.nn.simba import HyperLinear, project_to_sphere
 from parallel_rl.replay import Transitions, UniformReplay
@@ -229,20 +229,20 @@ def test_replay_ring_buffer_sampling_and_state():
 def test_warmup_flag_reaches_actor_copies_through_shared_weights():
     torch.manual_seed(0)
     learner = small_sac("algo.warmup_steps=20")
-    actor = small_sac("algo.warmup_steps=20")
-    weights = SharedWeights(learner.net)
-    weights.publish(learner.net, 0)
-    weights.fetch(actor.net)
+    actor = SAC.make_policy(learner.spec, learner.cfg)  # what an actor process builds: the Policy alone
+    weights = SharedWeights(learner.policy())
+    weights.publish(learner.policy(), 0)
+    weights.fetch(actor)
     obs = torch.randn(6, 3)
     actions, log_probs = actor.act(obs)
     assert actions.shape == (6, 1) and actions.abs().max() <= 1
     assert torch.all(log_probs == -math.log(2.0))  # uniform on [-1, 1]
     learner.update(rollout())  # 32 transitions: warm-up over
     assert float(learner.net.warming_up) == 0.0
-    weights.publish(learner.net, 1)
-    weights.fetch(actor.net)
-    assert float(actor.net.warming_up) == 0.0
-    torch.testing.assert_close(actor.net.obs_norm.mean, learner.net.obs_norm.mean)
+    weights.publish(learner.policy(), 1)
+    weights.fetch(actor)
+    assert float(actor.warming_up) == 0.0
+    torch.testing.assert_close(actor.obs_norm.mean, learner.net.obs_norm.mean)
     _, log_probs = actor.act(obs)
     assert not torch.any(log_probs == -math.log(2.0))  # now the tanh-Gaussian policy
 
@@ -274,9 +274,9 @@ def test_state_dict_round_trip_continues_identically():
     assert len(restored.replay) == len(algo.replay) == 32
     assert restored.reward_scaler.scale == algo.reward_scaler.scale
     torch.manual_seed(1)
-    a = algo.gradient_step(algo.replay.sample(8))
+    a, _ = algo.gradient_step(algo.replay.sample(8))
     torch.manual_seed(1)
-    b = restored.gradient_step(restored.replay.sample(8))
+    b, _ = restored.gradient_step(restored.replay.sample(8))
     for tag in a:
         torch.testing.assert_close(a[tag], b[tag], msg=tag)
     assert "replay" not in small_sac().state_dict()  # off by default
@@ -290,8 +290,8 @@ def test_a_non_finite_critic_loss_skips_that_step_and_says_so():
     sample.rewards[0] = float("nan")
     critic = [p.detach().clone() for p in algo.critic.parameters()]
     actor = [p.detach().clone() for p in algo.net.parameters()]
-    result = algo.gradient_step(sample)
-    assert float(result[SKIPPED_STEPS]) == 1.0  # the critic's; the actor's loss does not see rewards
+    _, skipped = algo.gradient_step(sample)
+    assert skipped == 1  # the critic's; the actor's loss does not see rewards
     assert all(torch.equal(a, b) for a, b in zip(critic, algo.critic.parameters(), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(actor, algo.net.parameters(), strict=True))
 

@@ -100,32 +100,33 @@ def test_width_and_depth_knobs_reach_the_network():
 
 def test_epsilon_travels_with_the_weights_to_actor_replicas():
     cfg = build_config("pqn_classic")
-    learner, actor = PQN(VECTOR, cfg, torch.device("cpu")), PQN(VECTOR, cfg, torch.device("cpu"))
+    learner = PQN(VECTOR, cfg, torch.device("cpu"))
+    actor = PQN.make_policy(VECTOR, cfg)  # what an actor process builds: the Policy alone
     learner.set_progress(cfg.algo.epsilon_fraction / 2)  # halfway down the schedule
     halfway = (cfg.algo.epsilon_start + cfg.algo.epsilon_end) / 2
-    assert float(learner.net.epsilon) == pytest.approx(halfway)
-    shared = SharedWeights(learner.net)
-    shared.publish(learner.net, 1)
-    assert shared.fetch(actor.net) == 1
-    assert float(actor.net.epsilon) == pytest.approx(halfway)
+    assert float(learner.policy().epsilon) == pytest.approx(halfway)
+    shared = SharedWeights(learner.policy())
+    shared.publish(learner.policy(), 1)
+    assert shared.fetch(actor) == 1
+    assert float(actor.epsilon) == pytest.approx(halfway)
     learner.set_progress(1.0)
-    assert float(learner.net.epsilon) == pytest.approx(cfg.algo.epsilon_end)
+    assert float(learner.policy().epsilon) == pytest.approx(cfg.algo.epsilon_end)
 
 
 def test_epsilon_greedy_log_probabilities():
     torch.manual_seed(0)
     cfg = build_config("pqn_classic")
     algo = PQN(VECTOR, cfg, torch.device("cpu"))
-    algo.net.epsilon.fill_(0.5)
+    algo.policy().epsilon.fill_(0.5)
     obs = torch.randn(4000, 4)
-    actions, log_probs = algo.act(obs)
+    actions, log_probs = algo.policy().act(obs)
     best = algo.net(obs).argmax(-1)
     greedy = actions == best
     # greedy action: 1 - eps + eps/2 = 0.75; the other one: eps/2 = 0.25
     torch.testing.assert_close(log_probs[greedy], torch.full_like(log_probs[greedy], np.log(0.75)))
     torch.testing.assert_close(log_probs[~greedy], torch.full_like(log_probs[~greedy], np.log(0.25)))
     assert greedy.float().mean().item() == pytest.approx(0.75, abs=0.03)
-    greedy_actions, greedy_log_probs = algo.act(obs, greedy=True)
+    greedy_actions, greedy_log_probs = algo.policy().act(obs, greedy=True)
     assert torch.equal(greedy_actions, best) and not greedy_log_probs.any()
 
 

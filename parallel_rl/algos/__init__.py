@@ -1,26 +1,27 @@
-"""Algorithms: one file each, registered here by the name used in ``algo.name``."""
+"""Algorithms: one file each, declaring its config section and registering itself by the
+name used in ``algo.name`` (registry.py); importing this package registers them all."""
 
 from __future__ import annotations
 
 import torch
 
-from ..config import CONFIG_DIR, Config, ConfigError, load_yaml
+from ..config import CONFIG_DIR, Config, ConfigError, algorithm_class, load_yaml
+from ..contracts import Algorithm, Policy
 from ..envs import EnvSpec
-from .impala import IMPALA
-from .paac import PAAC
-from .ppo import PPO
-from .pqn import PQN
-from .qrdqn import QRDQN
-from .sac import SAC
+from . import impala, paac, ppo, pqn, qrdqn, sac  # noqa: F401  (each registers its algorithm)
 
-ALGORITHMS = {"paac": PAAC, "impala": IMPALA, "ppo": PPO, "pqn": PQN, "sac": SAC, "qrdqn": QRDQN}
-CONTINUOUS_ACTION_ALGORITHMS = ("sac",)
 IMAGE_ENCODERS = ("nips_cnn", "nature_cnn")
 
 
-def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device):
+def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device) -> Algorithm:
     check_fit(cfg, spec)
-    return ALGORITHMS[cfg.algo.name](spec, cfg, device)
+    return algorithm_class(cfg.algo.name)(spec, cfg, device)
+
+
+def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
+    """The algorithm's Policy alone (actor processes, evaluation): no critic, optimizer or replay."""
+    check_fit(cfg, spec)
+    return algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
 
 
 def policy_lag_bound(cfg: Config) -> int | None:
@@ -39,7 +40,7 @@ def policy_lag_bound(cfg: Config) -> int | None:
         return bound
     if cfg.actors.deterministic_lag:
         return None  # asked for explicitly: the lag is exactly 1
-    return ALGORITHMS[cfg.algo.name].max_policy_lag
+    return algorithm_class(cfg.algo.name).max_policy_lag
 
 
 def _recipes_for(image: bool, continuous: bool) -> list[str]:
@@ -48,7 +49,7 @@ def _recipes_for(image: bool, continuous: bool) -> list[str]:
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         data = load_yaml(path)
         algo, encoder = data.get("algo", {}).get("name", "paac"), data.get("model", {}).get("encoder", "auto")
-        if (algo in CONTINUOUS_ACTION_ALGORITHMS) == continuous and (encoder in IMAGE_ENCODERS) == image:
+        if algorithm_class(algo).continuous_actions == continuous and (encoder in IMAGE_ENCODERS) == image:
             names.append(path.stem)
     return names
 
@@ -57,7 +58,9 @@ def check_fit(cfg: Config, spec: EnvSpec) -> None:
     """Refuse, before anything starts, a configuration whose network or algorithm cannot take
     this environment's observations or actions; the message names the fix."""
     algo, encoder = cfg.algo.name, cfg.model.encoder
-    wants_continuous = algo in CONTINUOUS_ACTION_ALGORITHMS
+    wants_continuous = algorithm_class(algo).continuous_actions
+    if wants_continuous is None:  # an algorithm for actions of either kind
+        wants_continuous = not spec.discrete
     obs = f"image observations {spec.obs_shape}" if spec.is_image else f"vector observations of shape {spec.obs_shape}"
     actions = f"discrete actions ({spec.action_space})" if spec.discrete else f"continuous actions ({spec.action_space})"
     fitting = ", ".join(f"--config {r}" for r in _recipes_for(spec.is_image, not spec.discrete)) or "none ships"
@@ -73,4 +76,4 @@ def check_fit(cfg: Config, spec: EnvSpec) -> None:
                           f"Set --set model.encoder=nature_cnn (or nips_cnn), or use a recipe for such environments: {fitting}.")
 
 
-__all__ = ["ALGORITHMS", "check_fit", "make_algorithm", "policy_lag_bound"]
+__all__ = ["check_fit", "make_algorithm", "make_policy", "policy_lag_bound"]

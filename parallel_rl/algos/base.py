@@ -1,38 +1,60 @@
-"""What every algorithm sees and offers: batches in, metrics out; no processes."""
+"""What the algorithms share: config sections, reward clipping, sampling, finite-only optimizer steps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
+from ..config import Config, ConfigError, check_non_negative, check_unit_interval, setting
+
 
 @dataclass
-class Batch:
-    """A time-major rollout of T steps from N environments.
+class RewardClipConfig:
+    """The key of the algorithms that clip rewards for learning (all but SAC, which scales them)."""
 
-    ``autoreset[t, n]`` marks steps that only reset env n after its episode ended (the
-    action was ignored, the reward is 0): they are not transitions and carry no loss.
-    """
+    reward_clip: float = setting("Clip rewards to [-c, c] for learning (returns are logged unclipped); 0 disables it.", 0.0)
 
-    obs: torch.Tensor  # [T, N, *obs_shape], native dtype (uint8 frames stay uint8)
-    actions: torch.Tensor  # [T, N]
-    behaviour_log_probs: torch.Tensor  # [T, N]: log pi_behaviour(a_t | s_t) of the acting policy
-    rewards: torch.Tensor  # [T, N] float32, unclipped
-    terminated: torch.Tensor  # [T, N] bool
-    truncated: torch.Tensor  # [T, N] bool
-    autoreset: torch.Tensor  # [T, N] bool
-    next_obs: torch.Tensor  # [N, *obs_shape]: the observation after the last step
+    def check_reward_clip(self) -> None:
+        check_non_negative({"algo.reward_clip": self.reward_clip})
 
-    @classmethod
-    def from_arrays(cls, arrays: dict, device: torch.device) -> Batch:
-        """From numpy arrays or CPU tensors (pinned ones copy without blocking)."""
-        non_blocking = device.type == "cuda"
-        return cls(**{f.name: torch.as_tensor(arrays[f.name]).to(device, non_blocking=non_blocking) for f in fields(cls)})
 
-    @property
-    def num_steps(self) -> int:
-        return self.rewards.numel()
+@dataclass
+class EpsilonGreedyConfig:
+    """Keys of the algorithms that act epsilon-greedily on Q-values (PQN, QR-DQN)."""
+
+    epsilon_start: float = setting("Exploration rate of the epsilon-greedy actors at the start (QR-DQN: after the warm-up).", 1.0)
+    epsilon_end: float = setting("Exploration rate after the linear decay (Dopamine's QR-DQN: 0.01).", 0.005)
+    eval_epsilon: float = setting("Exploration rate when evaluating (Dopamine's 0.001); `eval --greedy` takes 0.", 0.001)
+
+    def check_epsilons(self) -> None:
+        check_unit_interval({"algo.epsilon_start": self.epsilon_start, "algo.epsilon_end": self.epsilon_end,
+                             "algo.eval_epsilon": self.eval_epsilon})
+
+
+@dataclass
+class ReplayCadenceConfig:
+    """Keys of the replay-based algorithms (SAC, QR-DQN): how much data before learning, how much learning per datum."""
+
+    utd_ratio: float = setting("Gradient steps per new transition, all actors together (update-to-data ratio; SimbaV2: 2; "
+                               "QR-DQN: 0.25, Dopamine's update every 4 agent steps). Fractions carry over between updates.", 2.0)
+    warmup_steps: int = setting("Transitions collected with uniformly random actions before the first gradient step "
+                                "(SimbaV2: 5000; QR-DQN counts agent steps in its replay, Dopamine: 20000).", 5000)
+
+    def check_cadence(self) -> None:
+        if self.utd_ratio <= 0:
+            raise ConfigError(f"algo.utd_ratio = {self.utd_ratio} is invalid: gradient steps per transition must be positive (SimbaV2: 2).")
+        check_non_negative({"algo.warmup_steps": self.warmup_steps})
+
+
+def minibatch_count_fits(cfg: Config, count: int) -> None:
+    """Refuse more minibatches than one update has samples (PPO, PQN)."""
+    if count > cfg.batch_size:
+        raise ConfigError(
+            f"algo.num_minibatches = {count} exceeds the samples of one update: actors.num_envs "
+            f"({cfg.actors.num_envs}) x algo.rollout_length ({cfg.algo.rollout_length}) = {cfg.batch_size}. "
+            f"Use at most {cfg.batch_size} minibatches."
+        )
 
 
 def clipped_rewards(rewards: torch.Tensor, limit: float) -> torch.Tensor:
@@ -49,11 +71,10 @@ def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ non-finite updates
 # An update() whose loss or gradient is NaN/inf must not touch the weights: one bad batch
 # would otherwise poison the network for good. Every algorithm calls step_if_finite where
-# it would call optimizer.step() and reports the steps it skipped under SKIPPED_STEPS; the
-# runner counts updates with skipped steps (diag/nonfinite_updates) and stops the run after
-# max_nonfinite_updates of them in a row (NonFiniteUpdates).
-
-SKIPPED_STEPS = "diag/skipped_steps"  # update() tag: optimizer steps it skipped (0-d tensor); the runner consumes it
+# it would call optimizer.step() and reports the steps it skipped in
+# UpdateResult.skipped_steps; the runner counts updates with skipped steps
+# (diag/nonfinite_updates) and stops the run after max_nonfinite_updates of them in a row
+# (NonFiniteUpdates).
 
 
 class NonFiniteUpdates(RuntimeError):

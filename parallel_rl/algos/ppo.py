@@ -14,11 +14,16 @@ of the advantage normalisation. Network, acting, LR annealing and state are PAAC
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
-from .paac import PAAC
+from ..config import Config, ConfigError, check_positive_int, check_unit_interval, setting
+from ..contracts import Batch, UpdateResult
+from ..registry import register
+from .base import clipped_rewards, clipped_step, minibatch_count_fits
+from .paac import PAAC, PAACConfig
 from .returns import gae
 
 
@@ -33,15 +38,44 @@ def minibatches(indices: torch.Tensor, count: int) -> list[torch.Tensor]:
     return [part for part in parts if len(part)]
 
 
+@dataclass
+class EpochsConfig:
+    """Keys of the algorithms that learn from each rollout in epochs of minibatches (PPO, PQN)."""
+
+    td_lambda: float = setting("lambda of the lambda-returns: PPO's GAE(lambda) (0.95), PQN's Q(lambda) (0.65).", 0.95)
+    update_epochs: int = setting("Passes over each batch of rollouts.", 4)
+    num_minibatches: int = setting("Minibatches per pass (each holds actors.num_envs x algo.rollout_length / this many samples).", 4)
+
+    def check_epochs(self, cfg: Config) -> None:
+        check_positive_int({"algo.update_epochs": self.update_epochs, "algo.num_minibatches": self.num_minibatches})
+        check_unit_interval({"algo.td_lambda": self.td_lambda})
+        minibatch_count_fits(cfg, self.num_minibatches)
+
+
+@dataclass
+class PPOConfig(EpochsConfig, PAACConfig):
+    clip_coef: float = setting("The surrogate's clip on the probability ratio, 1 +- clip_coef.", 0.1)
+    clip_value_loss: bool = setting("Clip each value update to +- clip_coef around the value before the update.", True)
+    norm_advantages: bool = setting("Normalise advantages to zero mean and unit variance in every minibatch.", True)
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        self.check_epochs(cfg)
+        if self.clip_coef <= 0:
+            raise ConfigError(f"algo.clip_coef = {self.clip_coef} is invalid: the ratio clip must be positive (0.1 or 0.2 are usual).")
+
+
+@register
 class PPO(PAAC):
     name = "ppo"
+    config_class = PPOConfig
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch) -> UpdateResult:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
         valid = valid_indices(batch)
         if len(valid) == 0:  # every step only reset an env: nothing to learn from
-            return {}
+            return UpdateResult()
         obs = batch.obs.flatten(0, 1)
         actions = batch.actions.flatten().long()
         behaviour_log_probs = batch.behaviour_log_probs.flatten()
@@ -92,5 +126,4 @@ class PPO(PAAC):
                         totals.setdefault(tag, []).append(value.detach())
         metrics = {tag: torch.stack(values).mean() for tag, values in totals.items()}
         metrics["diag/value_mean"] = old_values[valid].mean()
-        metrics[SKIPPED_STEPS] = torch.tensor(float(skipped))
-        return {**metrics, **self.flow.results()}
+        return UpdateResult({**metrics, **self.flow.results()}, skipped_steps=torch.tensor(float(skipped)))

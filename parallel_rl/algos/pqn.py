@@ -14,46 +14,61 @@ processes receive it with the weights. Auto-reset steps carry no loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
+from ..config import AlgoConfig, Config, ConfigError, setting
+from ..contracts import Batch, UpdateResult
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import QNetwork
 from ..optim import anneal_lr, make_optimizer
-from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
-from .ppo import minibatches, valid_indices
+from ..registry import register
+from .base import EpsilonGreedyConfig, RewardClipConfig, clipped_rewards, clipped_step
+from .policies import EpsilonGreedyPolicy
+from .ppo import EpochsConfig, minibatches, valid_indices
 from .returns import lambda_returns
 
 
+@dataclass
+class PQNConfig(RewardClipConfig, EpsilonGreedyConfig, EpochsConfig, AlgoConfig):
+    loss_scale: float = setting("Multiplies the loss (the LR then acts as if scaled by it).", 1.0)
+    epsilon_fraction: float = setting("Fraction of total_steps over which epsilon decays linearly from epsilon_start to epsilon_end.", 0.1)
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        self.check_epochs(cfg)
+        self.check_epsilons()
+        self.check_reward_clip()
+        if self.loss_scale <= 0:
+            raise ConfigError(f"algo.loss_scale = {self.loss_scale} is invalid: it must be positive.")
+        if not 0.0 < self.epsilon_fraction <= 1.0:
+            raise ConfigError(f"algo.epsilon_fraction = {self.epsilon_fraction} is invalid: a fraction of total_steps in (0, 1].")
+
+
+@register
 class PQN:
     name = "pqn"
+    config_class: type[AlgoConfig] = PQNConfig
     max_policy_lag: int | None = 0  # Q(lambda) targets assume the acting policy is the current one
+    continuous_actions = False
+
+    @classmethod
+    def make_policy(cls, spec: EnvSpec, cfg: Config) -> EpsilonGreedyPolicy:
+        return EpsilonGreedyPolicy(QNetwork(spec, cfg.model), cfg.algo.epsilon_start)
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.net = QNetwork(spec, cfg.model).to(device)
-        self.net.epsilon.fill_(cfg.algo.epsilon_start)
+        self.acting = self.make_policy(spec, cfg).to(device)
+        self.net = self.acting.net
         self.optimizer = make_optimizer(self.net.parameters(), cfg)
         self.flow = GradientFlow(self.net, cfg.logging.diag_interval)
 
-    # -------------------------------------------------------------- acting
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epsilon-greedy actions and their log-probabilities under the epsilon-greedy policy
-        (greedy: the argmax, with log-probability 0)."""
-        q = self.net(obs)
-        best = q.argmax(-1)
-        if greedy:
-            return best, torch.zeros_like(q[:, 0])
-        epsilon = self.net.epsilon
-        num_actions = q.shape[-1]
-        explore = torch.rand(len(q), device=q.device) < epsilon
-        actions = torch.where(explore, torch.randint_like(best, num_actions), best)
-        probs = epsilon / num_actions + (1 - epsilon) * (actions == best).to(q.dtype)
-        return actions, probs.log()
+    def policy(self) -> EpsilonGreedyPolicy:
+        return self.acting
 
     # -------------------------------------------------------------- learning
     def epsilon_at(self, fraction: float) -> float:
@@ -63,15 +78,15 @@ class PQN:
 
     def set_progress(self, fraction: float) -> float:
         """Moves epsilon along its schedule and anneals the LR; returns the LR now in use."""
-        self.net.epsilon.fill_(self.epsilon_at(fraction))
+        self.acting.epsilon.fill_(self.epsilon_at(fraction))
         return anneal_lr([self.optimizer], self.cfg, fraction)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch) -> UpdateResult:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
         valid = valid_indices(batch)
         if len(valid) == 0:  # every step only reset an env: nothing to learn from
-            return {}
+            return UpdateResult()
         obs = batch.obs.flatten(0, 1)
         actions = batch.actions.flatten().long()
         rewards = clipped_rewards(batch.rewards, algo.reward_clip)
@@ -96,23 +111,18 @@ class PQN:
                 grad_norms.append(grad_norm)
                 skipped += not stepped
                 losses.append(q_loss.detach())  # logged before loss_scale, as every algorithm's losses/ tags
-        return {
+        return UpdateResult({
             "losses/q": torch.stack(losses).mean(),
             "diag/grad_norm": torch.stack(grad_norms).mean(),
             "diag/value_mean": values.flatten()[valid].mean(),
-            "charts/epsilon": self.net.epsilon.clone(),
-            SKIPPED_STEPS: torch.tensor(float(skipped)),
+            "charts/epsilon": self.acting.epsilon.clone(),
             **self.flow.results(),
-        }
+        }, skipped_steps=torch.tensor(float(skipped)))
 
     # -------------------------------------------------------------- state
-    def prepare_evaluation(self) -> None:
-        """Evaluation acts epsilon-greedily with algo.eval_epsilon, not the training schedule's epsilon."""
-        self.net.epsilon.fill_(self.cfg.algo.eval_epsilon)
-
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"policy": self.acting.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
+        self.acting.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])

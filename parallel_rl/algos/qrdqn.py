@@ -24,16 +24,34 @@ refills for ``algo.warmup_steps`` agent steps before learning continues.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..config import Config
+from ..config import (
+    AlgoConfig,
+    Config,
+    ConfigError,
+    check_non_negative,
+    check_positive_int,
+    setting,
+)
+from ..contracts import Batch, UpdateResult
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn.quantile import QuantileQNetwork
 from ..optim import anneal_lr, make_optimizer
+from ..registry import register
 from ..replay.frames import FrameReplay
-from .base import SKIPPED_STEPS, Batch, clipped_rewards, clipped_step
+from .base import (
+    EpsilonGreedyConfig,
+    ReplayCadenceConfig,
+    RewardClipConfig,
+    clipped_rewards,
+    clipped_step,
+)
+from .policies import EpsilonGreedyPolicy
 
 
 def quantile_midpoints(num_quantiles: int, device=None) -> torch.Tensor:
@@ -57,57 +75,85 @@ def quantile_huber_loss(quantiles: torch.Tensor, targets: torch.Tensor, kappa: f
     return (weight * huber / kappa).mean(2).sum(1)
 
 
-def per_actor_epsilons(epsilon: torch.Tensor, count: int, alpha: float) -> torch.Tensor:
-    """Ape-X's spread ``epsilon^(1 + alpha i / (count - 1))`` for i = 0 .. count - 1."""
-    if count == 1:
-        return epsilon.reshape(1)
-    spread = torch.arange(count, dtype=torch.float32, device=epsilon.device) / (count - 1)
-    return epsilon.pow(1.0 + alpha * spread)
+@dataclass
+class QRDQNConfig(RewardClipConfig, EpsilonGreedyConfig, ReplayCadenceConfig, AlgoConfig):
+    num_quantiles: int = setting("Quantiles of the return distribution per action (Dopamine: 200).", 200)
+    kappa: float = setting("Threshold of the quantile-Huber loss (quadratic below, linear above).", 1.0)
+    n_step: int = setting("Steps of the multi-step return, computed by the replay at sampling time (Dopamine: 3).", 3)
+    target_period: int = setting("Agent steps between hard copies of the online network into the target network (Dopamine: 8000).", 8000)
+    epsilon_decay_steps: int = setting("Agent steps after the warm-up over which epsilon decays linearly from epsilon_start to "
+                                       "epsilon_end (Dopamine: 250000).", 250_000)
+    exploration: Literal["linear", "per_actor"] = setting(
+        "linear (one epsilon for all envs, on the schedule) or per_actor (Ape-X: env i of the n stepped together keeps "
+        "epsilon_base^(1 + epsilon_alpha i / (n - 1))); both act uniformly at random during the warm-up.", "linear")
+    epsilon_base: float = setting("Exploration per_actor: the largest epsilon (Ape-X: 0.4).", 0.4)
+    epsilon_alpha: float = setting("Exploration per_actor: the exponent's spread (Ape-X: 7, down to 0.4^8 = 0.00066).", 7.0)
+
+    refused = {"loss_scale": "its loss is not scaled: scale the learning rate (optim.lr) instead"}
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        self.check_epsilons()
+        self.check_cadence()
+        check_positive_int({"algo.num_quantiles": self.num_quantiles, "algo.n_step": self.n_step,
+                            "algo.target_period": self.target_period})
+        self.check_reward_clip()
+        check_non_negative({"algo.epsilon_decay_steps": self.epsilon_decay_steps,
+                            "algo.epsilon_alpha": self.epsilon_alpha})
+        if self.kappa <= 0:
+            raise ConfigError(f"algo.kappa = {self.kappa} is invalid: the quantile-Huber threshold must be positive (Dopamine: 1).")
+        if not 0.0 < self.epsilon_base <= 1.0:
+            raise ConfigError(f"algo.epsilon_base = {self.epsilon_base} is invalid: an exploration rate in (0, 1] (Ape-X: 0.4).")
+        replay = cfg.replay
+        rows, needed = replay.capacity // cfg.actors.num_envs, self.rollout_length + cfg.env.frame_stack + self.n_step
+        if rows < needed:
+            raise ConfigError(
+                f"replay.capacity = {replay.capacity} is too small: it holds {replay.capacity} // actors.num_envs "
+                f"({cfg.actors.num_envs}) = {rows} agent steps per env, and one rollout plus a frame stack and an n-step window "
+                f"need algo.rollout_length ({self.rollout_length}) + env.frame_stack ({cfg.env.frame_stack}) + algo.n_step "
+                f"({self.n_step}) = {needed}. Raise replay.capacity to at least {needed * cfg.actors.num_envs}.")
+        if self.warmup_steps > replay.capacity:
+            raise ConfigError(f"algo.warmup_steps = {self.warmup_steps} exceeds replay.capacity = {replay.capacity}: "
+                              f"the replay would never hold enough agent steps for learning to start.")
+        if replay.save_with_checkpoint:
+            raise ConfigError("replay.save_with_checkpoint = true is supported by algo.name = 'sac' only: qrdqn refills its "
+                              "frame replay for algo.warmup_steps agent steps after a resume. Set replay.save_with_checkpoint=false.")
 
 
+@register
 class QRDQN:
     name = "qrdqn"
+    config_class: type[AlgoConfig] = QRDQNConfig
     max_policy_lag: int | None = None  # replay is off-policy: any lag is fine
+    continuous_actions = False
+
+    @classmethod
+    def make_policy(cls, spec: EnvSpec, cfg: Config) -> EpsilonGreedyPolicy:
+        algo = cfg.algo
+        return EpsilonGreedyPolicy(QuantileQNetwork(spec, cfg.model, algo.num_quantiles), 1.0,
+                                   per_actor_alpha=algo.epsilon_alpha if algo.exploration == "per_actor" else None)
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
         algo = cfg.algo
-        self.net = QuantileQNetwork(spec, cfg.model, algo.num_quantiles).to(device)
+        self.acting = self.make_policy(spec, cfg).to(device)
+        self.net = self.acting.net
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = make_optimizer(self.net.parameters(), cfg)
         self.flow = GradientFlow(self.net, cfg.logging.diag_interval)
-        self.spec = spec
-        self.replay: FrameReplay | None = None
-        self.evaluating = False  # prepare_evaluation(): one epsilon for every env
+        self.replay = FrameReplay(
+            spec.obs_shape, spec.obs_dtype, cfg.env.frame_stack if spec.is_atari else 1, cfg.actors.num_envs,
+            cfg.replay.capacity, algo.n_step, algo.gamma, device, prioritized=cfg.replay.prioritized,
+            priority_exponent=cfg.replay.priority_exponent, importance_exponent=cfg.replay.importance_exponent,
+            seed=cfg.seed,
+        )
         # hard target updates every target_period agent steps = this many gradient steps
         self.target_every = max(1, round(algo.target_period * algo.utd_ratio))
         self.gradient_steps = 0
         self.update_credit = 0.0
 
-    # -------------------------------------------------------------- acting
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epsilon-greedy actions on the mean of the quantiles, with their log-probabilities
-        under the epsilon-greedy policy (greedy: the argmax, log-probability 0).
-
-        With per-actor exploration the i-th of the n envs in the call gets Ape-X's
-        epsilon^(1 + alpha i / (n - 1)). A call always covers the same envs in the same
-        order (one group of one actor's envs), so every env keeps a fixed epsilon and
-        each group spans the whole range, however the envs are split into processes.
-        """
-        q = self.net(obs).mean(-1)
-        best = q.argmax(-1)
-        if greedy:
-            return best, torch.zeros_like(q[:, 0])
-        algo = self.cfg.algo
-        epsilon = self.net.epsilon
-        if algo.exploration == "per_actor" and not self.evaluating:
-            epsilon = per_actor_epsilons(epsilon, len(q), algo.epsilon_alpha)
-        num_actions = q.shape[-1]
-        explore = torch.rand(len(q), device=q.device) < epsilon
-        actions = torch.where(explore, torch.randint_like(best, num_actions), best)
-        probs = epsilon / num_actions + (1 - epsilon) * (actions == best).to(q.dtype)
-        return actions, probs.log()
+    def policy(self) -> EpsilonGreedyPolicy:
+        return self.acting
 
     def epsilon_at(self, step: float) -> float:
         """1 during the warm-up; then the linear schedule, or per-actor's base epsilon."""
@@ -122,47 +168,35 @@ class QRDQN:
     # -------------------------------------------------------------- learning
     def set_progress(self, fraction: float) -> float:
         """Moves epsilon along its schedule (in agent steps); returns the LR now in use."""
-        self.net.epsilon.fill_(self.epsilon_at(fraction * self.cfg.total_steps))
+        self.acting.epsilon.fill_(self.epsilon_at(fraction * self.cfg.total_steps))
         return anneal_lr([self.optimizer], self.cfg, fraction)
 
-    def ensure_replay(self) -> FrameReplay:
-        """The replay, allocated on first use: actor processes build this algorithm too and never need one."""
-        if self.replay is None:
-            cfg, spec = self.cfg, self.spec
-            self.replay = FrameReplay(
-                spec.obs_shape, spec.obs_dtype, cfg.env.frame_stack if spec.is_atari else 1, cfg.actors.num_envs,
-                cfg.replay.capacity, cfg.algo.n_step, cfg.algo.gamma, self.device, prioritized=cfg.replay.prioritized,
-                priority_exponent=cfg.replay.priority_exponent, importance_exponent=cfg.replay.importance_exponent,
-                seed=cfg.seed,
-            )
-        return self.replay
-
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch) -> UpdateResult:
         algo = self.cfg.algo
-        replay = self.ensure_replay()
+        replay = self.replay
         rewards = clipped_rewards(batch.rewards, algo.reward_clip)
         replay.add(batch.obs, batch.actions, rewards, batch.terminated, batch.truncated, batch.autoreset, batch.next_obs)
         metrics = {
-            "charts/epsilon": self.net.epsilon.clone(),
+            "charts/epsilon": self.acting.epsilon.clone(),
             "diag/replay_size": torch.tensor(float(len(replay))),
             "diag/replay_breaks": torch.tensor(float(replay.breaks)),
         }
         if len(replay) < algo.warmup_steps or not replay.can_sample():
-            return metrics
+            return UpdateResult(metrics)
         self.update_credit += int((~batch.autoreset).sum()) * algo.utd_ratio
         steps = int(self.update_credit)
         self.update_credit -= steps
         if steps == 0:
-            return metrics
+            return UpdateResult(metrics)
         self.flow.begin_update()
         stats = [self.gradient_step() for _ in range(steps)]
-        metrics.update({tag: torch.stack([s[tag] for s in stats]).mean() for tag in stats[0] if tag != SKIPPED_STEPS})
-        metrics[SKIPPED_STEPS] = torch.stack([s[SKIPPED_STEPS] for s in stats]).sum()
+        metrics.update({tag: torch.stack([s[tag] for s, _ in stats]).mean() for tag in stats[0][0]})
         metrics["diag/gradient_steps"] = torch.tensor(float(self.gradient_steps))
         metrics.update(self.flow.results())
-        return metrics
+        return UpdateResult(metrics, skipped_steps=torch.tensor(float(sum(not stepped for _, stepped in stats))))
 
-    def gradient_step(self) -> dict[str, torch.Tensor]:
+    def gradient_step(self) -> tuple[dict[str, torch.Tensor], bool]:
+        """One gradient step on a sampled minibatch: (its metrics, whether the optimizer stepped)."""
         algo = self.cfg.algo
         sample = self.replay.sample(self.cfg.replay.minibatch_size)
         rows = torch.arange(len(sample.actions), device=self.device)
@@ -187,18 +221,12 @@ class QRDQN:
             "losses/quantile_huber": loss.detach(),
             "diag/grad_norm": grad_norm.detach(),
             "diag/value_mean": quantiles.detach().mean(),
-            SKIPPED_STEPS: torch.tensor(float(not stepped)),
-        }
+        }, stepped
 
     # -------------------------------------------------------------- state
-    def prepare_evaluation(self) -> None:
-        """Evaluation acts epsilon-greedily with algo.eval_epsilon in every env, not the training schedule's epsilon."""
-        self.net.epsilon.fill_(self.cfg.algo.eval_epsilon)
-        self.evaluating = True
-
     def state_dict(self) -> dict:
         return {
-            "net": self.net.state_dict(),
+            "policy": self.acting.state_dict(),
             "target_net": self.target_net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "gradient_steps": self.gradient_steps,
@@ -206,7 +234,7 @@ class QRDQN:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
+        self.acting.load_state_dict(state["policy"])
         self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.gradient_steps = int(state["gradient_steps"])

@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from ..config import Config
+from ..config import AlgoConfig, Config, ConfigError, check_non_negative, setting
+from ..contracts import Batch, UpdateResult
 from ..envs import EnvSpec
-from ..nn.continuous import TanhGaussianPolicy, make_critic, squashed_gaussian_sample
+from ..nn.continuous import TanhGaussianPolicy, make_critic
 from ..nn.simba import project_to_sphere
 from ..optim import anneal_lr, make_optimizer
+from ..registry import register
 from ..replay.uniform import Transitions, UniformReplay
-from .base import SKIPPED_STEPS, Batch, step_if_finite
+from .base import ReplayCadenceConfig, step_if_finite
 from .distributional import RewardScaler, categorical_support, categorical_td_target
 from .returns import heuristic_discount
 
@@ -55,9 +58,57 @@ def rollout_transitions(batch: Batch) -> Transitions:
     )
 
 
+@dataclass
+class SACConfig(ReplayCadenceConfig, AlgoConfig):
+    tau: float = setting("Soft target-critic update, target <- target + tau (critic - target).", 0.005)
+    init_temperature: float = setting("Initial entropy temperature alpha (learned; SimbaV2: 0.01).", 0.01)
+    target_entropy_scale: float = setting("The temperature is tuned towards an entropy of -target_entropy_scale x |A| (SimbaV2: 0.5).", 0.5)
+    clipped_double_q: bool = setting("Two critics and the smaller of their values (episodic tasks such as MuJoCo); false: one critic (DMC).", True)
+    distributional: bool = setting("Categorical critic (cross-entropy to the projected target, SimbaV2); false: scalar critic, squared error.", True)
+    num_atoms: int = setting("Atoms of the categorical critic, evenly spaced on [v_min, v_max].", 101)
+    v_min: float = setting("Lowest atom of the categorical critic (in scaled-reward units).", -5.0)
+    v_max: float = setting("Highest atom of the categorical critic.", 5.0)
+    reward_scale_gmax: float = setting(
+        "Divide rewards by max(std of the running discounted return G, max|G| / this) (SimbaV2: 5, the support's edge); 0 uses raw rewards.", 5.0)
+    gamma_from_horizon: bool = setting(
+        "Ignore algo.gamma and use the paper's heuristic from the env's episode limit H: clip(1 - 5/H, 0.95, 0.995) "
+        "(MuJoCo H = 1000: 0.995).", False)
+
+    refused = {"loss_scale": "its loss is not scaled: scale the learning rate (optim.lr) instead",
+               "reward_clip": "SAC scales rewards instead: algo.reward_scale_gmax, SimbaV2's"}
+
+    def validate(self, cfg: Config) -> None:
+        super().validate(cfg)
+        self.check_cadence()
+        if cfg.model.encoder in ("nips_cnn", "nature_cnn"):
+            raise ConfigError(f"model.encoder = {cfg.model.encoder!r} is for images; algo.name = 'sac' takes vector observations: "
+                              f"use model.encoder=simbav2 (SimbaV2) or mlp (the LayerNorm MLP baseline).")
+        if cfg.model.init != "orthogonal":
+            raise ConfigError(f"model.init = {cfg.model.init!r} is for the actor-critic and Q-networks; algo.name = 'sac' "
+                              "initialises its own networks (SimbaV2's or orthogonal): remove model.init.")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"algo.tau = {self.tau} is invalid: the target update fraction lies in (0, 1] (SimbaV2: 0.005).")
+        if self.init_temperature <= 0:
+            raise ConfigError(f"algo.init_temperature = {self.init_temperature} is invalid: the temperature must be positive (SimbaV2: 0.01).")
+        if self.num_atoms < 2:
+            raise ConfigError(f"algo.num_atoms = {self.num_atoms} is invalid: a categorical critic needs at least 2 atoms (SimbaV2: 101).")
+        if self.v_min >= self.v_max:
+            raise ConfigError(f"algo.v_min = {self.v_min} must be below algo.v_max = {self.v_max}.")
+        check_non_negative({"algo.reward_scale_gmax": self.reward_scale_gmax})
+
+
+@register
 class SAC:
     name = "sac"
+    config_class: type[AlgoConfig] = SACConfig
     max_policy_lag: int | None = None  # replay is off-policy: any lag is fine
+    continuous_actions = True
+
+    @classmethod
+    def make_policy(cls, spec: EnvSpec, cfg: Config) -> TanhGaussianPolicy:
+        policy = TanhGaussianPolicy(math.prod(spec.obs_shape), tuple(spec.action_space.shape), cfg.model)
+        policy.warming_up.fill_(float(cfg.algo.warmup_steps > 0))
+        return policy
 
     def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
         self.cfg, self.device, self.spec = cfg, device, spec
@@ -65,8 +116,7 @@ class SAC:
         self.obs_dim = math.prod(spec.obs_shape)
         self.action_shape = tuple(spec.action_space.shape)
         action_dim = math.prod(self.action_shape)
-        self.net = TanhGaussianPolicy(self.obs_dim, action_dim, cfg.model).to(device)
-        self.net.warming_up.fill_(float(algo.warmup_steps > 0))
+        self.net = self.make_policy(spec, cfg).to(device)
         members = 2 if algo.clipped_double_q else 1
         outputs = algo.num_atoms if algo.distributional else 1
         self.critic = make_critic(self.obs_dim, action_dim, cfg.model, members, outputs).to(device)
@@ -80,27 +130,13 @@ class SAC:
         self.reward_scaler = RewardScaler(self.gamma, algo.reward_scale_gmax) if algo.reward_scale_gmax > 0 else None
         if algo.distributional:
             self.support = categorical_support(algo.v_min, algo.v_max, algo.num_atoms, device)
-        self.replay: UniformReplay | None = None  # allocated at the first update: actor processes build this class too
+        self.replay = UniformReplay(cfg.replay.capacity, spec.obs_shape, spec.obs_dtype, self.action_shape, device)
         self.transitions_seen = 0
         self.update_credit = 0.0
         self.gradient_steps = 0
 
-    # -------------------------------------------------------------- acting
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions in [-1, 1] (the env factory maps them to the env's bounds) and their log-densities.
-
-        ``greedy`` takes tanh of the Gaussian's mean; otherwise actions are sampled, or
-        uniformly random while warming up.
-        """
-        n = obs.shape[0]
-        if not greedy and bool(self.net.warming_up):
-            actions = torch.rand((n, *self.action_shape), device=obs.device) * 2.0 - 1.0
-            return actions, torch.full((n,), -math.log(2.0) * actions[0].numel(), device=obs.device)
-        mean, log_std = self.net(self.net.obs_norm(obs))
-        if greedy:
-            return torch.tanh(mean), torch.zeros(n, device=obs.device)
-        return squashed_gaussian_sample(mean, log_std)
+    def policy(self) -> TanhGaussianPolicy:
+        return self.net
 
     # -------------------------------------------------------------- learning
     def set_progress(self, fraction: float) -> float:
@@ -112,17 +148,11 @@ class SAC:
         """Replay size before gradient steps begin (also after a resume without saved replay)."""
         return max(self.cfg.replay.minibatch_size, min(self.cfg.algo.warmup_steps, self.cfg.replay.capacity))
 
-    def ensure_replay(self) -> UniformReplay:
-        if self.replay is None:
-            self.replay = UniformReplay(self.cfg.replay.capacity, self.spec.obs_shape, self.spec.obs_dtype,
-                                        self.action_shape, self.device)
-        return self.replay
-
     def ingest(self, batch: Batch) -> int:
         """Store the rollout's transitions and update the running statistics; returns how many
         of them arrived after the warm-up (those earn gradient steps)."""
         transitions = rollout_transitions(batch)
-        self.ensure_replay().add(transitions)
+        self.replay.add(transitions)
         count = len(transitions.rewards)
         if self.cfg.model.obs_norm:
             self.net.obs_norm.update(transitions.obs)
@@ -133,27 +163,28 @@ class SAC:
         self.net.warming_up.fill_(float(self.transitions_seen < warmup))
         return max(0, self.transitions_seen - max(before, warmup))  # those collected after the warm-up
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def update(self, batch: Batch) -> UpdateResult:
         fresh = self.ingest(batch)
-        replay = self.ensure_replay()
+        replay = self.replay
         metrics = {"diag/replay_size": torch.tensor(float(len(replay)))}
         if len(replay) < self.learning_starts:
-            return metrics
+            return UpdateResult(metrics)
         self.update_credit += self.cfg.algo.utd_ratio * fresh
         steps = int(self.update_credit)
         self.update_credit -= steps
         sums: dict[str, torch.Tensor] = {}
+        skipped = 0  # a count over all of this update's optimizer steps
         for _ in range(steps):
-            for tag, value in self.gradient_step(replay.sample(self.cfg.replay.minibatch_size)).items():
+            step_metrics, step_skipped = self.gradient_step(replay.sample(self.cfg.replay.minibatch_size))
+            skipped += step_skipped
+            for tag, value in step_metrics.items():
                 sums[tag] = sums[tag] + value if tag in sums else value
-        skipped = sums.pop(SKIPPED_STEPS, torch.zeros(()))
         metrics.update({tag: total / steps for tag, total in sums.items()})
-        metrics[SKIPPED_STEPS] = skipped  # a count over all of this update's optimizer steps
         metrics["diag/gradient_steps"] = torch.tensor(float(self.gradient_steps))
         metrics["diag/discount"] = torch.tensor(self.gamma)
         if self.reward_scaler is not None:
             metrics["diag/reward_scale"] = torch.tensor(self.reward_scaler.scale)
-        return metrics
+        return UpdateResult(metrics, skipped_steps=torch.tensor(float(skipped)))
 
     def q_values(self, critic_out: torch.Tensor) -> torch.Tensor:
         """Mean Q per member [E, B] from the critic's [E, B, K] output."""
@@ -161,10 +192,11 @@ class SAC:
             return (F.softmax(critic_out, dim=-1) * self.support).sum(-1)
         return critic_out.squeeze(-1)
 
-    def gradient_step(self, sample: Transitions) -> dict[str, torch.Tensor]:
+    def gradient_step(self, sample: Transitions) -> tuple[dict[str, torch.Tensor], int]:
         """One SAC step in SimbaV2's order: the actor (against the critic as it is), the
         temperature (from the actor's entropy), then the critic (its target drawn from the
-        updated actor at the updated temperature), then the target critic."""
+        updated actor at the updated temperature), then the target critic. Returns its
+        metrics and how many of its three optimizer steps were skipped."""
         algo = self.cfg.algo
         obs, next_obs = self.net.obs_norm(sample.obs), self.net.obs_norm(sample.next_obs)
         rewards = self.reward_scaler(sample.rewards) if self.reward_scaler is not None else sample.rewards
@@ -217,8 +249,7 @@ class SAC:
             "diag/temperature": alpha,
             "diag/value_mean": q.detach().mean(),
             "diag/grad_norm": critic_grad_norm,
-            SKIPPED_STEPS: torch.tensor(3.0 - critic_stepped - actor_stepped - alpha_stepped),
-        }
+        }, 3 - critic_stepped - actor_stepped - alpha_stepped
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Gradients for the optimizer's own parameters only (the actor's loss also flows
@@ -232,12 +263,9 @@ class SAC:
         return grad_norm.detach(), step_if_finite(optimizer, loss, grad_norm)
 
     # -------------------------------------------------------------- state
-    def prepare_evaluation(self) -> None:
-        """Nothing to change for evaluation: the policy's own noise (or --greedy, its mean)."""
-
     def state_dict(self) -> dict:
         state = {
-            "net": self.net.state_dict(),
+            "policy": self.net.state_dict(),
             "critic": self.critic.state_dict(),
             "target_critic": self.target_critic.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(),
@@ -249,12 +277,12 @@ class SAC:
             "update_credit": self.update_credit,
             "gradient_steps": self.gradient_steps,
         }
-        if self.cfg.replay.save_with_checkpoint and self.replay is not None:
+        if self.cfg.replay.save_with_checkpoint:
             state["replay"] = self.replay.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
+        self.net.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
         self.target_critic.load_state_dict(state["target_critic"])
         with torch.no_grad():
@@ -268,4 +296,4 @@ class SAC:
         self.update_credit = float(state["update_credit"])
         self.gradient_steps = int(state["gradient_steps"])
         if state.get("replay") is not None:
-            self.ensure_replay().load_state_dict(state["replay"])
+            self.replay.load_state_dict(state["replay"])

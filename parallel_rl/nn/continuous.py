@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
+from ..contracts import Policy
 from .blocks import MLP, orthogonal_init
 from .simba import HyperHead, RunningMeanStd, SimbaV2Torso
 
@@ -36,7 +37,7 @@ def bounded_log_std(raw: torch.Tensor) -> torch.Tensor:
     return LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
 
 
-class TanhGaussianPolicy(nn.Module):
+class TanhGaussianPolicy(Policy):
     """What the actors run: observation normalisation, the policy network, and the warm-up flag.
 
     Every buffer here (the normaliser's statistics, ``warming_up``) is published to the
@@ -44,8 +45,10 @@ class TanhGaussianPolicy(nn.Module):
     as the learner says.
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, model: ModelConfig):
+    def __init__(self, obs_dim: int, action_shape: tuple[int, ...], model: ModelConfig):
         super().__init__()
+        self.action_shape = tuple(action_shape)
+        action_dim = math.prod(self.action_shape)
         self.obs_norm = RunningMeanStd((obs_dim,))
         self.register_buffer("warming_up", torch.ones(()))  # 1: act uniformly at random
         self.simba = model.encoder == "simbav2"
@@ -69,6 +72,22 @@ class TanhGaussianPolicy(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return squashed_gaussian_sample(*self(obs))
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions in [-1, 1] (the env factory maps them to the env's bounds) and their log-densities.
+
+        ``greedy`` takes tanh of the Gaussian's mean; otherwise actions are sampled, or
+        uniformly random while warming up.
+        """
+        n = obs.shape[0]
+        if not greedy and bool(self.warming_up):
+            actions = torch.rand((n, *self.action_shape), device=obs.device) * 2.0 - 1.0
+            return actions, torch.full((n,), -math.log(2.0) * actions[0].numel(), device=obs.device)
+        mean, log_std = self(self.obs_norm(obs))
+        if greedy:
+            return torch.tanh(mean), torch.zeros(n, device=obs.device)
+        return squashed_gaussian_sample(mean, log_std)
 
 
 class SimbaV2Critic(nn.Module):

@@ -11,19 +11,17 @@ from .actor_critic import build_body, init_network
 
 
 class QNetwork(nn.Module):
-    """Q-values for every action, plus the exploration rate of the epsilon-greedy policy
-    acting with them.
-
-    ``epsilon`` is a buffer, not a plain attribute: actor processes receive the network's
-    parameters and buffers together, so the schedule reaches them with the weights.
-    """
+    """Q-values for every action."""
 
     def __init__(self, spec: EnvSpec, model: ModelConfig):
         super().__init__()
         self.encoder, self.torso = build_body(spec, model)
         self.q = nn.Linear(self.torso.out_dim, spec.num_actions)
         init_network(model, self.encoder, self.torso, [(self.q, 0.01)])
-        self.register_buffer("epsilon", torch.ones(()))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.q(self.torso(self.encoder(obs)))
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """[B, num_actions]: what an epsilon-greedy policy acts on."""
+        return self(obs)

@@ -11,11 +11,7 @@ from .actor_critic import build_body, init_network
 
 
 class QuantileQNetwork(nn.Module):
-    """``forward(obs) -> [B, num_actions, num_quantiles]``; Q(s, a) is the mean over quantiles.
-
-    ``epsilon`` (the exploration rate of the epsilon-greedy policy acting with these
-    values) is a buffer, so actor processes receive the schedule with the weights.
-    """
+    """``forward(obs) -> [B, num_actions, num_quantiles]``; Q(s, a) is the mean over quantiles."""
 
     def __init__(self, spec: EnvSpec, model: ModelConfig, num_quantiles: int):
         super().__init__()
@@ -23,8 +19,11 @@ class QuantileQNetwork(nn.Module):
         self.encoder, self.torso = build_body(spec, model)
         self.quantiles = nn.Linear(self.torso.out_dim, self.num_actions * num_quantiles)
         init_network(model, self.encoder, self.torso, [(self.quantiles, 0.01)])
-        self.register_buffer("epsilon", torch.ones(()))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         out = self.quantiles(self.torso(self.encoder(obs)))
         return out.view(-1, self.num_actions, self.num_quantiles)
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        """[B, num_actions]: the mean of each action's quantiles."""
+        return self(obs).mean(-1)

@@ -1,4 +1,5 @@
-"""Actor process: owns groups of EnvPools and a policy replica, fills shared-memory slots.
+"""Actor process: owns groups of EnvPools and a Policy replica (never the whole algorithm),
+fills shared-memory slots.
 
 Loop: wait for a free slot (heartbeating while it waits) -> load the policy version to
 act with (waiting for it when the lag bound asks for newer weights than are published)
@@ -22,7 +23,7 @@ import zmq
 from ..config import from_dict
 from ..envs import make_env_groups
 from . import control, signals
-from .rollout import NetworkPolicy, RandomPolicy, RolloutCollector, acting_seed
+from .rollout import NetworkPolicy, RolloutCollector, acting_seed
 from .slots import SharedWeights, SlotPool
 
 HEARTBEAT_S = 0.5
@@ -55,7 +56,6 @@ class ActorArgs:
     first_version: int
     oldest_version: int  # the first version published in this run (the start, or the resumed one)
     lag_bound: int | None  # the newest weights at most this many versions old; None: unbounded
-    random_policy: bool = False  # uniformly random actions (transport benchmark), no inference
 
 
 def actor_main(args: ActorArgs) -> None:
@@ -89,7 +89,7 @@ def actor_main(args: ActorArgs) -> None:
 
 class Actor:
     def __init__(self, args: ActorArgs, socket: zmq.Socket):
-        from ..algos import make_algorithm
+        from ..algos import make_policy
 
         self.args = args
         self.socket = socket
@@ -101,10 +101,9 @@ class Actor:
         self.device = torch.device(wanted)
         groups = make_env_groups(cfg.env, args.num_envs, cfg.seed + args.env_start, args.env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
-        self.algo = make_algorithm(groups[0].spec, cfg, self.device)
-        self.algo.net.requires_grad_(False)
+        self.replica = make_policy(groups[0].spec, cfg, self.device).requires_grad_(False)  # the learner's Policy, published
         seed = acting_seed(cfg.seed, args.actor)
-        self.act = RandomPolicy(groups[0].spec, seed) if args.random_policy else NetworkPolicy(self.algo, self.device, seed)
+        self.act = NetworkPolicy(self.replica, self.device, seed)
         self._last_beat = 0.0
 
     def beat(self) -> bool:
@@ -146,7 +145,7 @@ class Actor:
         else:
             exactly = None
             at_least = args.oldest_version if args.lag_bound is None else max(args.oldest_version, consumed_at - args.lag_bound)
-        return args.weights.fetch(self.algo.net, exactly, at_least, timeout_s=3600, should_stop=self.waiting)
+        return args.weights.fetch(self.replica, exactly, at_least, timeout_s=3600, should_stop=self.waiting)
 
     def run(self) -> None:
         args, pool = self.args, self.args.pool

@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,13 @@ import torch.multiprocessing as mp
 import zmq
 
 from ..algos import policy_lag_bound
-from ..algos.base import Batch
 from ..config import Config
+from ..contracts import Batch, Delivery
 from ..envs import EnvSpec, make_env_groups
 from . import control, signals
 from .actor import ActorArgs, actor_main
 from .rollout import (
     NetworkPolicy,
-    RandomPolicy,
     RolloutCollector,
     acting_seed,
     allocate,
@@ -45,23 +43,17 @@ class ActorFailure(RuntimeError):
     """An actor process died, stalled or raised; the message names it and says how."""
 
 
-@dataclass
-class Delivery:
-    """One batch plus what the learner logs about how it was produced."""
-
-    batch: Batch
-    returns: list[float] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    lag: list[int] = field(default_factory=list)
-    producers: list[int] = field(default_factory=list)  # pids of the processes that stepped the envs
-
-
 def resolve_procs(cfg: Config) -> int:
-    """K from the config; -1 picks one actor process per 4 cores (at least 1, at most 8)."""
+    """K from the config; -1 picks inline acting below 4 cores, else one actor process per 4 cores (at most 8).
+
+    Below 4 cores an actor process has no core of its own to overlap with learning: measured
+    on 2 cores, PAAC on Pong trains about 20% faster inline (docs/benchmarks.md, layouts).
+    """
     if cfg.actors.procs >= 0:
         return cfg.actors.procs
     cores = os.cpu_count() or 1
+    if cores < 4:
+        return 0
     return max(1, min(8, cores // 4, cfg.actors.num_envs))
 
 
@@ -74,9 +66,9 @@ class InlineSource:
 
     mode = "synchronous"
 
-    def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int, random_policy: bool = False):
+    def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int):
         self.device = device  # the network is reached through self.policy
-        self.policy = RandomPolicy(spec, cfg.seed) if random_policy else NetworkPolicy(algo, device, acting_seed(cfg.seed, 0))
+        self.policy = NetworkPolicy(algo.policy(), device, acting_seed(cfg.seed, 0))
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.arrays = allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs)
@@ -94,6 +86,9 @@ class InlineSource:
     def published(self, version: int) -> None:
         pass
 
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
     def close(self) -> None:
         self.collector.close()
 
@@ -104,10 +99,9 @@ class ActorPool:
     mode = "asynchronous"
 
     def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, procs: int, run_dir: Path | None,
-                 env_threads: int, start_version: int, log=print, random_policy: bool = False):
+                 env_threads: int, start_version: int, log=print):
         self.cfg, self.algo, self.device, self.log = cfg, algo, device, log
         self.procs = procs
-        self.random_policy = random_policy
         self.envs_per_actor = split_envs(cfg.actors.num_envs, procs)
         self.env_starts = [sum(self.envs_per_actor[:k]) for k in range(procs)]
         self.env_threads = env_threads
@@ -121,8 +115,8 @@ class ActorPool:
         self.socket: zmq.Socket | None = None
         try:
             self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_actor, cfg.actors.slots_per_actor)
-            self.weights = SharedWeights(algo.net)
-            self.weights.publish(algo.net, start_version)
+            self.weights = SharedWeights(algo.policy())
+            self.weights.publish(algo.policy(), start_version)
             self.endpoint = control.Endpoint(run_dir)
             for stale in self.endpoint.clean_stale():
                 log(f"removed a stale socket left by an earlier run that was killed: {stale}")
@@ -153,7 +147,7 @@ class ActorPool:
         first_version = self.version + len(self.ready[k])
         args = ActorArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_actor[k], self.env_threads,
                          self.pool, self.weights, free_slots, self.endpoint.address, os.getpid(),
-                         first_version, self.oldest_version, self.lag_bound, self.random_policy)
+                         first_version, self.oldest_version, self.lag_bound)
         process = self._mp.Process(target=actor_main, args=(args,), name=f"parallel-rl-actor-{k}", daemon=True)
         self.processes[k] = process  # before start(): an interrupt right after it must not lose the child
         signals.start_child(process)
@@ -258,13 +252,16 @@ class ActorPool:
             delivery.timings["inference"] += message["policy_s"] / self.procs
         return delivery
 
+    def diagnostics(self) -> dict[str, float]:
+        return {"diag/queue_fill": self.queue_fill(), "diag/actor_restarts": self.restarts}
+
     def queue_fill(self) -> float:
         """Fraction of all slots filled and waiting for the learner."""
         return sum(len(q) for q in self.ready) / (self.procs * self.cfg.actors.slots_per_actor)
 
     def published(self, version: int) -> None:
         self.version = version
-        self.weights.publish(self.algo.net, version)
+        self.weights.publish(self.algo.policy(), version)
 
     # ---------------------------------------------------------------- shutdown
     def close(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..contracts import Policy as ActingPolicy
 from ..envs import EnvSpec, VecEnv
 
 # obs -> (actions, log-probability of each action under the acting policy)
@@ -111,7 +112,7 @@ def acting_seed(seed: int, actor: int) -> int:
 
 
 class NetworkPolicy:
-    """An algorithm's ``act`` as a rollout :data:`Policy`, drawing from its own random stream.
+    """A ``contracts.Policy``'s ``act`` as a rollout :data:`Policy`, drawing from its own random stream.
 
     Acting (sampling, epsilon-greedy, warm-up noise) never shares torch's global generator
     with learning (minibatch shuffles): a seeded run then acts identically whether the
@@ -119,8 +120,8 @@ class NetworkPolicy:
     an update draws.
     """
 
-    def __init__(self, algo, device: torch.device, seed: int):
-        self.algo, self.device = algo, device
+    def __init__(self, policy: ActingPolicy, device: torch.device, seed: int):
+        self.policy, self.device = policy, device
         self.cuda = device.type == "cuda"
         self.cpu_state = torch.Generator().manual_seed(seed).get_state()
         self.cuda_state = None
@@ -134,7 +135,7 @@ class NetworkPolicy:
             outer_cuda = torch.cuda.get_rng_state(self.device)
             torch.cuda.set_rng_state(self.cuda_state, self.device)
         try:
-            actions, log_probs = self.algo.act(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
+            actions, log_probs = self.policy.act(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
         finally:
             self.cpu_state = torch.get_rng_state()
             torch.set_rng_state(outer_cpu)
@@ -142,25 +143,3 @@ class NetworkPolicy:
                 self.cuda_state = torch.cuda.get_rng_state(self.device)
                 torch.cuda.set_rng_state(outer_cuda, self.device)
         return actions.cpu().numpy(), log_probs.cpu().numpy()
-
-
-class RandomPolicy:
-    """Uniformly random actions with their log-probabilities: transport benchmarks, warm-up."""
-
-    def __init__(self, spec: EnvSpec, seed: int):
-        self.spec = spec
-        self.rng = np.random.default_rng(seed)
-        if spec.discrete:
-            self.log_prob = -float(np.log(spec.num_actions))
-        else:
-            low, high = spec.action_space.low, spec.action_space.high
-            self.log_prob = -float(np.log(high - low).sum())
-
-    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(obs)
-        if self.spec.discrete:
-            actions = self.rng.integers(self.spec.num_actions, size=n)
-        else:
-            space = self.spec.action_space
-            actions = self.rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
-        return actions, np.full(n, self.log_prob, np.float32)

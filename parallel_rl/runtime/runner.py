@@ -13,6 +13,7 @@ import os
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,14 +23,13 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..algos import make_algorithm
-from ..algos.base import SKIPPED_STEPS, NonFiniteUpdates
+from ..algos.base import NonFiniteUpdates
 from ..config import Config, ConfigError, save_yaml
+from ..contracts import Algorithm, BatchSource
 from ..envs import default_num_threads, env_spec
 from ..metrics import Metrics
 from . import signals
 from .pipeline import ActorPool, InlineSource, resolve_procs
-
-CHECKPOINT_FORMAT = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,8 +85,11 @@ class Runner:
     """Trains one configuration in one run directory (new or resumed)."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume_state: dict[str, Any] | None = None, write_logs: bool = True,
-                 resume_path: Path | None = None):
+                 resume_path: Path | None = None, algorithm: Callable[..., Algorithm] | None = None):
+        """``algorithm(spec, cfg, device)`` builds the learner's algorithm (default: the one
+        ``cfg.algo.name`` names); actor processes always build ``cfg.algo.name``'s Policy."""
         self.cfg = cfg
+        self.make_algorithm = algorithm or make_algorithm
         self.resume_path = resume_path
         self.run_dir = Path(run_dir)
         self.resume_state = resume_state
@@ -102,16 +105,15 @@ class Runner:
         if self.cfg.logging.console:
             print(text, flush=True)
 
-    def run(self, max_seconds: float | None = None, learner_enabled: bool = True, random_policy: bool = False) -> RunSummary:
-        """Train. ``bench`` uses the rest: a time limit (after start-up), no gradient steps, and
-        uniformly random actions instead of the network (transport without inference).
+    def run(self, max_seconds: float | None = None) -> RunSummary:
+        """Train, until the budget or ``max_seconds`` after start-up (``bench``'s time limit).
 
         SIGINT and SIGTERM are handled from the first line: one arriving during start-up
         skips whatever has not started yet and still ends with a checkpoint."""
         with signals.handled(self._request_stop):
-            return self._run(max_seconds, learner_enabled, random_policy)
+            return self._run(max_seconds)
 
-    def _run(self, max_seconds: float | None, learner_enabled: bool, random_policy: bool) -> RunSummary:
+    def _run(self, max_seconds: float | None) -> RunSummary:
         cfg = self.cfg
         procs = resolve_procs(cfg)
         learner_threads, env_threads = thread_layout(cfg, procs)
@@ -119,7 +121,7 @@ class Runner:
         torch.manual_seed(cfg.seed)
         device = resolve_device(cfg.device)
         spec = env_spec(cfg.env)
-        algo = make_algorithm(spec, cfg, device)
+        algo = self.make_algorithm(spec, cfg, device)
         step = updates = 0
         if self.resume_state is not None:
             ckpt.restore(algo, self.resume_state, self.resume_path or self.run_dir, cfg.env.id)
@@ -141,16 +143,16 @@ class Runner:
         if self._stop_signal is None:  # stopped already: no actors to start, straight to the checkpoint
             if procs:
                 source = ActorPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
-                                   env_threads, start_version=updates, log=self.log, random_policy=random_policy)
+                                   env_threads, start_version=updates, log=self.log)
             else:
-                source = InlineSource(cfg, spec, algo, device, env_threads, random_policy=random_policy)
+                source = InlineSource(cfg, spec, algo, device, env_threads)
         try:
-            return self._train(algo, source, step, updates, max_seconds, learner_enabled)
+            return self._train(algo, source, step, updates, max_seconds)
         finally:
             if source is not None:
                 source.close()
 
-    def _train(self, algo, source, step: int, updates: int, max_seconds: float | None, learner_enabled: bool) -> RunSummary:
+    def _train(self, algo: Algorithm, source: BatchSource, step: int, updates: int, max_seconds: float | None) -> RunSummary:
         cfg = self.cfg
         metrics = Metrics(
             self.run_dir / "tb" if self.write_logs else None,
@@ -167,7 +169,7 @@ class Runner:
 
         def state() -> dict[str, Any]:
             return {
-                "format": CHECKPOINT_FORMAT,
+                "format": ckpt.FORMAT,
                 "algo": algo.state_dict(),
                 "step": step,
                 "updates": updates,
@@ -191,9 +193,7 @@ class Runner:
                 out["diag/policy_lag"] = statistics.fmean(lags)
                 out["diag/policy_lag_max"] = max(lags)
             out["diag/nonfinite_updates"] = nonfinite_updates
-            if hasattr(source, "queue_fill"):
-                out["diag/queue_fill"] = source.queue_fill()
-                out["diag/actor_restarts"] = source.restarts
+            out.update(source.diagnostics())
             stage_seconds, lags = {}, []
             return out
 
@@ -216,15 +216,14 @@ class Runner:
                 if delivery is None:
                     break
                 began = time.perf_counter()
-                if learner_enabled:
-                    lr = algo.set_progress(step / cfg.total_steps)
-                    update_result = algo.update(delivery.batch)
-                    if float(update_result.pop(SKIPPED_STEPS, 0.0)):  # a CPU tensor: the algorithm already synced
-                        nonfinite_updates += 1
-                        nonfinite_in_a_row += 1
-                    else:
-                        nonfinite_in_a_row = 0
-                        result.update(update_result)  # tags an update skips keep their last value
+                lr = algo.set_progress(step / cfg.total_steps)
+                update_result = algo.update(delivery.batch)
+                if update_result.skipped:
+                    nonfinite_updates += 1
+                    nonfinite_in_a_row += 1
+                else:
+                    nonfinite_in_a_row = 0
+                    result.update(update_result.metrics)  # tags an update skips keep their last value
                 updates += 1
                 source.published(updates)
                 for stage, seconds in delivery.timings.items():

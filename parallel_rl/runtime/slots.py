@@ -79,9 +79,7 @@ class SharedWeights:
     """
 
     def __init__(self, module: torch.nn.Module):
-        flat = torch.nn.utils.parameters_to_vector([p.detach().cpu() for p in module.parameters()])
-        buffers = [b.detach().cpu().flatten().float() for b in module.buffers()]
-        size = flat.numel() + sum(b.numel() for b in buffers)
+        size = self._vector(module).numel()  # a Policy may have buffers only (bench's uniform policy)
         self.flat = torch.zeros(2, size).share_memory_()
         self.stamps = torch.full((2,), -1, dtype=torch.int64).share_memory_()
         self.latest = torch.full((1,), -1, dtype=torch.int64).share_memory_()

@@ -21,16 +21,20 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parallel_rl.algos.paac import PAACConfig
 from parallel_rl.cli import main
-from parallel_rl.config import Config, all_keys
+from parallel_rl.config import AlgoConfig, Config, all_keys, flatten
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _leaves(cls=Config, prefix="") -> dict[str, typing.Any]:
-    """Dotted key -> annotation for every value in the schema."""
+    """Dotted key -> annotation for every value in the schema; the algo section is the one of
+    paac_classic's algorithm, PAAC, which the fuzz tests run."""
     out = {}
-    for name, annotation in typing.get_type_hints(cls).items():
+    hints = typing.get_type_hints(cls)
+    for name in (f.name for f in dataclasses.fields(cls)):
+        annotation = PAACConfig if hints[name] is AlgoConfig else hints[name]
         if dataclasses.is_dataclass(annotation):
             out.update(_leaves(annotation, f"{prefix}{name}."))
         else:
@@ -239,7 +243,8 @@ def test_dry_run_prints_the_resolved_config_and_creates_nothing(tmp_path, capsys
     assert code == 0, err
     resolved = yaml.safe_load(out)
     assert resolved["algo"]["gamma"] == 0.95 and resolved["env"]["id"] == "CartPole-v1"
-    assert sorted(all_keys()) == sorted(_leaves())
+    assert sorted(all_keys(PAACConfig, 'algo.') + [k for k in all_keys() if not k.startswith('algo.')]) == sorted(_leaves())
+    assert sorted(flatten(resolved)) == sorted(_leaves())
     assert list(tmp_path.iterdir()) == []
 
 

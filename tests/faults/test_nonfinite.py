@@ -66,7 +66,7 @@ def _poison(monkeypatch, bad_updates: set[int]):
     def update(self, batch):
         if calls[0] in bad_updates:
             if not snapshot:
-                snapshot["net"] = copy.deepcopy(self.net.state_dict())
+                snapshot["policy"] = copy.deepcopy(self.policy().state_dict())
                 snapshot["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
             batch.rewards[0, 0] = float("nan")
         calls[0] += 1
@@ -89,7 +89,7 @@ def test_a_few_bad_updates_are_skipped_counted_and_the_run_goes_on(tmp_path, mon
         assert all(value == value for value in tags[tag]), tag
     state = ckpt.load(ckpt.latest(run_dir / "checkpoints"))
     assert state["step"] == 2400
-    assert all(torch.isfinite(t).all() for t in state["algo"]["net"].values())
+    assert all(torch.isfinite(t).all() for t in state["algo"]["policy"].values())
 
 
 def test_bad_updates_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path, monkeypatch, capsys, read_scalars):
@@ -102,8 +102,8 @@ def test_bad_updates_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path, 
     assert "5 updates in a row had a NaN or infinite loss or gradient" in err and "max_nonfinite_updates = 5" in err, err
     state = ckpt.load(ckpt.latest(run_dir / "checkpoints"))
     assert state["updates"] == 25 and state["step"] == 25 * 80
-    for name, tensor in state["algo"]["net"].items():
-        assert torch.equal(tensor, snapshot["net"][name]), name
+    for name, tensor in state["algo"]["policy"].items():
+        assert torch.equal(tensor, snapshot["policy"][name]), name
     saved, before = state["algo"]["optimizer"]["state"], snapshot["optimizer"]["state"]
     assert saved.keys() == before.keys()
     for index in saved:

@@ -1,0 +1,169 @@
+"""The interfaces the runtime is built on, written down once.
+
+    Policy       what acting needs and nothing more: the network and its acting state
+                 (exploration rate, observation statistics, warm-up flag). Actor processes
+                 build a Policy, never an Algorithm; published weights are exactly its state.
+    Algorithm    owns a Policy plus everything learning needs (critics, targets, optimizers,
+                 replay); ``update(batch) -> UpdateResult``. One file in ``algos/`` that
+                 declares its config section and registers itself (registry.py).
+    BatchSource  where batches come from: inline (K = 0) or actor processes; the learner
+                 loop cannot tell them apart.
+
+A ``Batch`` is what every algorithm learns from; a ``Delivery`` is a batch plus what the
+learner logs about how it was produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .config import AlgoConfig, Config
+    from .envs import EnvSpec
+
+
+@dataclass
+class Batch:
+    """A time-major rollout of T steps from N environments.
+
+    ``autoreset[t, n]`` marks steps that only reset env n after its episode ended (the
+    action was ignored, the reward is 0): they are not transitions and carry no loss.
+    """
+
+    obs: torch.Tensor  # [T, N, *obs_shape], native dtype (uint8 frames stay uint8)
+    actions: torch.Tensor  # [T, N]
+    behaviour_log_probs: torch.Tensor  # [T, N]: log pi_behaviour(a_t | s_t) of the acting policy
+    rewards: torch.Tensor  # [T, N] float32, unclipped
+    terminated: torch.Tensor  # [T, N] bool
+    truncated: torch.Tensor  # [T, N] bool
+    autoreset: torch.Tensor  # [T, N] bool
+    next_obs: torch.Tensor  # [N, *obs_shape]: the observation after the last step
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, device: torch.device) -> Batch:
+        """From numpy arrays or CPU tensors (pinned ones copy without blocking)."""
+        non_blocking = device.type == "cuda"
+        return cls(**{f.name: torch.as_tensor(arrays[f.name]).to(device, non_blocking=non_blocking) for f in fields(cls)})
+
+    @property
+    def num_steps(self) -> int:
+        return self.rewards.numel()
+
+
+class Policy(nn.Module):
+    """The acting half of an algorithm: an ``nn.Module`` whose parameters and buffers are
+    everything acting needs, so ``state_dict()`` is exactly what the learner publishes to
+    actor processes and what evaluation loads.
+
+    Acting state that changes during training (an exploration rate, observation
+    statistics, a warm-up flag) lives in buffers: it reaches actor processes with the
+    weights, at the same version.
+    """
+
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions for a batch of observations and their log-probabilities (or log-densities)
+        under the acting policy; ``greedy`` takes the most probable action (log-probability
+        as the policy defines it, 0 where it is deterministic). Random numbers come from
+        torch's current generator (the caller gives acting a stream of its own)."""
+        raise NotImplementedError
+
+    def prepare_evaluation(self, cfg: Config) -> None:
+        """Switch to evaluation's acting state (e.g. ``algo.eval_epsilon``); nothing by default."""
+
+
+@dataclass
+class UpdateResult:
+    """What one ``Algorithm.update`` reports.
+
+    ``metrics``: TensorBoard tags to 0-d tensors (``losses/*``, ``diag/*``, ``charts/*``);
+    tags an update does not produce keep their last logged value. ``skipped_steps``: the
+    optimizer steps of this update skipped because a loss or gradient was NaN/inf (weights
+    and optimizer state untouched); a tensor, so no host sync happens until it is read.
+    """
+
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped_steps: torch.Tensor | float = 0.0
+
+    @property
+    def skipped(self) -> bool:
+        """Whether any optimizer step was skipped (reading it syncs with the device)."""
+        return float(self.skipped_steps) > 0
+
+
+class Algorithm(Protocol):
+    """What the runner, the actor processes and evaluation need of an algorithm.
+
+    Class attributes declare it: ``name`` (``algo.name``), ``config_class`` (its
+    ``algo:`` section, a subclass of ``config.AlgoConfig``), ``max_policy_lag`` (how many
+    updates old the acting weights may be: 0 without an off-policy correction, None for
+    unbounded) and ``continuous_actions``.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[AlgoConfig]]
+    max_policy_lag: ClassVar[int | None]
+    continuous_actions: ClassVar[bool]
+
+    @classmethod
+    def make_policy(cls, spec: EnvSpec, cfg: Config) -> Policy:
+        """A fresh Policy for these observations and actions (on the CPU); actor processes and
+        evaluation call this without building the algorithm."""
+        ...
+
+    def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device) -> None: ...
+
+    def policy(self) -> Policy:
+        """The Policy this algorithm learns (on the learner's device)."""
+        ...
+
+    def update(self, batch: Batch) -> UpdateResult:
+        """Learn from one rollout (on-policy: its gradient steps; off-policy: store it, then step)."""
+        ...
+
+    def set_progress(self, fraction: float) -> float:
+        """Training progress in [0, 1] (schedules: LR, exploration); returns the LR now in use."""
+        ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class Delivery:
+    """One batch plus what the learner logs about how it was produced."""
+
+    batch: Batch
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    lag: list[int] = field(default_factory=list)
+    producers: list[int] = field(default_factory=list)  # pids of the processes that stepped the envs
+
+
+class BatchSource(Protocol):
+    """Batches for the learner loop, from environments stepped inline or in actor processes."""
+
+    mode: ClassVar[str]  # "synchronous" (inline) or "asynchronous" (actor processes)
+
+    def next_batch(self, version: int, should_stop: Callable[[], bool]) -> Delivery | None:
+        """The batch for update ``version`` (None when stopped while waiting for it)."""
+        ...
+
+    def published(self, version: int) -> None:
+        """The learner's policy now has ``version``: actor processes may act with it."""
+        ...
+
+    def diagnostics(self) -> dict[str, float]:
+        """Source-specific scalars to log (``diag/queue_fill``, ``diag/actor_restarts``); may be empty."""
+        ...
+
+    def close(self) -> None: ...
+
+
+__all__ = ["Algorithm", "Batch", "BatchSource", "Delivery", "Policy", "UpdateResult"]
