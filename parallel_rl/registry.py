@@ -50,6 +50,8 @@ def lookup(name: str) -> type:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UnknownAlgorithm(f"cannot import module {module_name!r} ({exc}); is its folder on PYTHONPATH?") from None
+    except Exception as exc:  # the module itself failed while importing: name it, not a traceback
+        raise UnknownAlgorithm(f"importing module {module_name!r} raised {type(exc).__name__}: {exc}") from None
     cls = getattr(module, attribute, None)
     missing = [a for a in ("config_class", "make_policy", "update", "max_policy_lag") if not hasattr(cls, a)]
     if cls is None or missing:
