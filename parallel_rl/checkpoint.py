@@ -1,4 +1,5 @@
-"""Atomic checkpoints: write a temporary file, fsync, rename; load with ``weights_only=True``."""
+"""Checkpoints: their format, atomic writes (temporary file, fsync, rename), loading with
+``weights_only=True``, and resuming a run directory from its newest one."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import errno
 import io
 import os
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .config import Config, ConfigError, from_saved, load_yaml, set_override, set_override_value
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -169,3 +174,52 @@ def restore(algo, state: dict[str, Any], path: Path, env_id: str) -> None:
         raise CheckpointError(
             f"Checkpoint {str(path)!r} (trained on {trained_on}) does not fit the network built for {env_id}: {detail}"
         ) from None
+
+
+def training_state(algo, cfg: Config, step: int, updates: int, recent_returns: Iterable[float]) -> dict[str, Any]:
+    """Everything a resume needs, in the current format."""
+    return {
+        "format": FORMAT,
+        "algo": algo.state_dict(),
+        "step": step,
+        "updates": updates,
+        "config": cfg.to_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "recent_returns": list(recent_returns),
+    }
+
+
+@dataclass
+class Resumption:
+    """A run directory about to continue from its newest checkpoint."""
+
+    run_dir: Path
+    checkpoint: Path
+    state: dict[str, Any]
+    config: Config  # the run's own config, with the changes a resume allows applied
+    notice: str | None  # one line when the saved config had to be migrated to this version's layout
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.config.total_steps
+
+
+def resume(run_dir: Path, changes: dict[str, Any], overrides: list[str]) -> Resumption:
+    """Load ``run_dir``'s config and newest checkpoint; ``changes`` (dotted key -> value, the
+    named flags a resume accepts) and ``--set`` ``overrides`` are applied and validated."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there, so it is not a parallel-rl run directory.")
+    path = find(run_dir)
+    state = load(path)
+    cfg, notice = from_saved(load_yaml(run_dir / "config.yaml"))
+    for key, value in changes.items():
+        set_override_value(cfg, key, value)
+    for assignment in overrides:
+        set_override(cfg, assignment)
+    cfg.validate()
+    return Resumption(run_dir, path, state, cfg, notice)

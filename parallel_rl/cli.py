@@ -17,12 +17,9 @@ from .config import (
     build_config,
     describe,
     dump_yaml,
-    from_saved,
-    load_yaml,
-    set_override,
 )
-from .runtime import signals
-from .runtime.pipeline import ActorFailure
+from .runtime import signals, supervision
+from .runtime.pipeline import ActorProcessFailure
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -106,28 +103,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from .envs import choose_backend
     from .runtime.runner import Runner, new_run_dir, resolve_device
 
-    state = resume_path = None
+    resumption = None
     if args.resume:
         if args.config or args.env or args.actors or args.run_dir or args.actor_procs is not None:
             raise ConfigError("--resume continues a run with its own saved config: drop --config, --env, --actors, --actor-procs and --run-dir "
-                              "(only --steps, --device and --set may change on resume).")
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {args.resume!r}: no config.yaml there, so it is not a parallel-rl run directory.")
-        resume_path = ckpt.find(run_dir)
-        state = ckpt.load(resume_path)
-        cfg, notice = from_saved(load_yaml(run_dir / "config.yaml"))
-        if notice:
-            print(notice, flush=True)
-        for key in ("steps", "device", "seed"):
-            value = getattr(args, key)
-            if value is not None:
-                from .config import set_override_value
-
-                set_override_value(cfg, LAUNCH_FLAGS[key], value)
-        for assignment in args.overrides:
-            set_override(cfg, assignment)
-        cfg.validate()
+                              "(only --steps, --device, --seed and --set may change on resume).")
+        changes = {LAUNCH_FLAGS[key]: getattr(args, key) for key in ("steps", "device", "seed") if getattr(args, key) is not None}
+        resumption = ckpt.resume(Path(args.resume), changes, args.overrides)
+        if resumption.notice:
+            print(resumption.notice, flush=True)
+        cfg, run_dir = resumption.config, resumption.run_dir
     else:
         cfg = build_config(args.config, _flags(args), args.overrides)
         choose_backend(cfg.env)  # unknown env ids fail before anything is created
@@ -140,13 +125,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
         resolve_device(cfg.device)
         print(dump_yaml(cfg), end="")
         return 0
-    if state is not None:
-        if int(state["step"]) >= cfg.total_steps:
-            print(f"{run_dir} already reached total_steps = {cfg.total_steps} (checkpoint at step {state['step']}); "
+    if resumption is not None:
+        if resumption.finished:
+            print(f"{run_dir} already reached total_steps = {cfg.total_steps} (checkpoint at step {resumption.step}); "
                   f"raise it with --steps to train further.")
             return 0
-        print(f"resuming {run_dir} from step {state['step']}", flush=True)
-    summary = Runner(cfg, run_dir, resume_state=state, resume_path=resume_path).run()
+        print(f"resuming {run_dir} from step {resumption.step}", flush=True)
+    summary = Runner(cfg, run_dir, resumption=resumption).run()
     print(f"\ndone: {summary.final_step:,} agent steps ({summary.sps:,.0f} SPS after start-up), "
           f"{summary.episodes} episodes, recent mean return {summary.recent_return:.2f}; checkpoint {summary.checkpoint}")
     return signals.exit_code(summary.stop_signal) if summary.stop_signal is not None else 0
@@ -226,7 +211,7 @@ def _run_command(args: argparse.Namespace) -> int:
     except (ConfigError, ckpt.CheckpointError) as exc:
         print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ActorFailure as exc:
+    except ActorProcessFailure as exc:
         print(f"parallel-rl {args.command}: error: {exc}\nThe run was stopped; its last checkpoint is intact.", file=sys.stderr)
         return EXIT_FAILURE
     except (NonFiniteUpdates, ckpt.CheckpointWriteError) as exc:
@@ -245,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ninterrupted by {signal.Signals(signum).name}", file=sys.stderr)
             return signals.exit_code(signum)
         finally:
-            signals.reap_children()
+            supervision.reap_children()
 
 
 if __name__ == "__main__":

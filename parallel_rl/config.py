@@ -59,7 +59,7 @@ class EnvConfig:
 class ActorsConfig:
     num_envs: int = setting("Number of environments stepped in parallel (PAAC's n_e); `--actors` sets it.", 32)
     num_threads: int = setting("EnvPool worker threads; 0 sizes them from the cores left after the learner.", 0)
-    device: str = setting("Device for the actors' policy inference: auto, cpu, cuda, cuda:N.", "auto")
+    device: str = setting("Device for policy inference in actor processes: auto, cpu, cuda, cuda:N.", "auto")
     procs: int = setting("Actor processes (K) sharing the environments; 0 runs the actor loop inline (synchronous, exact); -1 picks K from the core count (inline below 4 cores, one per 4 cores above).", -1)
     env_groups: int = setting("Groups of envs per actor stepped alternately, so inference for one overlaps stepping of the other.", 2)
     slots_per_actor: int = setting("Shared-memory rollout slots per actor process (2 = double buffering).", 2)
@@ -67,10 +67,10 @@ class ActorsConfig:
         "Actor processes wait for weights at most this many updates old before acting (0: the newest, exactly as K = 0); "
         "-1 takes the algorithm's own: 0 for PAAC, PPO and PQN, unbounded for IMPALA (V-trace corrects), QR-DQN and SAC "
         "(replay is off-policy). The slots bound the lag at about actors.slots_per_actor anyway.", -1)
-    deterministic_lag: bool = setting("Asynchronous mode: actors act with exactly the previous policy version, making seeded runs "
+    deterministic_lag: bool = setting("Asynchronous mode: actor processes act with exactly the previous policy version, making seeded runs "
                                     "reproducible while acting overlaps learning.", False)
     heartbeat_timeout_s: float = setting("An actor silent for this long is reported as stalled.", 3.0)
-    restart_actors: bool = setting("Restart a dead or stalled actor instead of stopping the run.", False)
+    restart_actors: bool = setting("Restart a dead or stalled actor process instead of stopping the run.", False)
 
 
 @dataclass
@@ -119,6 +119,11 @@ class AlgoConfig:
             raise ConfigError(f"algo.gamma = {self.gamma} is invalid: a discount lies in [0, 1].")
         if self.max_grad_norm < 0:
             raise ConfigError(f"algo.max_grad_norm = {self.max_grad_norm} is invalid: it must be 0 or more.")
+
+    def segment_length(self, num_envs: int) -> int:
+        """Agent steps per environment in one update's batch. On-policy algorithms learn from
+        whole rollouts; replay-based ones publish weights more often (``publish_interval``)."""
+        return self.rollout_length
 
 
 def check_non_negative(values: dict[str, float]) -> None:

@@ -54,6 +54,16 @@ class Batch:
     def num_steps(self) -> int:
         return self.rewards.numel()
 
+    @property
+    def horizon(self) -> int:
+        return self.rewards.shape[0]
+
+    def steps(self, start: int, stop: int) -> Batch:
+        """Steps ``start:stop`` of every env, a batch in their own right (views, no copy)."""
+        following = self.obs[stop] if stop < self.horizon else self.next_obs
+        parts = {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name != "next_obs"}
+        return Batch(**parts, next_obs=following)
+
 
 class Policy(nn.Module):
     """The acting half of an algorithm: an ``nn.Module`` whose parameters and buffers are
@@ -144,6 +154,18 @@ class Delivery:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     lag: list[int] = field(default_factory=list)
     producers: list[int] = field(default_factory=list)  # pids of the processes that stepped the envs
+
+    def split(self, length: int) -> list[Delivery]:
+        """Consecutive pieces of at most ``length`` steps per env; the first carries what the
+        whole delivery reports (episodes, timings, lag), so nothing is counted twice."""
+        horizon = self.batch.horizon
+        if length >= horizon:
+            return [self]
+        pieces = [Delivery(self.batch.steps(start, min(start + length, horizon))) for start in range(0, horizon, length)]
+        first = pieces[0]
+        first.returns, first.lengths, first.timings = self.returns, self.lengths, self.timings
+        first.lag, first.producers = self.lag, self.producers
+        return pieces
 
 
 class BatchSource(Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from . import checkpoint as ckpt
 from .algos import make_policy
 from .config import ConfigError, from_saved
 from .envs import EnvSpec, VecEnv, choose_backend, make_env
+from .runtime import supervision
 from .runtime.runner import resolve_device
 
 MAX_EVAL_ENVS = 32
@@ -87,10 +87,7 @@ def check_renders(env_cfg) -> None:
     rendering is tried once in a child process first."""
     if choose_backend(env_cfg) != "envpool" or not _needs_opengl(env_cfg.id):
         return
-    probe = multiprocessing.get_context("spawn").Process(target=_render_once, args=(env_cfg,))
-    probe.start()
-    probe.join()
-    if probe.exitcode != 0:
+    if supervision.run_to_exit(_render_once, (env_cfg,), "parallel-rl-render-probe") != 0:
         raise ConfigError(
             f"EnvPool cannot render {env_cfg.id} on this machine: MuJoCo found no OpenGL context to draw with "
             f"(it needs a display, or EGL with a GPU driver). Evaluate without --video here, or film on a machine that has one."

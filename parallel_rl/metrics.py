@@ -62,6 +62,42 @@ CUSTOM_SCALARS_LAYOUT = {
 }
 
 
+class UpdateStats:
+    """What the learner loop's records add up to between two writes: the newest value of
+    each update tag, time per stage, policy lag and skipped updates."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, float | object] = {}
+        self.lr = 0.0
+        self.nonfinite_updates = 0
+        self._stage_seconds: dict[str, float] = {}
+        self._lags: list[int] = []
+
+    def add(self, record) -> None:
+        """One ``runtime.learner.UpdateRecord``."""
+        if record.result.skipped:
+            self.nonfinite_updates += 1
+        else:
+            self.latest.update(record.result.metrics)  # tags an update skips keep their last value
+        self.lr = record.lr
+        for stage, seconds in record.delivery.timings.items():
+            self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
+        self._stage_seconds["update"] = self._stage_seconds.get("update", 0.0) + record.seconds
+        self._lags += record.delivery.lag
+
+    def scalars(self) -> dict[str, float]:
+        """The tags to write now; time per stage and lag start over."""
+        out = {tag: float(value) for tag, value in self.latest.items()}
+        out["charts/learning_rate"] = self.lr
+        out.update({f"perf/{stage}_ms": 1e3 * seconds for stage, seconds in self._stage_seconds.items()})
+        if self._lags:
+            out["diag/policy_lag"] = sum(self._lags) / len(self._lags)
+            out["diag/policy_lag_max"] = max(self._lags)
+        out["diag/nonfinite_updates"] = self.nonfinite_updates
+        self._stage_seconds, self._lags = {}, []
+        return out
+
+
 class Metrics:
     """Collects episode statistics and scalars; writes them every ``interval_s`` seconds.
 

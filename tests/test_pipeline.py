@@ -10,7 +10,7 @@ from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos import make_algorithm
 from parallel_rl.config import build_config
 from parallel_rl.envs import env_spec
-from parallel_rl.runtime.pipeline import ActorPool, InlineSource
+from parallel_rl.runtime.pipeline import ActorProcessPool, InlineSource
 from parallel_rl.runtime.runner import Runner
 from parallel_rl.runtime.slots import SlotPool
 
@@ -39,7 +39,7 @@ def test_every_slot_consumed_exactly_once_in_order(tmp_path, slots_per_actor):
                "actors.max_policy_lag=1000000", "algo.rollout_length=3")
     spec = env_spec(cfg.env)
     algo = make_algorithm(spec, cfg, torch.device("cpu"))
-    source = ActorPool(cfg, spec, algo, torch.device("cpu"), 2, tmp_path, env_threads=1, start_version=0, log=lambda _: None)
+    source = ActorProcessPool(cfg, spec, algo, torch.device("cpu"), 2, tmp_path, env_threads=1, start_version=0, log=lambda _: None)
     try:
         previous_next_obs = None
         for update in range(40):
@@ -62,7 +62,7 @@ def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
     spec = env_spec(cfg.env)
     algo = make_algorithm(spec, cfg, torch.device("cpu"))
     if procs:
-        source = ActorPool(cfg, spec, algo, torch.device("cpu"), procs, tmp_path, env_threads=1, start_version=0,
+        source = ActorProcessPool(cfg, spec, algo, torch.device("cpu"), procs, tmp_path, env_threads=1, start_version=0,
                            log=lambda _: None)
     else:
         source = InlineSource(cfg, spec, algo, torch.device("cpu"), env_threads=1)

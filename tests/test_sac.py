@@ -21,7 +21,7 @@ from parallel_rl.algos.distributional import (
 from parallel_rl.algos.returns import heuristic_discount
 from parallel_rl.algos.sac import SAC, rollout_transitions
 from parallel_rl.config import ConfigError, EnvConfig, build_config
-from parallel_rl.contracts import Batch
+from parallel_rl.contracts import Batch, Delivery
 from parallel_rl.envs import env_spec, make_env
 from parallel_rl.nn.simba import HyperLinear, project_to_sphere
 from parallel_rl.replay import Transitions, UniformReplay
@@ -400,3 +400,39 @@ def test_simbav2_learns_pendulum(tmp_path):
     assert summary.final_step == cfg.total_steps
     # mean over the last 10 episodes (logging.return_window); random play scores about -1200
     assert summary.recent_return >= -250, summary
+
+
+def test_a_delivery_splits_into_pieces_that_continue_each_other():
+    whole = rollout(horizon=5, num_envs=2)
+    delivery = Delivery(whole, returns=[1.0], lengths=[3], timings={"step": 0.5}, lag=[2], producers=[7])
+    pieces = delivery.split(2)
+    assert [p.batch.horizon for p in pieces] == [2, 2, 1]
+    assert torch.equal(pieces[0].batch.next_obs, whole.obs[2]) and torch.equal(pieces[1].batch.next_obs, whole.obs[4])
+    assert torch.equal(pieces[2].batch.next_obs, whole.next_obs)
+    assert torch.equal(torch.cat([p.batch.rewards for p in pieces]), whole.rewards)
+    assert (pieces[0].returns, pieces[0].lag, pieces[0].producers) == ([1.0], [2], [7])
+    assert all(not p.returns and not p.lag and not p.timings for p in pieces[1:])  # reported once, not three times
+    assert delivery.split(5) == [delivery]
+
+
+@pytest.mark.parametrize("procs, deterministic_lag", [(0, False), (1, False), (1, True)])
+def test_replay_learning_publishes_every_publish_interval_gradient_steps(tmp_path, procs, deterministic_lag):
+    """Acting sees new weights after about ``publish_interval`` gradient steps, not after every
+    gradient step a whole rollout owes: inline, by collecting fewer steps between updates; with
+    an actor process, by learning a delivered rollout in pieces and publishing after each."""
+    cfg = build_config("simbav2_pendulum", {"total_steps": 320, "actors.procs": procs, "actors.deterministic_lag": deterministic_lag}, [
+        "algo.warmup_steps=0", "algo.utd_ratio=1", "algo.publish_interval=8", "algo.rollout_length=8",
+        "model.width=16", "model.critic_width=32", "replay.minibatch_size=8", "logging.console=false"])
+    assert cfg.algo.segment_length(cfg.actors.num_envs) == 2  # 8 gradient steps = 2 agent steps of 4 envs
+    seen = []
+
+    class Recording(SAC):
+        def update(self, batch):
+            before = self.gradient_steps
+            result = super().update(batch)
+            seen.append((batch.horizon, self.gradient_steps - before))
+            return result
+
+    summary = Runner(cfg, tmp_path / "run", write_logs=False, algorithm=Recording).run()
+    assert summary.final_step == 320 and summary.updates == len(seen) == 40
+    assert all(pair == (2, 8) for pair in seen)

@@ -28,7 +28,7 @@ def policy_lag_bound(cfg: Config) -> int | None:
     """How many updates old the weights an actor process acts with may be (None: unbounded).
 
     ``actors.max_policy_lag`` when set (>= 0), else the algorithm's own: 0 for those without
-    an off-policy correction (PAAC, PPO, PQN: actors wait for the newest weights, so K >= 1
+    an off-policy correction (PAAC, PPO, PQN: actor processes wait for the newest weights, so K >= 1
     is the same algorithm as K = 0), unbounded for IMPALA and the replay-based ones.
     """
     if cfg.actors.max_policy_lag >= 0:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, ConfigError, check_non_negative, check_unit_interval, setting
+from ..config import (
+    Config,
+    ConfigError,
+    check_non_negative,
+    check_positive_int,
+    check_unit_interval,
+    setting,
+)
 
 
 @dataclass
@@ -40,11 +48,21 @@ class ReplayCadenceConfig:
                                "QR-DQN: 0.25, Dopamine's update every 4 agent steps). Fractions carry over between updates.", 2.0)
     warmup_steps: int = setting("Transitions collected with uniformly random actions before the first gradient step "
                                 "(SimbaV2: 5000; QR-DQN counts agent steps in its replay, Dopamine: 20000).", 5000)
+    publish_interval: int = setting(
+        "Gradient steps between weight publications to acting: acting collects replay with weights at most about this "
+        "many gradient steps old (never less than one agent step of every env; algo.rollout_length stays the transfer size "
+        "of actor processes). 8: close to the papers' one-env loops (SimbaV2 publishes after every 2), for a fraction of "
+        "their per-step overhead.", 8)
 
     def check_cadence(self) -> None:
         if self.utd_ratio <= 0:
             raise ConfigError(f"algo.utd_ratio = {self.utd_ratio} is invalid: gradient steps per transition must be positive (SimbaV2: 2).")
         check_non_negative({"algo.warmup_steps": self.warmup_steps})
+        check_positive_int({"algo.publish_interval": self.publish_interval})
+
+    def segment_length(self, num_envs: int) -> int:
+        """The agent steps per env that owe about ``publish_interval`` gradient steps, within [1, rollout_length]."""
+        return max(1, min(self.rollout_length, math.ceil(self.publish_interval / (self.utd_ratio * num_envs))))
 
 
 def minibatch_count_fits(cfg: Config, count: int) -> None:

@@ -27,7 +27,7 @@ class RunningMeanStd(nn.Module):
     """Running mean and variance of observations (Chan et al.'s parallel update).
 
     The statistics are buffers: they are saved with the network and published to the
-    actor processes with its parameters, so actors normalise exactly as the learner does.
+    actor processes with its parameters, so acting normalises exactly as the learner does.
     ``count`` starts at a tiny value so the first batch sets the statistics almost alone.
     """
 

@@ -38,10 +38,10 @@ class StopRequested(Exception):
 
 
 @dataclass
-class ActorArgs:
+class ActorProcessArgs:
     """Everything an actor process is started with (picklable; tensors travel as shared memory)."""
 
-    actor: int
+    index: int  # which actor process: 0 .. K - 1
     cfg: dict
     env_start: int  # index of this actor's first env among all envs (seeds follow it)
     num_envs: int
@@ -51,31 +51,33 @@ class ActorArgs:
     free_slots: list[int]
     address: str
     parent_pid: int
-    # the learner consumes this actor's rollouts in order, one per update: rollout r is
-    # consumed at version first_version + r, which fixes the weights it may act with
+    # the learner consumes this actor process's rollouts in order, each in updates_per_rollout
+    # updates: rollout r is consumed from version first_version + r * updates_per_rollout on,
+    # which fixes the weights it may act with
     first_version: int
     oldest_version: int  # the first version published in this run (the start, or the resumed one)
     lag_bound: int | None  # the newest weights at most this many versions old; None: unbounded
+    updates_per_rollout: int = 1  # > 1: replay-based learning publishes within a rollout (algo.publish_interval)
 
 
-def actor_main(args: ActorArgs) -> None:
+def actor_process_main(args: ActorProcessArgs) -> None:
     signals.ignore_in_child()  # Ctrl-C reaches the whole group; the runner stops us
     torch.set_num_threads(1)
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.IDENTITY, control.actor_identity(args.actor))
+    socket.setsockopt(zmq.IDENTITY, control.process_identity(args.index))
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(args.address)
     actor = None
     try:
-        control.send(socket, {"type": "hello", "actor": args.actor, "pid": os.getpid()})
-        actor = Actor(args, socket)
+        control.send(socket, {"type": "hello", "process": args.index, "pid": os.getpid()})
+        actor = ActorProcess(args, socket)
         actor.run()
     except (StopRequested, ParentGone):
         pass
     except BaseException:
         try:
-            control.send(socket, {"type": "error", "actor": args.actor, "traceback": traceback.format_exc()})
+            control.send(socket, {"type": "error", "process": args.index, "traceback": traceback.format_exc()})
             time.sleep(0.2)  # let the message leave before the socket closes
         except zmq.ZMQError:
             pass
@@ -87,8 +89,8 @@ def actor_main(args: ActorArgs) -> None:
         context.term()
 
 
-class Actor:
-    def __init__(self, args: ActorArgs, socket: zmq.Socket):
+class ActorProcess:
+    def __init__(self, args: ActorProcessArgs, socket: zmq.Socket):
         from ..algos import make_policy
 
         self.args = args
@@ -102,8 +104,11 @@ class Actor:
         groups = make_env_groups(cfg.env, args.num_envs, cfg.seed + args.env_start, args.env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.replica = make_policy(groups[0].spec, cfg, self.device).requires_grad_(False)  # the learner's Policy, published
-        seed = acting_seed(cfg.seed, args.actor)
+        seed = acting_seed(cfg.seed, args.index)
         self.act = NetworkPolicy(self.replica, self.device, seed)
+        # off-policy learning that publishes within a rollout: act with each new version as it appears
+        self.refresh_within_rollout = args.updates_per_rollout > 1 and args.lag_bound is None and not cfg.actors.deterministic_lag
+        self.held_version = -1
         self._last_beat = 0.0
 
     def beat(self) -> bool:
@@ -111,7 +116,7 @@ class Actor:
         if now - self._last_beat >= HEARTBEAT_S:
             if os.getppid() != self.args.parent_pid:
                 raise ParentGone
-            control.send(self.socket, {"type": "beat", "actor": self.args.actor})
+            control.send(self.socket, {"type": "beat", "process": self.args.index})
             self._last_beat = now
         return False
 
@@ -134,12 +139,14 @@ class Actor:
 
     def policy(self, obs: np.ndarray):
         self.beat()
+        if self.refresh_within_rollout and int(self.args.weights.latest[0]) > self.held_version:
+            self.held_version = self.args.weights.fetch(self.replica, at_least=self.held_version + 1, should_stop=self.waiting)
         return self.act(obs)
 
     def fetch_weights(self, rollout: int) -> int:
         """Load the weights rollout ``rollout`` acts with; returns their version."""
         args = self.args
-        consumed_at = args.first_version + rollout
+        consumed_at = args.first_version + rollout * args.updates_per_rollout
         if self.cfg.actors.deterministic_lag:  # exactly one version old
             exactly, at_least = max(args.oldest_version, consumed_at - 1), None
         else:
@@ -156,13 +163,13 @@ class Actor:
                 self.beat()
                 self.drain(0.1)
             slot = self.free.popleft()
-            version = self.fetch_weights(rollout)
+            version = self.held_version = self.fetch_weights(rollout)
             self.collector.collect(self.policy, pool.numpy_views(slot, args.num_envs))
             pool.version[slot] = version
             returns, lengths = self.collector.pop_episodes()
             step_s, policy_s = self.collector.pop_timings()
             control.send(self.socket, {
-                "type": "ready", "actor": args.actor, "pid": os.getpid(), "slot": slot, "version": version,
+                "type": "ready", "process": args.index, "pid": os.getpid(), "slot": slot, "version": version,
                 "returns": returns, "lengths": lengths, "step_s": step_s, "policy_s": policy_s,
             })
             rollout += 1

@@ -68,5 +68,5 @@ def decode(payload: bytes) -> dict:
     return json.loads(payload.decode())
 
 
-def actor_identity(actor: int) -> bytes:
+def process_identity(actor: int) -> bytes:
     return f"actor-{actor}".encode()

@@ -9,23 +9,23 @@ deterministic-lag mode, with exactly the previous version; the lag is measured.
 
 from __future__ import annotations
 
+import math
 import os
-import signal
 import time
 from collections import deque
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 import zmq
 
 from ..algos import policy_lag_bound
 from ..config import Config
 from ..contracts import Batch, Delivery
 from ..envs import EnvSpec, make_env_groups
-from . import control, signals
-from .actor import ActorArgs, actor_main
+from . import control, supervision
+from .actor import ActorProcessArgs, actor_process_main
 from .rollout import (
     NetworkPolicy,
     RolloutCollector,
@@ -36,10 +36,9 @@ from .rollout import (
 from .slots import SharedWeights, SlotPool
 
 STARTUP_GRACE_S = 120.0  # spawning, importing torch and building EnvPools before the first heartbeat
-STOP_GRACE_S = 3.0
 
 
-class ActorFailure(RuntimeError):
+class ActorProcessFailure(RuntimeError):
     """An actor process died, stalled or raised; the message names it and says how."""
 
 
@@ -70,8 +69,11 @@ class InlineSource:
         self.device = device  # the network is reached through self.policy
         self.policy = NetworkPolicy(algo.policy(), device, acting_seed(cfg.seed, 0))
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
-        self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
-        self.arrays = allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs)
+        # acting and learning take turns: collect only what the learner learns from before it
+        # publishes (a whole rollout on-policy; a few steps for replay, algo.publish_interval)
+        horizon = cfg.algo.segment_length(cfg.actors.num_envs)
+        self.collector = RolloutCollector(groups, horizon)
+        self.arrays = allocate(spec, horizon, cfg.actors.num_envs)
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
         arrays = self.collector.collect(self.policy, self.arrays)
@@ -93,7 +95,7 @@ class InlineSource:
         self.collector.close()
 
 
-class ActorPool:
+class ActorProcessPool:
     """K actor processes filling shared-memory slots; supervised by heartbeats and exit codes."""
 
     mode = "asynchronous"
@@ -102,19 +104,21 @@ class ActorPool:
                  env_threads: int, start_version: int, log=print):
         self.cfg, self.algo, self.device, self.log = cfg, algo, device, log
         self.procs = procs
-        self.envs_per_actor = split_envs(cfg.actors.num_envs, procs)
-        self.env_starts = [sum(self.envs_per_actor[:k]) for k in range(procs)]
+        self.envs_per_process = split_envs(cfg.actors.num_envs, procs)
+        self.env_starts = [sum(self.envs_per_process[:k]) for k in range(procs)]
         self.env_threads = env_threads
         self.oldest_version = self.version = start_version
         self.lag_bound = policy_lag_bound(cfg)
+        # the learner learns from a rollout in pieces, publishing after each (learner.learn)
+        self.updates_per_rollout = math.ceil(cfg.algo.rollout_length / cfg.algo.segment_length(cfg.actors.num_envs))
         # what close() releases exists from the start, so a failure or an interrupt part-way
         # through construction releases whatever was already built
-        self.processes: list[mp.Process | None] = [None] * procs
+        self.processes: list[BaseProcess | None] = [None] * procs
         self.endpoint: control.Endpoint | None = None
         self.context: zmq.Context | None = None
         self.socket: zmq.Socket | None = None
         try:
-            self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_actor, cfg.actors.slots_per_actor)
+            self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_process, cfg.actors.slots_per_actor)
             self.weights = SharedWeights(algo.policy())
             self.weights.publish(algo.policy(), start_version)
             self.endpoint = control.Endpoint(run_dir)
@@ -134,7 +138,6 @@ class ActorPool:
                 name: torch.from_numpy(np.zeros(shape, dtype)).pin_memory() if pinned else None
                 for name, (shape, dtype) in rollout_arrays(spec, cfg.algo.rollout_length, cfg.actors.num_envs).items()
             }
-            self._mp = mp.get_context("spawn")
             for k in range(procs):
                 self._start(k, self.pool.slots_of(k))
         except BaseException:
@@ -144,33 +147,25 @@ class ActorPool:
     # ---------------------------------------------------------------- processes
     def _start(self, k: int, free_slots: list[int]) -> None:
         # rollouts it already delivered are consumed first, one per update
-        first_version = self.version + len(self.ready[k])
-        args = ActorArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_actor[k], self.env_threads,
+        first_version = self.version + len(self.ready[k]) * self.updates_per_rollout
+        args = ActorProcessArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_process[k], self.env_threads,
                          self.pool, self.weights, free_slots, self.endpoint.address, os.getpid(),
-                         first_version, self.oldest_version, self.lag_bound)
-        process = self._mp.Process(target=actor_main, args=(args,), name=f"parallel-rl-actor-{k}", daemon=True)
-        self.processes[k] = process  # before start(): an interrupt right after it must not lose the child
-        signals.start_child(process)
+                         first_version, self.oldest_version, self.lag_bound, self.updates_per_rollout)
+        supervision.start(actor_process_main, (args,), f"parallel-rl-actor-{k}",
+                          on_created=lambda process: self.processes.__setitem__(k, process))
         self.started_at[k] = time.monotonic()
         self.last_seen[k] = None
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p is not None and p.pid is not None]
 
-    def _describe_exit(self, k: int, process: mp.Process) -> str:
-        code = process.exitcode
-        if code is not None and code < 0:
-            return f"actor {k} (pid {process.pid}) was killed by {signal.Signals(-code).name}"
-        return f"actor {k} (pid {process.pid}) exited with code {code}"
-
     def _failed(self, k: int, reason: str) -> None:
         if not self.cfg.actors.restart_actors:
-            raise ActorFailure(reason)
+            raise ActorProcessFailure(reason)
         self.log(f"{reason}; restarting it (actors.restart_actors = true)")
         process = self.processes[k]
-        if process is not None and process.is_alive():
-            process.kill()
-            process.join(STOP_GRACE_S)
+        if process is not None:
+            supervision.kill([process])
         # slots it had filled and sent stay valid; every other slot of its own is free again
         delivered = {slot for slot, _ in self.ready[k]}
         self.restarts += 1
@@ -182,15 +177,15 @@ class ActorPool:
             if process is None:
                 continue
             if process.exitcode is not None:
-                self._failed(k, self._describe_exit(k, process) + " mid-run")
+                self._failed(k, supervision.describe_exit(f"actor process {k}", process) + " mid-run")
                 continue
             seen = self.last_seen[k]
             timeout = self.cfg.actors.heartbeat_timeout_s
             if seen is None:
                 if now - self.started_at[k] > STARTUP_GRACE_S:
-                    self._failed(k, f"actor {k} (pid {process.pid}) did not start within {STARTUP_GRACE_S:.0f} s")
+                    self._failed(k, f"actor process {k} (pid {process.pid}) did not start within {STARTUP_GRACE_S:.0f} s")
             elif now - seen > timeout:
-                self._failed(k, f"actor {k} (pid {process.pid}) sent no heartbeat for {now - seen:.1f} s "
+                self._failed(k, f"actor process {k} (pid {process.pid}) sent no heartbeat for {now - seen:.1f} s "
                                 f"(actors.heartbeat_timeout_s = {timeout}): it is stalled (stopped or hung)")
 
     # ---------------------------------------------------------------- messages
@@ -203,27 +198,27 @@ class ActorPool:
             except zmq.Again:
                 return
             message = control.decode(payload)
-            k = int(message["actor"])
+            k = int(message["process"])
             kind = message["type"]
             if kind != "hello":  # building envs comes after hello; the start-up grace covers it
                 self.last_seen[k] = time.monotonic()
             if kind == "ready":
                 self.ready[k].append((int(message["slot"]), message))
             elif kind == "error":
-                raise ActorFailure(f"actor {k} raised an exception:\n{message['traceback'].rstrip()}")
+                raise ActorProcessFailure(f"actor process {k} raised an exception:\n{message['traceback'].rstrip()}")
 
     def _release(self, slot: int) -> None:
         k = self.pool.owner(slot)
         try:
-            control.send(self.socket, {"type": "free", "slot": slot}, control.actor_identity(k))
+            control.send(self.socket, {"type": "free", "slot": slot}, control.process_identity(k))
         except zmq.ZMQError:
-            pass  # the actor is gone; its replacement starts with this slot free
+            pass  # the actor process is gone; its replacement starts with this slot free
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
         self.version = version
         began = time.perf_counter()
         while True:
-            if should_stop():  # before supervising: actors that die once a stop is under way are no failure
+            if should_stop():  # before supervising: actor processes that die once a stop is under way are no failure
                 return None
             # read what arrived during the update first: heartbeats queued in the socket
             # while the learner was busy must not look like silence
@@ -265,22 +260,18 @@ class ActorPool:
 
     # ---------------------------------------------------------------- shutdown
     def close(self) -> None:
-        """Stop every actor (asking first, killing after STOP_GRACE_S), then release the socket;
+        """Stop every actor process (asking first, killing after supervision.STOP_GRACE_S), then release the socket;
         safe on a pool whose construction stopped part-way."""
         started = [(k, p) for k, p in enumerate(self.processes) if p is not None and p.pid is not None]
-        for k, process in started:
-            if self.socket is not None and process.is_alive():
+
+        def ask(i: int) -> None:
+            if self.socket is not None:
                 try:
-                    control.send(self.socket, {"type": "stop"}, control.actor_identity(k))
+                    control.send(self.socket, {"type": "stop"}, control.process_identity(started[i][0]))
                 except zmq.ZMQError:
-                    pass  # not connected yet (still starting) or gone: killed below
-        deadline = time.monotonic() + STOP_GRACE_S
-        for _, process in started:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for _, process in started:
-            if process.is_alive():
-                process.kill()
-                process.join(STOP_GRACE_S)
+                    pass  # not connected yet (still starting) or gone: killed after the grace
+
+        supervision.stop([p for _, p in started], ask)
         if self.socket is not None:
             self.socket.close(0)
         if self.context is not None:

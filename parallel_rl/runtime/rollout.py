@@ -106,9 +106,9 @@ def allocate(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, np.ndarray
     return {name: np.zeros(shape, dtype) for name, (shape, dtype) in rollout_arrays(spec, horizon, num_envs).items()}
 
 
-def acting_seed(seed: int, actor: int) -> int:
-    """Seed of actor process ``actor``'s acting stream; the synchronous mode acts as actor 0."""
-    return seed * 1_000_003 + actor
+def acting_seed(seed: int, process: int) -> int:
+    """Seed of actor process ``process``'s acting stream; the synchronous mode acts as actor process 0."""
+    return seed * 1_000_003 + process
 
 
 class NetworkPolicy:

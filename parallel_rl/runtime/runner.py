@@ -1,5 +1,5 @@
-"""The runner: the only place that starts processes. Builds the batch source, the
-algorithm, logging and checkpoints, then trains until the budget, a signal or a failure.
+"""The runner: builds the algorithm, the batch source, logging and checkpoints around the
+learner loop, and trains until the budget, a time limit, a signal or a failure.
 
 Synchronous mode (K = 0 actor processes) runs the actor loop inline: PAAC is exact (no
 policy lag) and a seeded CPU run is reproducible. Asynchronous mode (K >= 1) streams
@@ -11,25 +11,23 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .. import checkpoint as ckpt
 from ..algos import make_algorithm
-from ..algos.base import NonFiniteUpdates
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
 from ..envs import default_num_threads, env_spec
-from ..metrics import Metrics
+from ..metrics import Metrics, UpdateStats
 from . import signals
-from .pipeline import ActorPool, InlineSource, resolve_procs
+from .learner import learn
+from .pipeline import ActorProcessPool, InlineSource, resolve_procs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,7 +70,7 @@ class RunSummary:
 
 
 def thread_layout(cfg: Config, procs: int) -> tuple[int, int]:
-    """(torch threads in the learner, EnvPool threads per actor) so the sum fits the cores."""
+    """(torch threads in the learner, EnvPool threads per actor process) so the sum fits the cores."""
     cores = os.cpu_count() or 1
     if procs == 0:  # stepping and learning take turns in one process: both may use every core
         return cfg.torch_threads or cores, cfg.actors.num_threads or default_num_threads(cfg.actors.num_envs)
@@ -82,31 +80,36 @@ def thread_layout(cfg: Config, procs: int) -> tuple[int, int]:
 
 
 class Runner:
-    """Trains one configuration in one run directory (new or resumed)."""
+    """Trains one configuration in one run directory (new or resumed): builds the algorithm,
+    the batch source, logging and checkpoints around the learner loop (``learner.learn``)
+    and stops it at the budget, a time limit, a signal or a failure."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume_state: dict[str, Any] | None = None, write_logs: bool = True,
-                 resume_path: Path | None = None, algorithm: Callable[..., Algorithm] | None = None):
+    def __init__(self, cfg: Config, run_dir: Path, resumption: ckpt.Resumption | None = None, write_logs: bool = True,
+                 algorithm: Callable[..., Algorithm] | None = None):
         """``algorithm(spec, cfg, device)`` builds the learner's algorithm (default: the one
         ``cfg.algo.name`` names); actor processes always build ``cfg.algo.name``'s Policy."""
         self.cfg = cfg
         self.make_algorithm = algorithm or make_algorithm
-        self.resume_path = resume_path
         self.run_dir = Path(run_dir)
-        self.resume_state = resume_state
+        self.resumption = resumption
         self.write_logs = write_logs
         self._stop_signal: int | None = None
+        self._deadline: float | None = None
 
     def _request_stop(self, signum, _frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop now
             raise signals.Interrupted(signum)
         self._stop_signal = signum
 
+    def _should_stop(self) -> bool:
+        return self._stop_signal is not None or (self._deadline is not None and time.perf_counter() >= self._deadline)
+
     def log(self, text: str) -> None:
         if self.cfg.logging.console:
             print(text, flush=True)
 
     def run(self, max_seconds: float | None = None) -> RunSummary:
-        """Train, until the budget or ``max_seconds`` after start-up (``bench``'s time limit).
+        """Train, until the budget or ``max_seconds`` after the first update (``bench``'s time limit).
 
         SIGINT and SIGTERM are handled from the first line: one arriving during start-up
         skips whatever has not started yet and still ends with a checkpoint."""
@@ -123,10 +126,10 @@ class Runner:
         spec = env_spec(cfg.env)
         algo = self.make_algorithm(spec, cfg, device)
         step = updates = 0
-        if self.resume_state is not None:
-            ckpt.restore(algo, self.resume_state, self.resume_path or self.run_dir, cfg.env.id)
-            step, updates = int(self.resume_state["step"]), int(self.resume_state["updates"])
-            torch.set_rng_state(self.resume_state["torch_rng"])
+        if (resumed := self.resumption) is not None:
+            ckpt.restore(algo, resumed.state, resumed.checkpoint, cfg.env.id)
+            step, updates = resumed.step, int(resumed.state["updates"])
+            torch.set_rng_state(resumed.state["torch_rng"])
         if self.write_logs:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -136,13 +139,13 @@ class Runner:
             save_yaml(cfg, self.run_dir / "config.yaml")
         layout = (f"layout: {procs} actor processes x {cfg.actors.num_envs // max(procs, 1)} envs" if procs else "layout: synchronous (K = 0)")
         self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}), {env_threads} env threads "
-                 f"{'per actor' if procs else ''} | learner on {device} with {learner_threads} torch threads | {os.cpu_count()} cores")
+                 f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads | {os.cpu_count()} cores")
         if self.write_logs:
             self.log(f"run directory: {self.run_dir}")
         source = None
-        if self._stop_signal is None:  # stopped already: no actors to start, straight to the checkpoint
+        if self._stop_signal is None:  # stopped already: no actor processes to start, straight to the checkpoint
             if procs:
-                source = ActorPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
+                source = ActorProcessPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
                                    env_threads, start_version=updates, log=self.log)
             else:
                 source = InlineSource(cfg, spec, algo, device, env_threads)
@@ -152,102 +155,41 @@ class Runner:
             if source is not None:
                 source.close()
 
-    def _train(self, algo: Algorithm, source: BatchSource, step: int, updates: int, max_seconds: float | None) -> RunSummary:
+    def _train(self, algo: Algorithm, source: BatchSource | None, step: int, updates: int, max_seconds: float | None) -> RunSummary:
         cfg = self.cfg
-        metrics = Metrics(
-            self.run_dir / "tb" if self.write_logs else None,
-            cfg.total_steps,
-            cfg.logging.interval_s,
-            cfg.logging.return_window,
-            cfg.logging.console and self.write_logs,
-            start_step=step,
-        )
-        if self.resume_state is not None:
-            metrics.recent_returns.extend(self.resume_state.get("recent_returns", []))
+        metrics = Metrics(self.run_dir / "tb" if self.write_logs else None, cfg.total_steps, cfg.logging.interval_s,
+                          cfg.logging.return_window, cfg.logging.console and self.write_logs, start_step=step)
+        if self.resumption is not None:
+            metrics.recent_returns.extend(self.resumption.state.get("recent_returns", []))
         metrics.log_run_start(cfg, step)
         checkpoints = ckpt.CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last) if self.write_logs else None
-
-        def state() -> dict[str, Any]:
-            return {
-                "format": ckpt.FORMAT,
-                "algo": algo.state_dict(),
-                "step": step,
-                "updates": updates,
-                "config": cfg.to_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "recent_returns": list(metrics.recent_returns),
-            }
-
-        stage_seconds: dict[str, float] = {}
-        lags: list[int] = []
-        nonfinite_updates = nonfinite_in_a_row = 0
-        result: dict[str, torch.Tensor] = {}
-        lr = algo.set_progress(step / cfg.total_steps)
+        stats = UpdateStats()
+        stats.lr = algo.set_progress(step / cfg.total_steps)
 
         def scalars() -> dict[str, float]:
-            nonlocal stage_seconds, lags
-            out = {tag: float(v) for tag, v in result.items()}
-            out["charts/learning_rate"] = lr
-            out.update({f"perf/{stage}_ms": 1e3 * seconds for stage, seconds in stage_seconds.items()})
-            if lags:
-                out["diag/policy_lag"] = statistics.fmean(lags)
-                out["diag/policy_lag_max"] = max(lags)
-            out["diag/nonfinite_updates"] = nonfinite_updates
-            out.update(source.diagnostics())
-            stage_seconds, lags = {}, []
-            return out
+            return {**stats.scalars(), **(source.diagnostics() if source is not None else {})}
 
         interval = cfg.checkpoint.interval_steps
         next_checkpoint = (step // interval + 1) * interval if interval else None
         # throughput and max_seconds count from the first update: process start-up, EnvPool
         # creation and the first rollout are start-up, not steady state
-        start, start_step = time.perf_counter(), step
+        start, start_step, first_update = time.perf_counter(), step, updates
         last_path: Path | None = None
-        deadline: float | None = None
-
-        def should_stop() -> bool:
-            return self._stop_signal is not None or (deadline is not None and time.perf_counter() >= deadline)
-
-        first_update = updates
         disk_refused = False
         try:
-            while step < cfg.total_steps and not should_stop():
-                delivery = source.next_batch(updates, should_stop)
-                if delivery is None:
-                    break
-                began = time.perf_counter()
-                lr = algo.set_progress(step / cfg.total_steps)
-                update_result = algo.update(delivery.batch)
-                if update_result.skipped:
-                    nonfinite_updates += 1
-                    nonfinite_in_a_row += 1
-                else:
-                    nonfinite_in_a_row = 0
-                    result.update(update_result.metrics)  # tags an update skips keep their last value
-                updates += 1
-                source.published(updates)
-                for stage, seconds in delivery.timings.items():
-                    stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
-                stage_seconds["update"] = stage_seconds.get("update", 0.0) + time.perf_counter() - began
-                lags += delivery.lag
-                step += delivery.batch.num_steps
+            records = learn(algo, source, cfg, step, updates, self._should_stop) if source is not None else ()
+            for record in records:
+                step, updates = record.step, record.updates
+                stats.add(record)
                 if updates == first_update + 1:
                     start, start_step = time.perf_counter(), step
                     if max_seconds is not None:
-                        deadline = start + max_seconds
-                metrics.add_episodes(delivery.returns, delivery.lengths)
+                        self._deadline = start + max_seconds
+                metrics.add_episodes(record.delivery.returns, record.delivery.lengths)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
-                if nonfinite_in_a_row >= cfg.max_nonfinite_updates:
-                    raise NonFiniteUpdates(
-                        f"{nonfinite_in_a_row} updates in a row had a NaN or infinite loss or gradient and were skipped "
-                        f"(max_nonfinite_updates = {cfg.max_nonfinite_updates}), so the run was stopped at step {step:,}. "
-                        "Skipped updates leave the weights and optimizer state untouched: the final checkpoint holds "
-                        "those from before the first of them. A lower learning rate (optim.lr), a gradient clip "
-                        "(algo.max_grad_norm) or reward clipping (algo.reward_clip) usually helps."
-                    )
                 if checkpoints is not None and next_checkpoint is not None and step >= next_checkpoint:
-                    last_path = checkpoints.save(state(), step)
+                    last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns), step)
                     next_checkpoint += interval
         except ckpt.CheckpointWriteError:
             disk_refused = True
@@ -262,7 +204,7 @@ class Runner:
                     # its initial state), so the run directory can be resumed rather than being a dead end
                     wanted = (updates > 0 or self._stop_signal is not None) and not disk_refused
                     if checkpoints is not None and wanted and (last_path is None or last_path.name != f"step_{step}.pt"):
-                        last_path = checkpoints.save(state(), step)
+                        last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns), step)
                     if self.write_logs and updates > first_update and not disk_refused:
                         metrics.write(step, scalars())
                 finally:

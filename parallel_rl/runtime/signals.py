@@ -4,13 +4,13 @@
   signal during configuration or start-up ends in the exit code below, not a traceback.
 - The runner records the first signal and stops after the current update with a final
   checkpoint; a second signal raises :class:`Interrupted` at once. Once stopping, it does
-  not count actors that die meanwhile as failures (a SIGTERM sent to the whole process
+  not count actor processes that die meanwhile as failures (a SIGTERM sent to the whole process
   group ends them too).
 - Actor processes ignore SIGINT: Ctrl-C reaches the whole process group, and the runner
-  stops its actors itself. They are started with the stop signals blocked, so a Ctrl-C
+  stops its actor processes itself. They are started with the stop signals blocked, so a Ctrl-C
   while a child is still importing torch cannot kill it with a traceback either; the child
   unblocks them once SIGINT is ignored (the standard library starts its resource tracker
-  the same way). SIGTERM keeps its default action in actors, which Python's own exit
+  the same way). SIGTERM keeps its default action in actor processes, which Python's own exit
   handler relies on to end daemonic children.
 
 Exit codes follow the shell's convention, 128 + the signal number: 130 for SIGINT and 143
@@ -19,13 +19,10 @@ for SIGTERM, whether the signal stopped a run or interrupted anything before it.
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from multiprocessing import resource_tracker
-from multiprocessing.process import BaseProcess
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -73,31 +70,8 @@ def blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def start_child(process: BaseProcess) -> None:
-    """``process.start()`` with the stop signals blocked, so the child starts with them blocked."""
-    # multiprocessing's resource tracker, started on first use, unblocks both signals in the
-    # calling thread once it is up: have it running before blocking them
-    resource_tracker.ensure_running()
-    with blocked():
-        process.start()
-
-
 def ignore_in_child() -> None:
-    """First thing in a child started by :func:`start_child`: ignore SIGINT (one that arrived
+    """First thing in a child started by ``supervision.start``: ignore SIGINT (one that arrived
     meanwhile is discarded), then unblock both signals."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-def reap_children() -> None:
-    """Join every child process this process started, multiprocessing's resource tracker
-    included, so that nothing of a command outlives it (not even as a zombie).
-
-    The tracker would otherwise exit only after this process did, when it sees its pipe
-    close; stopping it here is what the standard library does for its own tests. Everything
-    it tracks has been released by then (shared memory is unlinked when a pool closes)."""
-    for child in multiprocessing.active_children():
-        child.join()
-    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # private: present in 3.11 to 3.14
-    if stop is not None:
-        stop()

@@ -18,17 +18,17 @@ from .rollout import rollout_arrays
 
 
 class SlotPool:
-    """``num_actors x slots_per_actor`` rollout slots; actor k owns slots [k*S, (k+1)*S).
+    """``num_processes x slots_per_actor`` rollout slots; actor process k owns slots [k*S, (k+1)*S).
 
-    Each slot holds one rollout of ``horizon`` steps from that actor's ``envs_per_actor[k]``
+    Each slot holds one rollout of ``horizon`` steps from that actor process's ``envs_per_process[k]``
     envs (padded to the largest actor), plus the policy version that acted.
     """
 
-    def __init__(self, spec: EnvSpec, horizon: int, envs_per_actor: list[int], slots_per_actor: int):
-        self.envs_per_actor = envs_per_actor
+    def __init__(self, spec: EnvSpec, horizon: int, envs_per_process: list[int], slots_per_actor: int):
+        self.envs_per_process = envs_per_process
         self.slots_per_actor = slots_per_actor
-        width = max(envs_per_actor)
-        num_slots = len(envs_per_actor) * slots_per_actor
+        width = max(envs_per_process)
+        num_slots = len(envs_per_process) * slots_per_actor
         self.tensors: dict[str, torch.Tensor] = {}
         for name, (shape, dtype) in rollout_arrays(spec, horizon, width).items():
             tensor = torch.from_numpy(np.zeros((num_slots, *shape), dtype)).share_memory_()
@@ -55,7 +55,7 @@ class SlotPool:
         batch = {}
         for name, tensor in self.tensors.items():
             axis = 0 if name == "next_obs" else 1
-            parts = [tensor[s].narrow(axis, 0, self.envs_per_actor[self.owner(s)]) for s in slots]
+            parts = [tensor[s].narrow(axis, 0, self.envs_per_process[self.owner(s)]) for s in slots]
             if out is not None:
                 torch.cat(parts, dim=axis, out=out[name])
                 batch[name] = out[name]

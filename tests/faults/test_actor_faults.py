@@ -23,7 +23,7 @@ def test_kill_9_actor_is_named_and_run_stops(tmp_path):
     code, err, _ = run.wait(timeout=30)
     reported_after = time.monotonic() - killed_at
     assert code == 1, err
-    assert "actor 1" in err and "SIGKILL" in err and "Traceback" not in err
+    assert "actor process 1" in err and "SIGKILL" in err and "Traceback" not in err
     assert reported_after < 10, reported_after  # detection polls exit codes every 50 ms
     ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))  # the final checkpoint is loadable
     run.assert_nothing_left(pids)
@@ -35,7 +35,7 @@ def test_sigstop_actor_is_reported_as_stalled(tmp_path):
     os.kill(pids[0], signal.SIGSTOP)
     code, err, _ = run.wait(timeout=30)
     assert code == 1, err
-    assert "actor 0" in err and "stalled" in err
+    assert "actor process 0" in err and "stalled" in err
     run.assert_nothing_left(pids)
 
 

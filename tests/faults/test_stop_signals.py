@@ -24,7 +24,7 @@ from parallel_rl.algos import make_algorithm
 from parallel_rl.config import build_config, from_dict
 from parallel_rl.envs import env_spec
 from parallel_rl.runtime import signals
-from parallel_rl.runtime.pipeline import ActorPool
+from parallel_rl.runtime.pipeline import ActorProcessPool
 
 from .helpers import ASYNC_CARTPOLE, Launch
 
@@ -69,12 +69,12 @@ def test_stop_signal_at_a_random_moment(tmp_path, delay, signum, to_group):
 
 
 def test_an_interrupt_while_actors_start_leaves_nothing(tmp_path, monkeypatch):
-    """The start-up hole made deterministic: a stop signal that raises while ActorPool
+    """The start-up hole made deterministic: a stop signal that raises while ActorProcessPool
     starts its second actor must stop the first one and remove the control socket."""
     cfg = build_config("paac_classic", overrides=["actors.procs=2", "actors.num_envs=4", "logging.console=false"])
     spec = env_spec(cfg.env)
     algo = make_algorithm(spec, cfg, torch.device("cpu"))
-    real_start, started = ActorPool._start, []
+    real_start, started = ActorProcessPool._start, []
 
     def start(self, k, free_slots):
         if k == 1:
@@ -82,8 +82,8 @@ def test_an_interrupt_while_actors_start_leaves_nothing(tmp_path, monkeypatch):
         real_start(self, k, free_slots)
         started.append(self.processes[k])
 
-    monkeypatch.setattr(ActorPool, "_start", start)
+    monkeypatch.setattr(ActorProcessPool, "_start", start)
     with pytest.raises(signals.Interrupted):
-        ActorPool(cfg, spec, algo, torch.device("cpu"), 2, tmp_path, env_threads=1, start_version=0, log=lambda _: None)
+        ActorProcessPool(cfg, spec, algo, torch.device("cpu"), 2, tmp_path, env_threads=1, start_version=0, log=lambda _: None)
     assert len(started) == 1 and not started[0].is_alive(), "the actor already started was left running"
     assert not (tmp_path / "ipc").exists(), "the control socket was left behind"

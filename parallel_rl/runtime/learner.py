@@ -1,0 +1,63 @@
+"""The learner loop: next batch -> update -> publish, one record per update.
+
+It only trains. Logging, checkpoints, time limits and signals belong to whoever iterates
+it (the runner), so a benchmark or a test drives exactly the loop a run does.
+
+A delivery is learned from in pieces of ``cfg.algo.segment_length`` steps per env, with the
+weights published after each: a whole rollout for the on-policy algorithms, a few steps
+for the replay-based ones, whose acting would otherwise run on weights as old as every
+gradient step of a rollout (``algo.publish_interval``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ..algos.base import NonFiniteUpdates
+from ..config import Config
+from ..contracts import Algorithm, BatchSource, Delivery, UpdateResult
+
+
+@dataclass
+class UpdateRecord:
+    step: int  # the run's agent steps, this update's batch included
+    updates: int  # updates made, this one included: the version now published
+    delivery: Delivery  # the batch and what its production reports (episodes, stage timings, lag)
+    result: UpdateResult
+    lr: float  # the learning rate this update used
+    seconds: float  # the update alone
+
+
+def learn(algo: Algorithm, source: BatchSource, cfg: Config, step: int, updates: int,
+          should_stop: Callable[[], bool]) -> Iterator[UpdateRecord]:
+    """Train from ``step`` (after ``updates`` updates) until ``cfg.total_steps`` or ``should_stop()``.
+
+    Raises NonFiniteUpdates once ``cfg.max_nonfinite_updates`` updates in a row were skipped,
+    after yielding the last of them (so it is logged)."""
+    length = cfg.algo.segment_length(cfg.actors.num_envs)
+    skipped_in_a_row = 0
+    while step < cfg.total_steps and not should_stop():
+        delivery = source.next_batch(updates, should_stop)
+        if delivery is None:
+            return
+        for piece in delivery.split(length):
+            if step >= cfg.total_steps or should_stop():
+                return  # the rest of the delivery is dropped unlearned, and not counted
+            began = time.perf_counter()
+            lr = algo.set_progress(step / cfg.total_steps)
+            result = algo.update(piece.batch)
+            updates += 1
+            source.published(updates)
+            step += piece.batch.num_steps
+            skipped_in_a_row = skipped_in_a_row + 1 if result.skipped else 0
+            yield UpdateRecord(step, updates, piece, result, lr, time.perf_counter() - began)
+            if skipped_in_a_row >= cfg.max_nonfinite_updates:
+                raise NonFiniteUpdates(
+                    f"{skipped_in_a_row} updates in a row had a NaN or infinite loss or gradient and were skipped "
+                    f"(max_nonfinite_updates = {cfg.max_nonfinite_updates}), so the run was stopped at step {step:,}. "
+                    "Skipped updates leave the weights and optimizer state untouched: the final checkpoint holds "
+                    "those from before the first of them. A lower learning rate (optim.lr), a gradient clip "
+                    "(algo.max_grad_norm) or reward clipping (algo.reward_clip) usually helps."
+                )
