@@ -1,12 +1,14 @@
-"""Throughput: raw EnvPool stepping vs the pipeline vs full training, same envs, one run.
+"""Throughput: raw env stepping vs the pipeline vs full training, same envs, one run.
 
-Three figures: raw EnvPool agent steps/s (random actions, no Python per env, with the
+Three figures: raw agent steps/s of the run's backend (random actions, no Python per env, with the
 EnvPool threads the actors have between them, at most the cores: ``actor_threads``),
 pipeline steps/s (the run with ``TransportProbe`` as its algorithm: a uniformly random
 Policy and an update that learns nothing, so it measures transport: efficiency) and
 training steps/s (end-to-end efficiency). The probe is injected as an algorithm, named by
 its import path like any algorithm outside the registry, so actor processes build its
-Policy themselves: nothing is passed down the runtime but the config.
+Policy themselves: nothing is passed down the runtime but the config. For Atari, raw
+stepping is also measured with the other installed backend (EnvPool or ALE's vector env),
+interleaved with the rest, so the two backends are compared side by side.
 
 Raw EnvPool throughput on a shared machine drifts by about 10% between runs, so the two
 measurements are interleaved (raw, train, raw, train, ...) and each reduced to its median;
@@ -27,7 +29,7 @@ import torch
 from .algos.policies import UniformPolicy
 from .config import AlgoConfig, Config, algo_section
 from .contracts import Batch, Policy, UpdateResult
-from .envs import EnvSpec, make_env
+from .envs import EnvSpec, ale_games, choose_backend, envpool_ids, make_env
 
 TRANSPORT_PROBE = "parallel_rl.bench:TransportProbe"
 
@@ -147,15 +149,25 @@ def actor_threads(cfg: Config) -> int:
     return max(1, min(os.cpu_count() or 1, per_pool * pools))
 
 
+def other_atari_backends(cfg: Config) -> list[str]:
+    """The installed Atari backends that could step ``cfg.env.id`` besides the one the run uses."""
+    able = [name for name, ids in (("envpool", envpool_ids()), ("ale", ale_games())) if cfg.env.id in ids]
+    return [name for name in able if name != choose_backend(cfg.env)] if len(able) > 1 else []
+
+
 def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) -> dict:
     from .runtime.pipeline import resolve_procs
 
     procs = resolve_procs(cfg)
     threads = actor_threads(cfg)
     cfg = replace(cfg, total_steps=10**12)  # the time limit ends each measurement
-    figures: dict[str, list[float]] = {"raw": [], "pipeline": [], "train": []}
+    backend = choose_backend(cfg.env)
+    others = other_atari_backends(cfg)
+    figures: dict[str, list[float]] = {"raw": [], **{f"raw_{name}": [] for name in others}, "pipeline": [], "train": []}
     for i in range(repeats):
         figures["raw"].append(raw_env_sps(cfg, seconds, threads))
+        for name in others:
+            figures[f"raw_{name}"].append(raw_env_sps(replace(cfg, env=replace(cfg.env, backend=name)), seconds, threads))
         figures["pipeline"].append(train_sps(transport_config(cfg), seconds))
         figures["train"].append(train_sps(cfg, seconds))
         if progress:
@@ -163,6 +175,8 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
     medians = {k: statistics.median(v) for k, v in figures.items()}
     return {
         "env": cfg.env.id,
+        "backend": backend,
+        "other_backends": others,
         "algo": cfg.algo.name,
         "actors": cfg.actors.num_envs,
         "actor_procs": procs,
@@ -173,6 +187,7 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
         "repeats": repeats,
         **{f"{k}_sps": v for k, v in figures.items()},
         **{f"{k}_sps_median": v for k, v in medians.items()},
+        **{f"raw_{name}_ratio": medians[f"raw_{name}"] / medians["raw"] for name in others},
         "transport_efficiency": medians["pipeline"] / medians["raw"],
         "end_to_end_efficiency": medians["train"] / medians["raw"],
     }
@@ -185,7 +200,9 @@ def format_table(r: dict) -> str:
         f"medians of {r['repeats']} interleaved {r['seconds']:.0f}-s repeats",
         "| measurement | agent steps/s | ratio to raw |",
         "|---|---:|---:|",
-        f"| raw EnvPool (random actions, {r['raw_env_threads']} threads) | {r['raw_sps_median']:,.0f} | 1.00 |",
+        f"| raw {r['backend']} (random actions, {r['raw_env_threads']} threads) | {r['raw_sps_median']:,.0f} | 1.00 |",
+        *(f"| raw {name} (the other backend, same threads) | {r[f'raw_{name}_sps_median']:,.0f} | {r[f'raw_{name}_ratio']:.2f} |"
+          for name in r["other_backends"]),
         f"| pipeline (random policy, no-op learner) | {r['pipeline_sps_median']:,.0f} | {r['transport_efficiency']:.2f} |",
         f"| training ({r['algo']}) | {r['train_sps_median']:,.0f} | {r['end_to_end_efficiency']:.2f} |",
     ])

@@ -185,13 +185,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    from .envs import envpool_ids, gymnasium_ids
+    from .envs import ale_games, envpool_ids, gymnasium_ids
 
     needle = args.filter.lower()
-    pool = set(envpool_ids())
-    for env_id in sorted(pool | set(gymnasium_ids())):
+    pool, ale = set(envpool_ids()), set(ale_games())
+    for env_id in sorted(pool | ale | set(gymnasium_ids())):
         if needle in env_id.lower():
-            print(f"{env_id:40s} {'envpool' if env_id in pool else 'gymnasium'}")
+            backends = [name for name, ids in (("envpool", pool), ("ale", ale)) if env_id in ids] or ["gymnasium"]
+            print(f"{env_id:40s} {', '.join(backends)}")
     return 0
 
 

@@ -43,7 +43,9 @@ def setting(text: str, default: Any = dataclasses.MISSING, factory: Any = datacl
 @dataclass
 class EnvConfig:
     id: str = setting("Environment id: any EnvPool task (`parallel-rl envs` lists them) or a registered gymnasium id.", "Pong-v5")
-    backend: Literal["auto", "envpool", "gymnasium"] = setting("Which library steps the environments; `auto` prefers EnvPool.", "auto")
+    backend: Literal["auto", "envpool", "ale", "gymnasium"] = setting(
+        "Which library steps the environments: envpool, ale (ALE's own vector env, Atari only), gymnasium; `auto` prefers "
+        "EnvPool, then ALE for Atari where EnvPool is absent.", "auto")
     max_episode_steps: int = setting("Truncate episodes after this many agent steps; 0 keeps the environment's own limit.", 0)
     frame_skip: int = setting("Atari: action repeat, max-pooling the last two frames.", 4)
     frame_stack: int = setting("Atari: number of stacked frames in an observation.", 4)
@@ -110,6 +112,8 @@ class AlgoConfig:
 
     # keys other algorithms have that this one refuses with a pointer to what to do instead
     refused: typing.ClassVar[dict[str, str]] = {}
+    # why the algorithm cannot train on several ranks yet (None: it can; parallel_rl/distributed.py)
+    not_data_parallel: typing.ClassVar[str | None] = None
 
     def validate(self, cfg: Config) -> None:
         """This section's own checks (the base checks the shared keys); ``cfg`` for cross-section arithmetic."""

@@ -1,6 +1,7 @@
-"""One factory for vectorised environments: EnvPool first, gymnasium's vector envs as fallback.
+"""One factory for vectorised environments: EnvPool, ALE's own vector env for Atari
+(``env.backend: ale``), and gymnasium's vector envs as the fallback.
 
-Both backends auto-reset on the *next* step: the step after an episode ends ignores its
+Every backend auto-resets on the *next* step: the step after an episode ends ignores its
 action and returns the first observation of the new episode with reward 0. That step is
 not a real transition; ``StepResult.autoreset`` marks it so learners can mask it, and the
 episode counters skip it. The upside of next-step auto-reset is that the observation
@@ -72,15 +73,18 @@ class EpisodeTracker:
     def __init__(self, num_envs: int):
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
-        self.done = np.zeros(num_envs, bool)
+        self.resets = np.zeros(num_envs, bool)  # the env's next step only resets it
         self.game_done = np.zeros(num_envs, bool)
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
 
     def update(self, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
-               game_over: np.ndarray | None = None) -> np.ndarray:
-        """Count one step; returns the auto-reset mask (steps that only reset an env)."""
-        autoreset = self.done
+               game_over: np.ndarray | None = None, continuing: np.ndarray | None = None) -> np.ndarray:
+        """Count one step; returns the auto-reset mask (steps that only reset an env).
+
+        ``continuing`` marks terminations after which the env plays on without a reset step
+        (ALE's life-loss signal: the next step is a real transition of the same game)."""
+        autoreset = self.resets
         live = ~autoreset
         self.returns[self.game_done] = 0.0
         self.lengths[self.game_done] = 0
@@ -91,7 +95,8 @@ class EpisodeTracker:
         if game_done.any():
             self.finished_returns.extend(self.returns[game_done].tolist())
             self.finished_lengths.extend(self.lengths[game_done].tolist())
-        self.done, self.game_done = done, game_done
+        self.resets = done if continuing is None else done & ~continuing
+        self.game_done = game_done
         return autoreset
 
     def pop(self) -> tuple[list[float], list[int]]:
@@ -165,10 +170,13 @@ class VecEnv:
         self._action_dtype = np.int32 if spec.discrete else np.float32
         self._env_ids = np.arange(num_envs, dtype=np.int32)
         self._pending: np.ndarray | None = None
+        self._lives: np.ndarray | None = None  # ALE: lives after the last step, to tell a life lost from a game over
 
     def reset(self) -> np.ndarray:
-        obs, _ = self._env.reset()
+        obs, info = self._env.reset()
         self.tracker = EpisodeTracker(self.num_envs)
+        if self.spec.backend == "ale":
+            self._lives = np.asarray(info["lives"])[np.argsort(info["env_id"])]
         return self._flatten(obs)
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -184,32 +192,44 @@ class VecEnv:
             actions = (center + half_range * np.clip(actions, -1.0, 1.0)).astype(np.float32)
         if self.spec.backend == "envpool":
             self._env.send(actions, self._env_ids)
+        elif self.spec.backend == "ale":
+            self._env.send(actions)
         else:
             self._pending = actions
 
     def recv(self) -> StepResult:
-        if self.spec.backend == "envpool":
+        game_over = continuing = None
+        if self.spec.backend in ("envpool", "ale"):
             obs, reward, terminated, truncated, info = self._env.recv()
-            game_over = np.asarray(info["terminated"], bool) if self._episodic_life else None
             order = info["env_id"]
             if not np.array_equal(order, self._env_ids):  # completion order -> env order
                 inverse = np.argsort(order)
                 obs = {k: v[inverse] for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[inverse]
                 reward, terminated, truncated = reward[inverse], terminated[inverse], truncated[inverse]
-                game_over = None if game_over is None else game_over[inverse]
+                info = {k: np.asarray(v)[inverse] for k, v in info.items()}
+            terminated = np.asarray(terminated, bool)
+            if self.spec.backend == "envpool":
+                game_over = np.asarray(info["terminated"], bool) if self._episodic_life else None
+            else:
+                lives = np.asarray(info["lives"])
+                if self._episodic_life:  # ALE ends a learning episode at a life lost and plays on
+                    continuing = terminated & (lives > 0) & (lives < self._lives)
+                    game_over = terminated & ~continuing
+                self._lives = lives
         else:
             obs, reward, terminated, truncated, _ = self._env.step(self._pending)
-            game_over = None
         reward = np.asarray(reward, np.float32)
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool)
-        autoreset = self.tracker.update(reward, terminated, truncated, game_over)
+        autoreset = self.tracker.update(reward, terminated, truncated, game_over, continuing)
         return StepResult(self._flatten(obs), reward, terminated, truncated, autoreset)
 
     def render(self, index: int = 0) -> np.ndarray:
         """RGB frame [H, W, 3] of env ``index`` as it is now; needs ``make_env(..., render=True)``."""
         if self.spec.backend == "envpool":
             return self._env.render(env_ids=[index])[0]
+        if self.spec.backend == "ale":
+            raise NotImplementedError("ALE's vector env draws no frames; its observations are the picture")
         return self._env.render()[index]
 
     def close(self) -> None:
@@ -223,9 +243,23 @@ class VecEnv:
 
 @cache
 def envpool_ids() -> tuple[str, ...]:
-    import envpool
-
+    """EnvPool's task ids; none where EnvPool is not installed (it has no wheel for Python 3.12+)."""
+    try:
+        import envpool
+    except ImportError:
+        return ()
     return tuple(envpool.list_all_envs())
+
+
+@cache
+def ale_games() -> dict[str, str]:
+    """Atari ids as EnvPool names them (``Pong-v5``) -> ALE's ROM name (``pong``); none
+    where ale-py is not installed."""
+    try:
+        from ale_py import roms
+    except ImportError:
+        return {}
+    return {"".join(part.capitalize() for part in rom.split("_")) + "-v5": rom for rom in roms.get_all_rom_ids()}
 
 
 def gymnasium_ids() -> tuple[str, ...]:
@@ -233,7 +267,7 @@ def gymnasium_ids() -> tuple[str, ...]:
 
 
 def all_env_ids() -> list[str]:
-    return sorted(set(envpool_ids()) | set(gymnasium_ids()))
+    return sorted(set(envpool_ids()) | set(ale_games()) | set(gymnasium_ids()))
 
 
 def _unknown_env(env_id: str) -> ConfigError:
@@ -250,22 +284,59 @@ def _unknown_env(env_id: str) -> ConfigError:
 # so an evaluation of a policy that walks in circles would never end): `auto` takes
 # gymnasium's version, whose time limit holds.
 ENVPOOL_WITHOUT_EPISODE_LIMIT = frozenset({"CliffWalking-v1"})
+ATARI_V5_EPISODE_STEPS = 27_000  # the v5 tasks' limit: 108,000 frames at frame skip 4 (EnvPool's default too)
 
 
 def choose_backend(cfg: EnvConfig) -> str:
+    """The library that steps ``cfg.id``: the one ``env.backend`` names, or for ``auto`` EnvPool,
+    then ALE's vector env for Atari ids EnvPool cannot run, then gymnasium."""
     in_envpool = cfg.id in envpool_ids() and not (cfg.backend == "auto" and cfg.id in ENVPOOL_WITHOUT_EPISODE_LIMIT
                                                   and cfg.id in gymnasium_ids())
     if cfg.backend == "envpool":
         if not in_envpool:
-            raise _unknown_env(cfg.id) if cfg.id not in gymnasium_ids() else ConfigError(
-                f"env.backend = 'envpool' but {cfg.id!r} is not an EnvPool task; use env.backend=gymnasium or auto."
+            raise _unknown_env(cfg.id) if cfg.id not in gymnasium_ids() and cfg.id not in ale_games() else ConfigError(
+                f"env.backend = 'envpool' but {cfg.id!r} is not an EnvPool task{'' if envpool_ids() else ' (EnvPool is not installed)'}; "
+                f"use env.backend=auto{', ale' if cfg.id in ale_games() else ''} or gymnasium."
             )
         return "envpool"
+    if cfg.backend == "ale":
+        if cfg.id not in ale_games():
+            installed = "" if ale_games() else " ale-py is not installed: `pip install ale-py`."
+            raise ConfigError(f"env.backend = 'ale' steps Atari games only, named as EnvPool names them (Pong-v5, Breakout-v5); "
+                              f"{cfg.id!r} is not one.{installed} For other environments use env.backend=auto.")
+        return "ale"
     if cfg.backend == "auto" and in_envpool:
         return "envpool"
+    if cfg.backend == "auto" and cfg.id in ale_games():
+        return "ale"
     if cfg.id in gymnasium_ids():
         return "gymnasium"
     raise _unknown_env(cfg.id)
+
+
+def _ale_kwargs(cfg: EnvConfig) -> dict:
+    """EnvPool's Atari preprocessing in ALE's terms (``_envpool_kwargs``), so either backend runs the same game."""
+    return dict(
+        frameskip=cfg.frame_skip,
+        stack_num=cfg.frame_stack,
+        img_height=cfg.image_size,
+        img_width=cfg.image_size,
+        grayscale=True,
+        maxpool=True,
+        noop_max=cfg.noop_max,
+        repeat_action_probability=cfg.sticky_action_prob,
+        # ALE's own episodic_life resets the whole game at a life lost; its life-loss signal
+        # ends the learning episode and plays on, as EnvPool's episodic_life does
+        episodic_life=False,
+        life_loss_info=cfg.episodic_life,
+        use_fire_reset=cfg.fire_reset,
+        reward_clipping=False,
+        max_num_frames_per_episode=_ale_episode_steps(cfg) * cfg.frame_skip,
+    )
+
+
+def _ale_episode_steps(cfg: EnvConfig) -> int:
+    return cfg.max_episode_steps or ATARI_V5_EPISODE_STEPS
 
 
 def _envpool_kwargs(cfg: EnvConfig) -> tuple[dict, bool]:
@@ -318,6 +389,13 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
             num_threads=num_threads or default_num_threads(num_envs),
             **kwargs,
         )
+    elif backend == "ale":
+        from ale_py.vector_env import AtariVectorEnv
+
+        is_atari = True  # ``render`` needs nothing: videos film the observations (VecEnv.render)
+        env = AtariVectorEnv(ale_games()[cfg.id], num_envs, num_threads=num_threads or default_num_threads(num_envs),
+                             **_ale_kwargs(cfg))
+        env.reset(seed=seed)  # env i is seeded with seed + i, as EnvPool seeds its envs
     else:
         is_atari = False
         make_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
@@ -360,6 +438,8 @@ def _episode_limit(env, cfg: EnvConfig, backend: str) -> int:
         return cfg.max_episode_steps
     if backend == "envpool":
         return int(env.config.get("max_episode_steps", 0) or 0)
+    if backend == "ale":
+        return _ale_episode_steps(cfg)
     spec = gym.spec(cfg.id)
     return int(spec.max_episode_steps or 0)
 

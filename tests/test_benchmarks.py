@@ -1,5 +1,7 @@
 """The scripts behind docs/benchmarks.md run and print their tables (tiny sizes; no timing is asserted)."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +36,27 @@ def test_benchmark_script_refuses_bad_arguments(name):
     out = script(name, "--repeats", "0")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "--repeats" in out.stderr
+
+
+@pytest.mark.slow  # about 40 s on 2 cores
+def test_gpu_check_smoke_runs_every_section_where_envpool_is_absent(tmp_path):
+    """The GPU machine has no EnvPool wheel (Python 3.12): with envpool unimportable, Atari
+    steps on ALE's vector env and the classic tasks on gymnasium, and every section passes."""
+    hidden = tmp_path / "no_envpool"
+    hidden.mkdir()
+    (hidden / "envpool.py").write_text("raise ImportError('EnvPool is absent on this machine')\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert set(report["sections"]) == {"algorithms", "checkpoint", "bench", "nature_cnn", "ppo_pong"}
+    assert all(section["ok"] for section in report["sections"].values())
+    sections = {name: section["result"] for name, section in report["sections"].items()}
+    assert all(run["finite"] and run["updates"] >= 2 for run in sections["algorithms"].values())
+    layout = sections["bench"]["layouts"][str(sections["bench"]["best_layout"])]
+    assert layout["backend"] == "ale" and layout["raw_sps_median"] > 0 and layout["train_sps_median"] > 0
+    assert all(row["inference_obs_per_s"] > 0 and row["update_obs_per_s"] > 0 for row in sections["nature_cnn"]["rows"])
+    assert sections["ppo_pong"]["agent_steps"] > 0
+    assert "| eager | 8 |" in (out / "gpu_check.md").read_text()

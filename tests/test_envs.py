@@ -102,10 +102,12 @@ def test_observations_of_every_space_become_one_vector_per_env():
         ObservationFlattener(gym.spaces.Text(5), "toy")
 
 
-def test_episodic_life_ends_learning_episodes_at_each_life_but_reports_whole_games():
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_episodic_life_ends_learning_episodes_at_each_life_but_reports_whole_games(backend):
     """Breakout has 5 lives: with episodic life every life lost terminates (a learning
-    boundary), while the reported episodes are the games, each scoring all its lives."""
-    env = make_env(EnvConfig(id="Breakout-v5", episodic_life=True, fire_reset=True), num_envs=2, seed=3)
+    boundary), while the reported episodes are the games, each scoring all its lives.
+    EnvPool spends a reset step after each life lost; ALE plays straight on."""
+    env = make_env(EnvConfig(id="Breakout-v5", backend=backend, episodic_life=True, fire_reset=True), num_envs=2, seed=3)
     rng = np.random.default_rng(0)
     env.reset()
     lives_lost = np.zeros(2, int)
@@ -130,3 +132,47 @@ def test_episodic_life_ends_learning_episodes_at_each_life_but_reports_whole_gam
     assert sorted(reported_returns) == sorted(expected_returns)
     assert sorted(reported_lengths) == sorted(expected_lengths)
     assert sum(expected_returns) > 0  # the scores are not trivially zero
+
+
+@pytest.mark.parametrize("env_id", ["Pong-v5", "Breakout-v5"])
+def test_ale_backend_has_the_spaces_of_envpool(env_id):
+    specs = [make_env(EnvConfig(id=env_id, backend=backend), num_envs=2, seed=0).spec for backend in ("envpool", "ale")]
+    envpool_spec, ale_spec = specs
+    assert (ale_spec.backend, envpool_spec.backend) == ("ale", "envpool")
+    assert ale_spec.obs_shape == envpool_spec.obs_shape == (4, 84, 84) and ale_spec.obs_dtype == envpool_spec.obs_dtype == np.uint8
+    assert ale_spec.action_space == envpool_spec.action_space  # the minimal action set of the game
+    assert ale_spec.max_episode_steps == envpool_spec.max_episode_steps == 27_000 and ale_spec.is_atari
+
+
+def random_play(env_id: str, backend: str, steps: int, episodic_life: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    env = make_env(EnvConfig(id=env_id, backend=backend, episodic_life=episodic_life), num_envs=16, seed=1, num_threads=2)
+    rng = np.random.default_rng(0)
+    env.reset()
+    terminations = 0
+    for _ in range(steps):
+        step = env.step(rng.integers(env.spec.num_actions, size=16))
+        terminations += int((step.terminated & ~step.autoreset).sum())
+    returns, lengths = env.tracker.pop()
+    env.close()
+    return np.array(returns), np.array(lengths), terminations
+
+
+def agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """The two means are within 4 standard errors of their difference."""
+    error = np.sqrt(a.var() / len(a) + b.var() / len(b))
+    return abs(a.mean() - b.mean()) <= 4 * error
+
+
+@pytest.mark.slow  # about a minute of Atari stepping
+@pytest.mark.parametrize("env_id, steps, episodic_life", [("Pong-v5", 3000, False), ("Breakout-v5", 4000, True)])
+def test_ale_and_envpool_play_the_same_game(env_id, steps, episodic_life):
+    """A random policy scores the same and lives as long on both backends: same frame skip,
+    max-pooling, no-ops, FIRE at reset and episode limit (observations are not compared
+    bit for bit: the two resize the screen with different filters)."""
+    played = {backend: random_play(env_id, backend, steps, episodic_life) for backend in ("envpool", "ale")}
+    (pool_returns, pool_lengths, pool_terms), (ale_returns, ale_lengths, ale_terms) = played["envpool"], played["ale"]
+    assert min(len(pool_returns), len(ale_returns)) >= 40  # whole games on both
+    assert agree(pool_returns, ale_returns), (pool_returns.mean(), ale_returns.mean())
+    assert agree(pool_lengths, ale_lengths), (pool_lengths.mean(), ale_lengths.mean())
+    if episodic_life:  # five learning episodes per game on both
+        assert pool_terms / len(pool_returns) == pytest.approx(5, abs=0.5) and ale_terms / len(ale_returns) == pytest.approx(5, abs=0.5)

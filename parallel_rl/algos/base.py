@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..config import (
     Config,
     ConfigError,
@@ -53,6 +55,10 @@ class ReplayCadenceConfig:
         "many gradient steps old (never less than one agent step of every env; algo.rollout_length stays the transfer size "
         "of actor processes). 8: close to the papers' one-env loops (SimbaV2 publishes after every 2), for a fraction of "
         "their per-step overhead.", 8)
+
+    not_data_parallel: typing.ClassVar[str | None] = (
+        "its gradient steps per update follow each rank's own count of new transitions, so ranks would not step "
+        "in lockstep; replay-based algorithms train on one rank for now")
 
     def check_cadence(self) -> None:
         if self.utd_ratio <= 0:
@@ -109,7 +115,7 @@ def step_if_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_no
     if grad_norm is None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf")) if params else torch.zeros((), device=loss.device)
-    if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+    if bool(distributed.all_ranks(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))):  # ranks step alike
         optimizer.step()
         return True
     optimizer.zero_grad(set_to_none=True)
@@ -123,6 +129,7 @@ def clipped_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, net: torc
     :func:`step_if_finite`. Returns (the gradient norm before clipping, whether it stepped)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(net.parameters())  # before clipping: the clip of the whole batch's gradient
     flow.record_gradients()
     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
     with flow.record_step():

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from .. import distributed
 from ..config import AlgoConfig, Config, ConfigError, check_non_negative, setting
 from ..contracts import Batch, UpdateResult
 from ..envs import EnvSpec
@@ -258,6 +259,7 @@ class SAC:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=params)
+        distributed.average_gradients(params)
         max_norm = self.cfg.algo.max_grad_norm if self.cfg.algo.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         return grad_norm.detach(), step_if_finite(optimizer, loss, grad_norm)

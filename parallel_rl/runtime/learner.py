@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .. import distributed
 from ..algos.base import NonFiniteUpdates
 from ..config import Config
 from ..contracts import Algorithm, BatchSource, Delivery, UpdateResult
@@ -37,20 +38,22 @@ def learn(algo: Algorithm, source: BatchSource, cfg: Config, step: int, updates:
     Raises NonFiniteUpdates once ``cfg.max_nonfinite_updates`` updates in a row were skipped,
     after yielding the last of them (so it is logged)."""
     length = cfg.algo.segment_length(cfg.actors.num_envs)
+    ranks = distributed.world().size  # ``step`` counts the agent steps of every rank
     skipped_in_a_row = 0
-    while step < cfg.total_steps and not should_stop():
+    while step < cfg.total_steps and not distributed.any_rank(should_stop()):
         delivery = source.next_batch(updates, should_stop)
         if delivery is None:
             return
-        for piece in delivery.split(length):
-            if step >= cfg.total_steps or should_stop():
+        delivery.returns, delivery.lengths = distributed.gather_episodes(delivery.returns, delivery.lengths)
+        for index, piece in enumerate(delivery.split(length)):
+            if index and (step >= cfg.total_steps or should_stop()):
                 return  # the rest of the delivery is dropped unlearned, and not counted
             began = time.perf_counter()
             lr = algo.set_progress(step / cfg.total_steps)
             result = algo.update(piece.batch)
             updates += 1
             source.published(updates)
-            step += piece.batch.num_steps
+            step += piece.batch.num_steps * ranks
             skipped_in_a_row = skipped_in_a_row + 1 if result.skipped else 0
             yield UpdateRecord(step, updates, piece, result, lr, time.perf_counter() - began)
             if skipped_in_a_row >= cfg.max_nonfinite_updates:

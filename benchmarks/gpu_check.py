@@ -1,0 +1,276 @@
+"""Everything a GPU machine must show, in one command (at most 6 minutes on 16 cores + 1 GPU):
+
+    python benchmarks/gpu_check.py --out DIR            # on the GPU machine
+    python benchmarks/gpu_check.py --smoke --out DIR    # tiny sizes on the CPU (the test suite)
+
+Sections, each timed and recorded even when another fails:
+  1. algorithms  -- a few updates of every built-in algorithm on the device, losses finite;
+  2. checkpoint  -- a run written on the device resumes on the CPU with the same step counter;
+  3. bench       -- `parallel-rl bench` figures on Pong-v5 (raw, pipeline, training) for each
+                    layout K tried, the fastest named;
+  4. nature_cnn  -- inference and update throughput of the Nature CNN actor-critic at batch
+                    256/1024/4096: eager, bf16 autocast, torch.compile, CUDA graphs;
+  5. ppo_pong    -- PPO on Pong-v5 for at most 3 minutes: the recent mean return reached.
+Writes DIR/gpu_check.json and DIR/gpu_check.md. Exit status 1 when a section failed.
+
+It runs where EnvPool is absent (Python 3.12 machines): Atari then steps on ALE's vector env
+(`env.backend: auto` falls back to it) and the classic tasks on gymnasium. The wheels to
+carry to such a machine are listed in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from parallel_rl import checkpoint as ckpt
+from parallel_rl.algos import make_algorithm
+from parallel_rl.config import Config, build_config
+from parallel_rl.runtime.runner import Runner
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What differs between the real check and the CPU smoke run."""
+
+    device: str
+    algorithm_updates: int  # updates of each algorithm's short run (after a replay's warm-up)
+    bench_envs: int
+    bench_seconds: float
+    bench_layouts: tuple[int, ...]
+    cnn_batches: tuple[int, ...]
+    cnn_seconds: float
+    cnn_variants: tuple[str, ...]
+    pong_envs: int
+    pong_seconds: float
+
+
+FULL = Sizes("cuda", 8, 256, 6.0, (0, 2, 4), (256, 1024, 4096), 1.0,
+             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 180.0)
+SMOKE = Sizes("cpu", 2, 8, 2.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0)
+
+# each built-in algorithm on its smallest recipe (the classic tasks need no EnvPool)
+ALGORITHM_RECIPES = {
+    "paac": ("paac_classic", ()),
+    "impala": ("paac_classic", ("algo.name=impala",)),
+    "ppo": ("ppo_classic", ()),
+    "pqn": ("pqn_classic", ()),
+    "qrdqn": ("qrdqn_classic", ("algo.warmup_steps=64", "replay.minibatch_size=32")),
+    "sac": ("simbav2_pendulum", ("algo.warmup_steps=64",)),
+    "paac_atari": ("paac_atari", ("actors.num_envs=8",)),
+}
+
+
+def quiet(cfg: Config) -> Config:
+    return replace(cfg, logging=replace(cfg.logging, console=False))
+
+
+def section_algorithms(sizes: Sizes, work: Path) -> dict:
+    results = {}
+    for name, (recipe, overrides) in ALGORITHM_RECIPES.items():
+        cfg = quiet(build_config(recipe, {"device": sizes.device, "actors.procs": 0}, [*overrides, "checkpoint.interval_steps=0"]))
+        warmup = getattr(cfg.algo, "warmup_steps", 0)  # replay-based: learning starts after it
+        cfg = replace(cfg, total_steps=warmup + cfg.batch_size * sizes.algorithm_updates)
+        losses: list[float] = []
+
+        def recording(spec, cfg, device, losses=losses):
+            algo = make_algorithm(spec, cfg, device)
+            update = algo.update
+
+            def recorded(batch):
+                result = update(batch)
+                losses.extend(float(v) for tag, v in result.metrics.items() if tag.startswith("losses/"))
+                return result
+
+            algo.update = recorded
+            return algo
+
+        began = time.perf_counter()
+        summary = Runner(cfg, work / f"algo_{name}", write_logs=False, algorithm=recording).run()
+        finite = bool(losses) and all(math.isfinite(v) for v in losses)
+        results[name] = {"updates": summary.updates, "losses_logged": len(losses), "finite": finite,
+                         "seconds": round(time.perf_counter() - began, 2)}
+        if not finite:
+            raise AssertionError(f"{name}: {'no loss was logged' if not losses else 'a loss was not finite'} ({results[name]})")
+    return results
+
+
+def section_checkpoint(sizes: Sizes, work: Path) -> dict:
+    run_dir = work / "checkpoint_run"
+    cfg = quiet(build_config("ppo_classic", {"device": sizes.device, "total_steps": 1_024, "actors.procs": 0}))
+    first = Runner(cfg, run_dir).run()
+    resumed = ckpt.resume(run_dir, {"device": "cpu", "total_steps": 2_048}, [])
+    if resumed.step != first.final_step:
+        raise AssertionError(f"the checkpoint holds step {resumed.step}, the run ended at {first.final_step}")
+    second = Runner(quiet(resumed.config), run_dir, resumption=resumed).run()
+    if second.final_step < 2_048:
+        raise AssertionError(f"the resumed run stopped at step {second.final_step}")
+    return {"written_on": sizes.device, "resumed_on": "cpu", "step_at_resume": resumed.step, "final_step": second.final_step}
+
+
+def section_bench(sizes: Sizes, work: Path) -> dict:
+    from parallel_rl.bench import run_bench
+
+    layouts = {}
+    for procs in sizes.bench_layouts:
+        cfg = build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": sizes.bench_envs, "actors.procs": procs})
+        layouts[procs] = run_bench(cfg, sizes.bench_seconds, repeats=1, progress=False)
+    best = max(layouts, key=lambda k: layouts[k]["train_sps_median"])
+    return {"layouts": layouts, "best_layout": best}
+
+
+def timed(step: Callable[[], object], seconds: float, device: torch.device) -> float:
+    """Calls per second of ``step`` over about ``seconds``, after three warm-up calls."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        step()
+    synchronize()
+    calls, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        step()
+        calls += 1
+    synchronize()
+    return calls / (time.perf_counter() - began)
+
+
+def cnn_throughput(net: torch.nn.Module, variant: str, batch: int, seconds: float, device: torch.device) -> dict:
+    """Observations per second through ``net`` (inference; a policy-gradient update with Adam)."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    obs = torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, device=device)
+    actions = torch.randint(0, 6, (batch,), device=device)
+    advantages = torch.randn(batch, device=device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in variant)
+    forward = net
+    if variant.startswith("compile"):
+        forward = torch.compile(net)
+    elif variant == "cuda_graphs":
+        forward = torch.compile(net, mode="reduce-overhead")
+
+    def infer():
+        with torch.inference_mode(), amp:
+            return forward(obs)
+
+    def update():
+        with amp:
+            logits, values = forward(obs)
+            log_probs = torch.log_softmax(logits.float(), -1).gather(1, actions[:, None]).squeeze(1)
+            loss = -(log_probs * advantages).mean() + 0.5 * (values.float() - advantages).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return {"inference_obs_per_s": round(batch * timed(infer, seconds, device)),
+            "update_obs_per_s": round(batch * timed(update, seconds, device))}
+
+
+def section_nature_cnn(sizes: Sizes, deadline: float) -> dict:
+    import gymnasium as gym
+    import numpy as np
+
+    from parallel_rl.algos import make_policy
+    from parallel_rl.envs import EnvSpec
+
+    device = torch.device(sizes.device)
+    cfg = build_config("ppo_atari", {"device": sizes.device})
+    spec = EnvSpec("Pong-v5", "synthetic", (4, 84, 84), np.dtype(np.uint8), gym.spaces.Discrete(6), True)
+    rows = []
+    for variant in sizes.cnn_variants:
+        for batch in sizes.cnn_batches:
+            row: dict = {"variant": variant, "batch": batch}
+            if time.perf_counter() > deadline:
+                row["skipped"] = "time budget"
+            else:
+                try:
+                    row.update(cnn_throughput(make_policy(spec, cfg, device).net, variant, batch, sizes.cnn_seconds, device))
+                except Exception as exc:  # a variant this torch or device cannot run is a finding, not a crash
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            rows.append(row)
+    return {"rows": rows}
+
+
+def section_ppo_pong(sizes: Sizes, work: Path) -> dict:
+    cfg = quiet(build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": sizes.pong_envs, "total_steps": 10**9},
+                             ["checkpoint.interval_steps=0"]))
+    summary = Runner(cfg, work / "ppo_pong", write_logs=False).run(max_seconds=sizes.pong_seconds)
+    return {"envs": sizes.pong_envs, "seconds": round(summary.seconds, 1), "agent_steps": summary.steps,
+            "sps": round(summary.sps), "episodes": summary.episodes, "recent_return": summary.recent_return,
+            "reached_20": bool(summary.recent_return >= 20)}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# GPU check ({report['mode']})", "", f"- machine: {report['machine']}", ""]
+    for name, section in report["sections"].items():
+        status = "ok" if section["ok"] else "FAILED"
+        lines += [f"## {name}: {status} ({section['seconds']:.0f} s)", ""]
+        if not section["ok"]:
+            lines += ["```", section["error"].rstrip(), "```", ""]
+            continue
+        result = section["result"]
+        if name == "nature_cnn":
+            lines += ["| variant | batch | inference obs/s | update obs/s |", "|---|---:|---:|---:|"]
+            lines += [f"| {r['variant']} | {r['batch']} | {r.get('inference_obs_per_s', r.get('skipped', r.get('error', '')))} | "
+                      f"{r.get('update_obs_per_s', '')} |" for r in result["rows"]]
+        elif name == "bench":
+            lines += ["| K | raw SPS | pipeline SPS | training SPS | training / raw |", "|---:|---:|---:|---:|---:|"]
+            lines += [f"| {k} | {r['raw_sps_median']:,.0f} | {r['pipeline_sps_median']:,.0f} | {r['train_sps_median']:,.0f} | "
+                      f"{r['end_to_end_efficiency']:.2f} |" for k, r in result["layouts"].items()]
+            lines += ["", f"fastest layout: K = {result['best_layout']}"]
+        else:
+            lines += [f"- {key}: {value}" for key, value in result.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, under a minute: the script cannot rot")
+    args = parser.parse_args()
+    sizes = SMOKE if args.smoke else FULL
+    if sizes.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; run it on the GPU machine, or --smoke for the CPU smoke run.", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name(0)}"
+    report = {"mode": "smoke (CPU)" if args.smoke else "full", "machine": machine, "sections": {}}
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        work = Path(tmp)
+        sections = {
+            "algorithms": lambda: section_algorithms(sizes, work),
+            "checkpoint": lambda: section_checkpoint(sizes, work),
+            "bench": lambda: section_bench(sizes, work),
+            "nature_cnn": lambda: section_nature_cnn(sizes, deadline=time.perf_counter() + (8 if args.smoke else 75)),
+            "ppo_pong": lambda: section_ppo_pong(sizes, work),
+        }
+        for name, run in sections.items():
+            began = time.perf_counter()
+            try:
+                entry = {"ok": True, "result": run()}
+            except Exception:
+                entry = {"ok": False, "error": traceback.format_exc()}
+            entry["seconds"] = time.perf_counter() - began
+            report["sections"][name] = entry
+            print(f"{name}: {'ok' if entry['ok'] else 'FAILED'} in {entry['seconds']:.1f} s", flush=True)
+            (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+            (args.out / "gpu_check.md").write_text(markdown(report))
+    print(f"wrote {args.out / 'gpu_check.md'} and gpu_check.json in {time.perf_counter() - started:.0f} s")
+    return 0 if all(s["ok"] for s in report["sections"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

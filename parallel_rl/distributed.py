@@ -1,0 +1,188 @@
+"""Data-parallel training on ``torch.distributed``: one policy, N ranks started by torchrun.
+
+Each rank steps its own share of the envs (inline or in its own actor processes) and keeps
+a replica of the algorithm; after every backward pass the gradients are averaged across
+ranks (``average_gradients``, called by the algorithms' optimizer-step helpers before
+clipping), so every replica takes the same step and the weights stay identical. Rank 0
+alone writes TensorBoard, the console, config.yaml and checkpoints; step counts and
+episode statistics are reduced over all ranks first.
+
+What counts all ranks together: ``actors.num_envs`` (split evenly over the ranks; env i
+keeps seed ``seed + i`` whichever rank steps it), ``total_steps``, and ``lr_per_env`` (the
+learning rate follows the total envs, since the averaged gradient is that of the whole
+batch). NCCL on GPUs, gloo on CPUs; every collective has ``TIMEOUT_S``, so a rank that
+died ends the others with an error instead of a hang.
+
+Outside torchrun (no ``WORLD_SIZE`` in the environment) every function here is a no-op on
+a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .config import Config, ConfigError
+
+TIMEOUT_S = 120.0  # longer than any start-up step between two collectives (actor processes, EnvPool)
+
+
+class ReplicaDivergence(RuntimeError):
+    """The ranks' weights differ: data-parallel training has gone wrong; the message names the ranks."""
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The rank that writes logs and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+_world = World()
+
+
+def world() -> World:
+    return _world
+
+
+def world_from_env() -> World:
+    """The world torchrun describes in the environment (a world of one outside it)."""
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def check_supported(cfg: Config, ranks: int) -> None:
+    """The configuration errors of a run on ``ranks`` ranks, before any rank starts."""
+    if ranks < 1:
+        raise ConfigError(f"--nproc-per-node {ranks} is invalid: give 1 or more ranks.")
+    if ranks == 1:
+        return
+    if (reason := cfg.algo.not_data_parallel) is not None:
+        raise ConfigError(f"algo.name = {cfg.algo.name!r} cannot train on {ranks} ranks: {reason}. Use --nproc-per-node 1, "
+                          "or an on-policy algorithm (paac, impala, ppo, pqn).")
+    if cfg.actors.num_envs % ranks:
+        raise ConfigError(f"actors.num_envs = {cfg.actors.num_envs} does not split evenly over {ranks} ranks: "
+                          f"use a multiple of {ranks} (--actors counts the envs of all ranks together).")
+
+
+def init(cfg: Config, device: torch.device) -> World:
+    """Join the process group torchrun set up (gloo on CPUs, NCCL on GPUs)."""
+    global _world
+    found = world_from_env()
+    if found.active and not dist.is_initialized():
+        check_supported(cfg, found.size)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    _world = found
+    return found
+
+
+def shutdown() -> None:
+    global _world
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _world = World()
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Each rank's own GPU (``cuda:LOCAL_RANK``); the CPU is shared."""
+    return torch.device("cuda", _world.local_rank) if device.type == "cuda" and _world.active else device
+
+
+def rank_config(cfg: Config) -> Config:
+    """What this rank runs: its share of the envs, seeded so that env i keeps seed + i, at
+    the learning rate of all ranks' envs together."""
+    if not _world.active:
+        return cfg
+    share = cfg.actors.num_envs // _world.size
+    lr = cfg.optim.lr * (cfg.actors.num_envs if cfg.optim.lr_per_env else 1)
+    return replace(cfg, seed=cfg.seed + _world.rank * share, actors=replace(cfg.actors, num_envs=share),
+                   optim=replace(cfg.optim, lr=lr, lr_per_env=False))
+
+
+def average_gradients(params) -> None:
+    """Replace each parameter's gradient by its mean over the ranks (one all-reduce)."""
+    if not _world.active:
+        return
+    params = [p for p in params if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= _world.size
+    offset = 0
+    for param, grad in zip(params, grads, strict=True):
+        n = grad.numel()
+        param.grad = flat[offset : offset + n].view_as(grad)
+        offset += n
+
+
+def all_ranks(flag: torch.Tensor) -> torch.Tensor:
+    """True where every rank's ``flag`` is true (a 0-d bool tensor), so ranks decide alike."""
+    if not _world.active:
+        return flag
+    value = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value[0].bool()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether any rank's ``flag`` is set (e.g. a stop signal reached one of them)."""
+    if not _world.active:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value[0])
+
+
+def gather_episodes(returns: list[float], lengths: list[int]) -> tuple[list[float], list[int]]:
+    """Every rank's finished episodes, on every rank (in rank order)."""
+    if not _world.active:
+        return returns, lengths
+    gathered: list = [None] * _world.size
+    dist.all_gather_object(gathered, (returns, lengths))
+    return [r for rank_returns, _ in gathered for r in rank_returns], [n for _, rank_lengths in gathered for n in rank_lengths]
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for key in sorted(state, key=str) for t in _tensors(state[key])]
+    if isinstance(state, (list, tuple)):
+        return [t for item in state for t in _tensors(item)]
+    return []
+
+
+def broadcast_state(state: dict) -> None:
+    """Rank 0's values into every tensor of ``state`` in place: given an algorithm's
+    ``state_dict()``, whose tensors are its own parameters and buffers, every replica starts
+    from rank 0's weights (initialisation may differ between CPUs)."""
+    if not _world.active:
+        return
+    with torch.no_grad():
+        for tensor in _tensors(state):
+            dist.broadcast(tensor, src=0)
+
+
+def check_replicas(state: dict) -> None:
+    """Raise ReplicaDivergence naming the ranks whose weights differ from rank 0's."""
+    if not _world.active:
+        return
+    checksum = torch.tensor([float(t.double().sum()) for t in _tensors(state) if t.is_floating_point()], dtype=torch.float64)
+    gathered = [torch.zeros_like(checksum) for _ in range(_world.size)]
+    dist.all_gather(gathered, checksum)
+    differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
+    if differing:
+        raise ReplicaDivergence(f"the weights of rank(s) {differing} differ from rank 0's after data-parallel updates; "
+                                "an algorithm must average its gradients with distributed.average_gradients before stepping.")
