@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from . import distributed
 from .algos.base import NonFiniteUpdates
 from .config import (
     DEFAULT_RECIPE,
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(launch)
     launch.add_argument("--run-dir", help="run directory to create (default: a new one under logging.run_root)")
     launch.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint (same step counter, optimizer and LR schedule)")
+    launch.add_argument("--nproc-per-node", type=int, metavar="N",
+                        help="train one policy on N ranks of this machine (torch.distributed through torchrun: NCCL on GPUs, "
+                             "gloo on CPUs); --actors and --steps count all ranks together. Across machines run "
+                             "`torchrun ... -m parallel_rl launch ...` (docs/distributed.md)")
     launch.add_argument("--dry-run", action="store_true",
                         help="check the configuration (with --resume, also the checkpoint), print it resolved as YAML "
                              "(itself a valid --config file) and exit without creating anything")
@@ -119,12 +124,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg)
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"--run-dir {str(run_dir)!r} is a file, not a directory.")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(run_dir.iterdir()) and distributed.world_from_env().main:
             raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
+    ranks = 1 if args.nproc_per_node is None else args.nproc_per_node
+    distributed.check_supported(cfg, ranks)  # before any rank starts: a bad config exits 2 here, once
     if args.dry_run:
         resolve_device(cfg.device)
         print(dump_yaml(cfg), end="")
         return 0
+    if ranks > 1 and not distributed.world_from_env().active:
+        return start_ranks(args, ranks, None if args.resume else run_dir)
     if resumption is not None:
         if resumption.finished:
             print(f"{run_dir} already reached total_steps = {cfg.total_steps} (checkpoint at step {resumption.step}); "
@@ -132,9 +141,29 @@ def cmd_launch(args: argparse.Namespace) -> int:
             return 0
         print(f"resuming {run_dir} from step {resumption.step}", flush=True)
     summary = Runner(cfg, run_dir, resumption=resumption).run()
+    if not distributed.world_from_env().main:
+        return signals.exit_code(summary.stop_signal) if summary.stop_signal is not None else 0
     print(f"\ndone: {summary.final_step:,} agent steps ({summary.sps:,.0f} SPS after start-up), "
           f"{summary.episodes} episodes, recent mean return {summary.recent_return:.2f}; checkpoint {summary.checkpoint}")
     return signals.exit_code(summary.stop_signal) if summary.stop_signal is not None else 0
+
+
+def start_ranks(args: argparse.Namespace, ranks: int, run_dir: Path | None) -> int:
+    """Run this very command on ``ranks`` ranks of this machine through torch.distributed.run
+    (what ``torchrun --standalone --nproc-per-node N -m parallel_rl ...`` does); a new run's
+    directory is named here, so that every rank agrees on it. Returns torchrun's exit code."""
+    import subprocess
+    import tempfile
+
+    argv = [a for i, a in enumerate(args.argv) if not (a.startswith("--nproc-per-node") or
+                                                        (i and args.argv[i - 1] == "--nproc-per-node"))]
+    if run_dir is not None and args.run_dir is None:
+        argv += ["--run-dir", str(run_dir)]
+    # torchrun keeps its workers' error files in a temporary folder it leaves behind on failure
+    with tempfile.TemporaryDirectory(prefix="parallel-rl-torchrun-") as logs:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+                   f"--log-dir={logs}", "-m", "parallel_rl", *argv]
+        return subprocess.run(command).returncode
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -215,7 +244,10 @@ def _run_command(args: argparse.Namespace) -> int:
     except ActorProcessFailure as exc:
         print(f"parallel-rl {args.command}: error: {exc}\nThe run was stopped; its last checkpoint is intact.", file=sys.stderr)
         return EXIT_FAILURE
-    except (NonFiniteUpdates, ckpt.CheckpointWriteError) as exc:
+    except (NonFiniteUpdates, ckpt.CheckpointWriteError, distributed.ReplicaDivergence) as exc:
+        print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except distributed.RankFailure as exc:
         print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
@@ -225,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     # running Runner installs its own handlers (stop after the update, final checkpoint)
     with signals.handled(signals.raise_interrupted):
         try:
-            return _run_command(build_parser().parse_args(argv))
+            args = build_parser().parse_args(argv)
+            args.argv = list(sys.argv[1:] if argv is None else argv)
+            return _run_command(args)
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             print(f"\ninterrupted by {signal.Signals(signum).name}", file=sys.stderr)

@@ -20,6 +20,8 @@ a world of one.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -29,6 +31,24 @@ import torch.distributed as dist
 from .config import Config, ConfigError
 
 TIMEOUT_S = 120.0  # longer than any start-up step between two collectives (actor processes, EnvPool)
+
+
+class RankFailure(RuntimeError):
+    """A collective failed: another rank died, stopped or did not answer within TIMEOUT_S."""
+
+
+@contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Turn a failed collective (gloo and NCCL raise RuntimeError) into a RankFailure that says what happened."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, RankFailure):
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RankFailure(f"rank {_world.rank} of {_world.size}: {what} with the other ranks failed ({detail[:300]}); another "
+                          f"rank died or stopped, or did not answer within {TIMEOUT_S:.0f} s. The run was stopped; rank 0's "
+                          "last checkpoint is intact.") from None
 
 
 class ReplicaDivergence(RuntimeError):
@@ -88,11 +108,22 @@ def init(cfg: Config, device: torch.device) -> World:
     return found
 
 
+def barrier() -> None:
+    if _world.active:
+        with collective("waiting for every rank to finish"):
+            dist.barrier()
+
+
 def shutdown() -> None:
     global _world
     if dist.is_initialized():
         dist.destroy_process_group()
     _world = World()
+
+
+def cores_per_rank() -> int:
+    """This machine's cores shared by the ranks torchrun started on it."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def rank_device(device: torch.device) -> torch.device:
@@ -118,7 +149,8 @@ def average_gradients(params) -> None:
     params = [p for p in params if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    with collective("averaging gradients"):
+        dist.all_reduce(flat)
     flat /= _world.size
     offset = 0
     for param, grad in zip(params, grads, strict=True):
@@ -132,7 +164,8 @@ def all_ranks(flag: torch.Tensor) -> torch.Tensor:
     if not _world.active:
         return flag
     value = flag.to(torch.int32).reshape(1)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    with collective("agreeing on a step"):
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return value[0].bool()
 
 
@@ -141,7 +174,8 @@ def any_rank(flag: bool) -> bool:
     if not _world.active:
         return flag
     value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    with collective("agreeing on whether to stop"):
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value[0])
 
 
@@ -150,7 +184,8 @@ def gather_episodes(returns: list[float], lengths: list[int]) -> tuple[list[floa
     if not _world.active:
         return returns, lengths
     gathered: list = [None] * _world.size
-    dist.all_gather_object(gathered, (returns, lengths))
+    with collective("gathering episodes"):
+        dist.all_gather_object(gathered, (returns, lengths))
     return [r for rank_returns, _ in gathered for r in rank_returns], [n for _, rank_lengths in gathered for n in rank_lengths]
 
 
@@ -170,7 +205,7 @@ def broadcast_state(state: dict) -> None:
     from rank 0's weights (initialisation may differ between CPUs)."""
     if not _world.active:
         return
-    with torch.no_grad():
+    with torch.no_grad(), collective("receiving rank 0's weights"):
         for tensor in _tensors(state):
             dist.broadcast(tensor, src=0)
 
@@ -181,7 +216,8 @@ def check_replicas(state: dict) -> None:
         return
     checksum = torch.tensor([float(t.double().sum()) for t in _tensors(state) if t.is_floating_point()], dtype=torch.float64)
     gathered = [torch.zeros_like(checksum) for _ in range(_world.size)]
-    dist.all_gather(gathered, checksum)
+    with collective("comparing weights"):
+        dist.all_gather(gathered, checksum)
     differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
     if differing:
         raise ReplicaDivergence(f"the weights of rank(s) {differing} differ from rank 0's after data-parallel updates; "

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import zmq
 
+from .. import distributed
 from ..algos import policy_lag_bound
 from ..config import Config
 from ..contracts import Batch, Delivery
@@ -50,7 +51,7 @@ def resolve_procs(cfg: Config) -> int:
     """
     if cfg.actors.procs >= 0:
         return cfg.actors.procs
-    cores = os.cpu_count() or 1
+    cores = distributed.cores_per_rank()
     if cores < 4:
         return 0
     return max(1, min(8, cores // 4, cfg.actors.num_envs))

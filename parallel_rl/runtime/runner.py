@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
+from .. import distributed
 from ..algos import make_algorithm
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
-from ..envs import default_num_threads, env_spec
+from ..envs import env_spec
 from ..metrics import Metrics, UpdateStats
 from . import signals
 from .learner import learn
@@ -71,9 +72,9 @@ class RunSummary:
 
 def thread_layout(cfg: Config, procs: int) -> tuple[int, int]:
     """(torch threads in the learner, EnvPool threads per actor process) so the sum fits the cores."""
-    cores = os.cpu_count() or 1
+    cores = distributed.cores_per_rank()
     if procs == 0:  # stepping and learning take turns in one process: both may use every core
-        return cfg.torch_threads or cores, cfg.actors.num_threads or default_num_threads(cfg.actors.num_envs)
+        return cfg.torch_threads or cores, cfg.actors.num_threads or max(1, min(cfg.actors.num_envs, cores))
     learner = cfg.torch_threads or max(1, cores // (procs + 1))
     per_actor = cfg.actors.num_threads or max(1, (cores - learner) // procs)
     return learner, per_actor
@@ -117,19 +118,35 @@ class Runner:
             return self._run(max_seconds)
 
     def _run(self, max_seconds: float | None) -> RunSummary:
-        cfg = self.cfg
-        procs = resolve_procs(cfg)
-        learner_threads, env_threads = thread_layout(cfg, procs)
+        device = resolve_device(self.cfg.device)
+        world = distributed.init(self.cfg, device)
+        try:
+            summary, algo = self._run_rank(distributed.rank_device(device), max_seconds)
+            if summary.stop_signal is None:
+                distributed.check_replicas(algo.state_dict())
+            distributed.barrier()  # no rank leaves the group while another still talks to it
+            return summary
+        finally:
+            if world.active:
+                distributed.shutdown()
+
+    def _run_rank(self, device: torch.device, max_seconds: float | None) -> tuple[RunSummary, Algorithm]:
+        """This rank's share of the run (the whole run on one rank)."""
+        cfg, world = self.cfg, distributed.world()
+        local = distributed.rank_config(cfg)  # this rank's envs, seeds and learning rate
+        self.write_logs = self.write_logs and world.main
+        procs = resolve_procs(local)
+        learner_threads, env_threads = thread_layout(local, procs)
         torch.set_num_threads(learner_threads)
-        torch.manual_seed(cfg.seed)
-        device = resolve_device(cfg.device)
+        torch.manual_seed(local.seed)
         spec = env_spec(cfg.env)
-        algo = self.make_algorithm(spec, cfg, device)
+        algo = self.make_algorithm(spec, local, device)
         step = updates = 0
         if (resumed := self.resumption) is not None:
             ckpt.restore(algo, resumed.state, resumed.checkpoint, cfg.env.id)
             step, updates = resumed.step, int(resumed.state["updates"])
             torch.set_rng_state(resumed.state["torch_rng"])
+        distributed.broadcast_state(algo.state_dict())  # one policy: every replica starts from rank 0's weights
         if self.write_logs:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,20 +154,25 @@ class Runner:
                 raise ConfigError(f"Cannot create the run directory {str(self.run_dir)!r}: {exc.strerror}. "
                                   "Choose another with --run-dir or logging.run_root.") from None
             save_yaml(cfg, self.run_dir / "config.yaml")
-        layout = (f"layout: {procs} actor processes x {cfg.actors.num_envs // max(procs, 1)} envs" if procs else "layout: synchronous (K = 0)")
-        self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}), {env_threads} env threads "
-                 f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads | {os.cpu_count()} cores")
+        layout = (f"layout: {procs} actor processes x {local.actors.num_envs // max(procs, 1)} envs" if procs
+                  else "layout: synchronous (K = 0)")
+        if world.active:
+            layout = f"layout: {world.size} ranks x {procs or 'no'} actor processes x {local.actors.num_envs} envs per rank"
+        if world.main:
+            self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}) in all, {env_threads} env threads "
+                     f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads | "
+                     f"{os.cpu_count()} cores")
         if self.write_logs:
             self.log(f"run directory: {self.run_dir}")
         source = None
         if self._stop_signal is None:  # stopped already: no actor processes to start, straight to the checkpoint
             if procs:
-                source = ActorProcessPool(cfg, spec, algo, device, procs, self.run_dir if self.write_logs else None,
-                                   env_threads, start_version=updates, log=self.log)
+                source = ActorProcessPool(local, spec, algo, device, procs, self.run_dir if self.write_logs else None,
+                                          env_threads, start_version=updates, log=self.log)
             else:
-                source = InlineSource(cfg, spec, algo, device, env_threads)
+                source = InlineSource(local, spec, algo, device, env_threads)
         try:
-            return self._train(algo, source, step, updates, max_seconds)
+            return self._train(algo, source, step, updates, max_seconds), algo
         finally:
             if source is not None:
                 source.close()

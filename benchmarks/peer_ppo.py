@@ -1,0 +1,83 @@
+"""PPO on Pong-v5 side by side with CleanRL's single-file `ppo_atari_envpool.py` (the peer in
+../shared/peers, never copied here): the same settings (8 envs x 128 steps, 4 epochs x 4
+minibatches), whole processes timed in alternation on the same machine.
+
+    pip install tyro   # the peer's only extra dependency
+    python benchmarks/peer_ppo.py --peer ../shared/peers/cleanrl_ppo_atari_envpool.py --steps 20480 --repeats 2
+
+Prints, per contender, the median wall-clock of the whole process and the median agent
+steps/s over the steady part (agent steps between the first and last progress report over
+the seconds between them), then the ratio ours / peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PEER_SPS = re.compile(r"SPS:\s*(\d+)")
+OURS_STEP = re.compile(r"^step\s+([\d.]+)([kM]?)/")
+
+
+def run_peer(peer: Path, steps: int) -> tuple[float, float]:
+    began = time.perf_counter()
+    out = subprocess.run([sys.executable, str(peer), "--env-id", "Pong-v5", "--total-timesteps", str(steps), "--num-envs", "8",
+                          "--no-track"], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - began
+    rates = [int(m) for m in PEER_SPS.findall(out.stdout + out.stderr)]
+    return wall, float(rates[-1]) if rates else float("nan")  # the peer counts from its own start: its last figure
+
+
+def run_ours(steps: int, extra: list[str]) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "parallel_rl", "launch", "--config", "ppo_atari", "--steps", str(steps),
+                                 "--run-dir", f"{tmp}/run", "--set", "logging.interval_s=1", *extra],
+                                stdout=subprocess.PIPE, text=True)
+        seen: list[tuple[float, float]] = []
+        for line in proc.stdout:
+            if m := OURS_STEP.match(line):
+                value = float(m.group(1)) * {"": 1, "k": 1e3, "M": 1e6}[m.group(2)]
+                seen.append((time.perf_counter(), value))
+        proc.wait()
+        wall = time.perf_counter() - began
+    if proc.returncode:
+        raise SystemExit(f"parallel-rl exited with {proc.returncode}")
+    steady = (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0]) if len(seen) > 1 else float("nan")
+    return wall, steady
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer", type=Path, default=Path("../shared/peers/cleanrl_ppo_atari_envpool.py"))
+    parser.add_argument("--steps", type=int, default=20_480)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="overrides for our run (e.g. actors.procs=1)")
+    args = parser.parse_args()
+    extra = [f for o in args.overrides for f in ("--set", o)]
+    results: dict[str, list[tuple[float, float]]] = {"CleanRL ppo_atari_envpool.py": [], "parallel-rl ppo_atari": []}
+    for i in range(args.repeats):  # alternate, so drift lands on both
+        results["CleanRL ppo_atari_envpool.py"].append(run_peer(args.peer, args.steps))
+        results["parallel-rl ppo_atari"].append(run_ours(args.steps, extra))
+        print(f"repeat {i + 1}/{args.repeats} done", flush=True)
+    print(f"\nPong-v5, {args.steps:,} agent steps each, medians of {args.repeats} alternating runs\n")
+    print("| contender | steady agent steps/s | wall-clock (whole process) |")
+    print("|---|---:|---:|")
+    medians = {}
+    for name, runs in results.items():
+        wall, sps = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        medians[name] = (wall, sps)
+        print(f"| {name} | {sps:,.0f} | {wall:.1f} s |")
+    (peer_wall, peer_sps), (our_wall, our_sps) = medians.values()
+    print(f"\nours / peer: {our_sps / peer_sps:.2f}x steady agent steps/s, {peer_wall / our_wall:.2f}x wall-clock speed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Data-parallel training on torch.distributed (gloo, CPU): replicas stay identical, one run
+directory, steps counted over ranks, bad configs refused before any rank starts."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from parallel_rl import checkpoint as ckpt
+from parallel_rl import distributed
+from parallel_rl.algos import make_algorithm
+from parallel_rl.config import build_config
+from parallel_rl.runtime.runner import Runner
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_rank(rank: int, size: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: int) -> None:
+    """One rank of a data-parallel run; writes its final weights to ``out/rank<r>.pt``."""
+    as_rank(rank, size, port)
+    torch.set_num_threads(1)
+    cfg = build_config(recipe, {"actors.num_envs": 8, "actors.procs": 0, "seed": 3}, ["logging.console=false"])
+    cfg = build_config(recipe, {"actors.num_envs": 8, "actors.procs": 0, "seed": 3,
+                                "total_steps": cfg.algo.rollout_length * 8 * updates}, ["logging.console=false"])
+    built = []
+
+    def keep(spec, cfg, device):
+        built.append(make_algorithm(spec, cfg, device))
+        return built[0]
+
+    summary = Runner(cfg, Path(out) / "run", algorithm=keep).run()
+    torch.save({"policy": built[0].policy().state_dict(), "updates": summary.updates, "step": summary.final_step},
+               Path(out) / f"rank{rank}.pt")
+
+
+@pytest.mark.parametrize("recipe", ["paac_classic", "ppo_classic"])
+def test_two_ranks_take_the_same_steps_and_keep_identical_weights(tmp_path, recipe):
+    """20 updates on 2 ranks x 4 envs: each rank stepped different envs (seeds), yet the
+    averaged gradients keep the replicas equal to the last bit; the step counter counts both
+    ranks' agent steps, and only rank 0 wrote the run directory."""
+    mp.start_processes(train_rank, args=(2, free_port(), str(tmp_path), recipe, 20), nprocs=2, start_method="spawn")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["updates"] == rank1["updates"] == 20 and rank0["step"] == rank1["step"]
+    fresh = make_algorithm_weights(recipe)
+    for key, value in rank0["policy"].items():
+        assert torch.equal(value, rank1["policy"][key]), key
+    assert any(not torch.equal(rank0["policy"][k], fresh[k]) for k in fresh)  # they learned, identically
+    saved = ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))
+    assert saved["step"] == rank0["step"] and saved["updates"] == 20
+
+
+def make_algorithm_weights(recipe: str) -> dict:
+    from parallel_rl.envs import env_spec
+
+    cfg = build_config(recipe, {"actors.num_envs": 8, "seed": 3})
+    torch.manual_seed(cfg.seed)
+    return make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu")).policy().state_dict()
+
+
+def diverge_rank(rank: int, size: int, port: int, out: str) -> None:
+    as_rank(rank, size, port)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    distributed.init(build_config("paac_classic", {"actors.num_envs": 8}), torch.device("cpu"))
+    weights = {"w": torch.ones(3) + (rank == 1) * 1e-6}
+    try:
+        distributed.check_replicas(weights)
+        outcome = "passed"
+    except distributed.ReplicaDivergence as exc:
+        outcome = str(exc)
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+    distributed.shutdown()
+
+
+def test_replica_check_names_the_rank_whose_weights_differ(tmp_path):
+    mp.start_processes(diverge_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        assert "rank(s) [1]" in (tmp_path / f"rank{rank}.txt").read_text()
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "parallel_rl", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--actors", "15"], ["actors.num_envs = 15", "2 ranks", "multiple of 2"]),
+    (["--config", "qrdqn_classic"], ["'qrdqn'", "2 ranks", "--nproc-per-node 1"]),
+    (["--nproc-per-node", "0"], ["--nproc-per-node 0"]),
+])
+def test_a_config_that_cannot_run_on_the_ranks_exits_2_before_any_rank_starts(tmp_path, args, words):
+    flags = ["--nproc-per-node", "2"] if "--nproc-per-node" not in args else []
+    out = cli("launch", "--config", "paac_classic", *flags, *args, "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2, out.stderr
+    assert all(word in out.stderr for word in words), out.stderr
+    assert "Traceback" not in out.stderr and "torch.distributed.run" not in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.learning
+def test_two_ranks_learn_cartpole_through_the_cli(tmp_path):
+    run = tmp_path / "run"
+    out = cli("launch", "--config", "paac_classic", "--nproc-per-node", "2", "--seed", "1", "--run-dir", str(run),
+              "--set", "logging.interval_s=1", timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "layout: 2 ranks x no actor processes x 8 envs per rank" in out.stdout
+    assert out.stdout.count("\ndone:") == 1  # one run, reported once
+    saved = ckpt.load(ckpt.latest(run / "checkpoints"))
+    assert saved["step"] == 300_000
+    recent = saved["recent_returns"]
+    assert sum(recent) / len(recent) >= 450
