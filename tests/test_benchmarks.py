@@ -23,6 +23,10 @@ def script(name, *args):
                  marks=pytest.mark.slow),
     pytest.param("sac_throughput.py", ["--only", "learner", "--learner-steps", "1", "--repeats", "1"],
                  ["| SimbaV2 SAC on cpu"], marks=pytest.mark.slow),
+    pytest.param("compile_cost.py", ["--recipes", "paac_classic", "--seconds", "0.5", "--rounds", "1"],
+                 ["| paac_classic |"], marks=pytest.mark.slow),
+    pytest.param("layouts.py", ["--recipes", "paac_classic", "--seconds", "0.5", "--repeats", "1"],
+                 ["| paac_classic | **default** (K = 0", "| paac_classic | K = 2,"], marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):
     out = script(name, *args)

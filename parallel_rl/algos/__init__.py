@@ -15,13 +15,27 @@ IMAGE_ENCODERS = ("nips_cnn", "nature_cnn")
 
 def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device) -> Algorithm:
     check_fit(cfg, spec)
-    return algorithm_class(cfg.algo.name)(spec, cfg, device)
+    algo = algorithm_class(cfg.algo.name)(spec, cfg, device)
+    if cfg.perf.compile:
+        compile_policy(algo.policy())
+    return algo
 
 
 def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
     """The algorithm's Policy alone (actor processes, evaluation): no critic, optimizer or replay."""
     check_fit(cfg, spec)
-    return algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
+    policy = algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
+    if cfg.perf.compile:
+        compile_policy(policy)
+    return policy
+
+
+def compile_policy(policy: Policy) -> None:
+    """``perf.compile``: compile the forward pass of the Policy's network in place (``nn.Module.compile``:
+    parameters, buffers and state_dict keys stay as they are), or of the Policy itself where it
+    holds no separate network (SAC's actor). The learner's losses call the same network."""
+    network = policy.net if isinstance(getattr(policy, "net", None), torch.nn.Module) else policy
+    network.compile()
 
 
 def policy_lag_bound(cfg: Config) -> int | None:

@@ -1,0 +1,59 @@
+"""Performance switches change speed, not results: `perf.compile` gives the losses and weights
+of eager execution on a fixed batch, and really compiles (dynamo's counters, no fallback)."""
+
+import pytest
+import torch
+
+from parallel_rl.algos import make_algorithm
+from parallel_rl.config import build_config
+from parallel_rl.contracts import Batch
+from parallel_rl.envs import env_spec
+from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
+from parallel_rl.envs import make_env_groups
+
+CPU = torch.device("cpu")
+
+
+def fixed_batch(cfg) -> Batch:
+    """One real rollout of the recipe's envs under a seeded random-weight policy."""
+    spec = env_spec(cfg.env)
+    torch.manual_seed(0)
+    acting = make_algorithm(spec, cfg, CPU).policy()
+    groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, 1, 1)
+    try:
+        arrays = RolloutCollector(groups, cfg.algo.rollout_length).collect(
+            NetworkPolicy(acting, CPU, 0), allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs))
+        return Batch.from_arrays(arrays, CPU)
+    finally:
+        for env in groups:
+            env.close()
+
+
+@pytest.mark.slow  # compiling forward and backward on 2 cores takes tens of seconds
+@pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
+def test_compiled_update_equals_eager_and_really_compiles(recipe):
+    from torch._dynamo.utils import counters
+
+    base = build_config(recipe, {"actors.num_envs": 4}, ["algo.update_epochs=1", "logging.diag_interval=0"])
+    batch = fixed_batch(base)
+    results = {}
+    for compiled in (False, True):
+        cfg = build_config(recipe, {"actors.num_envs": 4, "perf.compile": compiled},
+                           ["algo.update_epochs=1", "logging.diag_interval=0"])
+        torch.manual_seed(1)  # same initial weights, same minibatch shuffles
+        torch._dynamo.reset()
+        counters.clear()
+        algo = make_algorithm(env_spec(cfg.env), cfg, CPU)
+        metrics = algo.update(batch).metrics
+        results[compiled] = ({tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")},
+                             {k: v.clone() for k, v in algo.policy().state_dict().items()})
+        if compiled:
+            assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the network
+            assert not counters["graph_break"], dict(counters["graph_break"])  # no silent fallback to eager
+    (eager_losses, eager_weights), (compiled_losses, compiled_weights) = results[False], results[True]
+    assert eager_losses.keys() == compiled_losses.keys() and eager_losses
+    for tag, value in eager_losses.items():
+        assert compiled_losses[tag] == pytest.approx(value, rel=1e-4, abs=1e-6), tag
+    for key, value in eager_weights.items():
+        assert torch.allclose(compiled_weights[key], value, rtol=1e-4, atol=1e-6), key
+    assert eager_weights.keys() == compiled_weights.keys()  # the state_dict keys of a checkpoint are unchanged
