@@ -7,9 +7,8 @@ import torch
 from parallel_rl.algos import make_algorithm
 from parallel_rl.config import build_config
 from parallel_rl.contracts import Batch
-from parallel_rl.envs import env_spec
+from parallel_rl.envs import env_spec, make_env_groups
 from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
-from parallel_rl.envs import make_env_groups
 
 CPU = torch.device("cpu")
 
