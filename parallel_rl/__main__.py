@@ -1,7 +1,6 @@
-"""`python -m parallel_rl ...` is the `parallel-rl` command."""
+"""`python -m parallel_rl ...` is the `parallel-rl` command (and what torchrun runs on each rank)."""
 
-import sys
 
-from .cli import main
+from .cli import exit_process, main
 
-sys.exit(main())
+exit_process(main())

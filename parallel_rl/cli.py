@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -115,7 +116,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
                               "(only --steps, --device, --seed and --set may change on resume).")
         changes = {LAUNCH_FLAGS[key]: getattr(args, key) for key in ("steps", "device", "seed") if getattr(args, key) is not None}
         resumption = ckpt.resume(Path(args.resume), changes, args.overrides)
-        if resumption.notice:
+        if resumption.notice and distributed.world_from_env().main:
             print(resumption.notice, flush=True)
         cfg, run_dir = resumption.config, resumption.run_dir
     else:
@@ -132,16 +133,18 @@ def cmd_launch(args: argparse.Namespace) -> int:
         resolve_device(cfg.device)
         print(dump_yaml(cfg), end="")
         return 0
-    if ranks > 1 and not distributed.world_from_env().active:
-        return start_ranks(args, ranks, None if args.resume else run_dir)
-    if resumption is not None:
-        if resumption.finished:
+    main_rank = distributed.world_from_env().main  # only rank 0 of a multi-rank run speaks
+    if resumption is not None and resumption.finished:
+        if main_rank:
             print(f"{run_dir} already reached total_steps = {cfg.total_steps} (checkpoint at step {resumption.step}); "
                   f"raise it with --steps to train further.")
-            return 0
+        return 0
+    if ranks > 1 and not distributed.world_from_env().active:
+        return start_ranks(args, ranks, None if args.resume else run_dir)
+    if resumption is not None and main_rank:
         print(f"resuming {run_dir} from step {resumption.step}", flush=True)
     summary = Runner(cfg, run_dir, resumption=resumption).run()
-    if not distributed.world_from_env().main:
+    if not main_rank:
         return signals.exit_code(summary.stop_signal) if summary.stop_signal is not None else 0
     print(f"\ndone: {summary.final_step:,} agent steps ({summary.sps:,.0f} SPS after start-up), "
           f"{summary.episodes} episodes, recent mean return {summary.recent_return:.2f}; checkpoint {summary.checkpoint}")
@@ -268,5 +271,17 @@ def main(argv: list[str] | None = None) -> int:
             supervision.reap_children()
 
 
+def exit_process(code: int) -> None:
+    """End the process with ``code``. A torchrun rank ends with ``os._exit`` once everything
+    is written and closed: at interpreter teardown gloo's threads can abort the process
+    (``terminate called without an active exception``, about one exit in six on 2 cores),
+    which would turn a finished run into a failed job."""
+    if distributed.world_from_env().active:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

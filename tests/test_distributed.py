@@ -45,6 +45,7 @@ def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: 
     summary = Runner(cfg, Path(out) / "run", algorithm=keep).run()
     torch.save({"policy": built[0].policy().state_dict(), "updates": summary.updates, "step": summary.final_step},
                Path(out) / f"rank{rank}.pt")
+    os._exit(0)  # as the CLI's ranks end (cli.exit_process): gloo's threads can abort an interpreter's teardown
 
 
 @pytest.mark.parametrize("recipe", ["paac_classic", "ppo_classic"])
@@ -85,6 +86,7 @@ def diverge_rank(rank: int, size: int, port: int, out: str) -> None:
         outcome = str(exc)
     Path(out, f"rank{rank}.txt").write_text(outcome)
     distributed.shutdown()
+    os._exit(0)
 
 
 def test_replica_check_names_the_rank_whose_weights_differ(tmp_path):
@@ -124,3 +126,18 @@ def test_two_ranks_learn_cartpole_through_the_cli(tmp_path):
     assert saved["step"] == 300_000
     recent = saved["recent_returns"]
     assert sum(recent) / len(recent) >= 450
+
+
+@pytest.mark.slow  # two 2-rank runs through the CLI
+def test_a_two_rank_run_resumes_on_every_rank_from_the_same_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    first = cli("launch", "--config", "paac_classic", "--nproc-per-node", "2", "--steps", "8000", "--run-dir", str(run))
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = ckpt.load(ckpt.latest(run / "checkpoints"))
+    assert saved["step"] == 8000
+    second = cli("launch", "--resume", str(run), "--nproc-per-node", "2", "--steps", "16000")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.count("resuming") == 1 and "from step 8000" in second.stdout  # said once, by rank 0
+    resumed = ckpt.load(ckpt.latest(run / "checkpoints"))
+    # each update counts both ranks' 8 envs x 5 steps: the counter continued from 8,000 on both
+    assert resumed["step"] == 16000 and resumed["updates"] == saved["updates"] * 2
