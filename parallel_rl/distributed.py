@@ -98,12 +98,18 @@ def check_supported(cfg: Config, ranks: int) -> None:
 
 
 def init(cfg: Config, device: torch.device) -> World:
-    """Join the process group torchrun set up (gloo on CPUs, NCCL on GPUs)."""
+    """Join the process group torchrun set up (gloo for CPU tensors, NCCL for CUDA ones)."""
     global _world
     found = world_from_env()
     if found.active and not dist.is_initialized():
         check_supported(cfg, found.size)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+        # the control collectives (stop, skip, episodes, checksums) use CPU tensors: gloo carries
+        # those, NCCL the gradients of a CUDA learner
+        backend = "cpu:gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(found.local_rank)  # NCCL and all_gather_object use the current device
+            backend = "cpu:gloo,cuda:nccl"
+        dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
     _world = found
     return found
 
@@ -169,24 +175,16 @@ def all_ranks(flag: torch.Tensor) -> torch.Tensor:
     return value[0].bool()
 
 
-def any_rank(flag: bool) -> bool:
-    """Whether any rank's ``flag`` is set (e.g. a stop signal reached one of them)."""
+def exchange(returns: list[float], lengths: list[int], stopping: bool) -> tuple[list[float], list[int], bool]:
+    """Every rank's finished episodes (in rank order) and whether any rank is stopping, on
+    every rank, in one collective per update."""
     if not _world.active:
-        return flag
-    value = torch.tensor([int(flag)])
-    with collective("agreeing on whether to stop"):
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value[0])
-
-
-def gather_episodes(returns: list[float], lengths: list[int]) -> tuple[list[float], list[int]]:
-    """Every rank's finished episodes, on every rank (in rank order)."""
-    if not _world.active:
-        return returns, lengths
+        return returns, lengths, stopping
     gathered: list = [None] * _world.size
-    with collective("gathering episodes"):
-        dist.all_gather_object(gathered, (returns, lengths))
-    return [r for rank_returns, _ in gathered for r in rank_returns], [n for _, rank_lengths in gathered for n in rank_lengths]
+    with collective("exchanging episodes"):
+        dist.all_gather_object(gathered, (returns, lengths, stopping))
+    return ([r for rank_returns, _, _ in gathered for r in rank_returns], [n for _, rank_lengths, _ in gathered for n in rank_lengths],
+            any(stop for _, _, stop in gathered))
 
 
 def _tensors(state) -> list[torch.Tensor]:

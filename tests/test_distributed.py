@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,7 @@ def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: 
     as_rank(rank, size, port)
     torch.set_num_threads(1)
     cfg = build_config(recipe, {"actors.num_envs": 8, "actors.procs": 0, "seed": 3}, ["logging.console=false"])
-    cfg = build_config(recipe, {"actors.num_envs": 8, "actors.procs": 0, "seed": 3,
-                                "total_steps": cfg.algo.rollout_length * 8 * updates}, ["logging.console=false"])
+    cfg = replace(cfg, total_steps=cfg.batch_size * updates)
     built = []
 
     def keep(spec, cfg, device):

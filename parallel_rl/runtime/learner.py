@@ -40,11 +40,17 @@ def learn(algo: Algorithm, source: BatchSource, cfg: Config, step: int, updates:
     length = cfg.algo.segment_length(cfg.actors.num_envs)
     ranks = distributed.world().size  # ``step`` counts the agent steps of every rank
     skipped_in_a_row = 0
-    while step < cfg.total_steps and not distributed.any_rank(should_stop()):
-        delivery = source.next_batch(updates, should_stop)
-        if delivery is None:
+    while step < cfg.total_steps:
+        if ranks == 1 and should_stop():
             return
-        delivery.returns, delivery.lengths = distributed.gather_episodes(delivery.returns, delivery.lengths)
+        delivery = source.next_batch(updates, should_stop)
+        # one exchange per update: every rank's episodes, and whether any rank is stopping
+        # (also one stopped while waiting for its batch), so all stop after the same update
+        returns, lengths, stopping = distributed.exchange(delivery.returns if delivery else [], delivery.lengths if delivery else [],
+                                                          delivery is None or should_stop())
+        if stopping:
+            return
+        delivery.returns, delivery.lengths = returns, lengths
         for index, piece in enumerate(delivery.split(length)):
             if index and (step >= cfg.total_steps or should_stop()):
                 return  # the rest of the delivery is dropped unlearned, and not counted
