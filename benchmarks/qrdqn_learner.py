@@ -48,7 +48,7 @@ def filled_learner(device: str, num_envs: int = 16, horizon: int = 64) -> QRDQN:
                        [f"replay.capacity={2 * REPLAY_STEPS}", "algo.warmup_steps=0", "logging.diag_interval=0"])
     groups = make_env_groups(cfg.env, num_envs, cfg.seed, os.cpu_count() or 1, cfg.actors.env_groups)
     collector = RolloutCollector(groups, horizon)
-    policy = NetworkPolicy(UniformPolicy(groups[0].spec), torch.device("cpu"), cfg.seed)
+    policy = NetworkPolicy(UniformPolicy(groups[0].spec), torch.device("cpu"), cfg.seed, num_envs)
     algo = QRDQN(groups[0].spec, cfg, resolve_device(device))
     replay = algo.replay
     try:

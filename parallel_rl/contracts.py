@@ -79,7 +79,8 @@ class Policy(nn.Module):
         """Actions for a batch of observations and their log-probabilities (or log-densities)
         under the acting policy; ``greedy`` takes the most probable action (log-probability
         as the policy defines it, 0 where it is deterministic). Random numbers come from
-        torch's current generator (the caller gives acting a stream of its own)."""
+        ``acting_noise`` (row i from the stream of the call's i-th env), never from torch's
+        generator directly."""
         raise NotImplementedError
 
     def prepare_evaluation(self, cfg: Config) -> None:

@@ -72,6 +72,55 @@ def make_algorithm_weights(recipe: str) -> dict:
     return make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu")).policy().state_dict()
 
 
+def first_update_rank(rank: int, size: int, port: int, out: str, num_envs: int) -> None:
+    """One rank of a PAAC run of one update over ``num_envs`` envs of all ranks; writes the
+    batch it learned from, its losses and the updated weights to ``out/<size>ranks<r>.pt``."""
+    as_rank(rank, size, port)
+    torch.set_num_threads(1)
+    cfg = build_config("paac_classic", {"actors.num_envs": num_envs, "actors.procs": 0, "seed": 3}, ["logging.console=false"])
+    cfg = replace(cfg, total_steps=cfg.batch_size)
+    seen = {}
+
+    def keep(spec, cfg, device):
+        algo = make_algorithm(spec, cfg, device)
+        learn = algo.update
+
+        def update(batch):
+            result = learn(batch)
+            seen.update(obs=batch.obs.clone(), actions=batch.actions.clone(),
+                        losses={tag: float(v) for tag, v in result.metrics.items() if tag.startswith("losses/")})
+            return result
+
+        algo.update = update
+        seen["algo"] = algo
+        return algo
+
+    Runner(cfg, Path(out) / f"run{size}", algorithm=keep).run()
+    torch.save({"obs": seen["obs"], "actions": seen["actions"], "losses": seen["losses"],
+                "policy": seen["algo"].policy().state_dict()}, Path(out) / f"{size}ranks{rank}.pt")
+    os._exit(0)
+
+
+def test_two_ranks_of_8_envs_take_the_first_update_of_one_rank_of_16(tmp_path):
+    """The same 16 envs (env i has seed 3 + i and draws its actions from its own stream,
+    whichever rank steps it) give the same batch, and the averaged gradient of 2 x 8 the same
+    step as the gradient of 16: equal weights after the update, losses the mean of the ranks'."""
+    mp.start_processes(first_update_rank, args=(1, free_port(), str(tmp_path), 16), nprocs=1, start_method="spawn")
+    mp.start_processes(first_update_rank, args=(2, free_port(), str(tmp_path), 16), nprocs=2, start_method="spawn")
+    whole = torch.load(tmp_path / "1ranks0.pt", weights_only=True)
+    halves = [torch.load(tmp_path / f"2ranks{r}.pt", weights_only=True) for r in (0, 1)]
+    assert whole["obs"].shape[1] == 16 and halves[0]["obs"].shape[1] == 8
+    assert torch.equal(torch.cat([h["obs"] for h in halves], dim=1), whole["obs"])
+    assert torch.equal(torch.cat([h["actions"] for h in halves], dim=1), whole["actions"])
+    for tag, value in whole["losses"].items():
+        assert sum(h["losses"][tag] for h in halves) / 2 == pytest.approx(value, rel=1e-5, abs=1e-6), tag
+    fresh = make_algorithm_weights("paac_classic")
+    for key, value in whole["policy"].items():
+        assert torch.equal(halves[0]["policy"][key], halves[1]["policy"][key]), key
+        assert torch.allclose(halves[0]["policy"][key], value, rtol=1e-5, atol=1e-6), key
+    assert any(not torch.equal(whole["policy"][k], fresh[k]) for k in fresh)  # the update moved the weights
+
+
 def diverge_rank(rank: int, size: int, port: int, out: str) -> None:
     as_rank(rank, size, port)
     import torch.distributed as dist

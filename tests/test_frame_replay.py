@@ -104,7 +104,7 @@ def _atari_stream(env_id, num_envs, horizon, rollouts, **env_overrides):
     cfg = build_config("qrdqn_atari", {}, overrides)
     groups = make_env_groups(cfg.env, num_envs, 3, 1, cfg.actors.env_groups)
     collector = RolloutCollector(groups, horizon)
-    policy = NetworkPolicy(UniformPolicy(groups[0].spec), torch.device("cpu"), 0)
+    policy = NetworkPolicy(UniformPolicy(groups[0].spec), torch.device("cpu"), 0, num_envs)
     try:
         out = []
         for _ in range(rollouts):

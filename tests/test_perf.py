@@ -21,7 +21,7 @@ def fixed_batch(cfg) -> Batch:
     groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, 1, 1)
     try:
         arrays = RolloutCollector(groups, cfg.algo.rollout_length).collect(
-            NetworkPolicy(acting, CPU, 0), allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs))
+            NetworkPolicy(acting, CPU, cfg.seed, cfg.actors.num_envs), allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs))
         return Batch.from_arrays(arrays, CPU)
     finally:
         for env in groups:

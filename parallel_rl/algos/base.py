@@ -1,4 +1,4 @@
-"""What the algorithms share: config sections, reward clipping, sampling, finite-only optimizer steps."""
+"""What the algorithms share: config sections, reward clipping, finite-only optimizer steps."""
 
 from __future__ import annotations
 
@@ -84,12 +84,6 @@ def minibatch_count_fits(cfg: Config, count: int) -> None:
 def clipped_rewards(rewards: torch.Tensor, limit: float) -> torch.Tensor:
     """Rewards clipped to [-limit, limit] for learning (Atari's sign-like clipping); 0 leaves them as they are."""
     return rewards.clamp(-limit, limit) if limit > 0 else rewards
-
-
-def sample_categorical(logits: torch.Tensor) -> torch.Tensor:
-    """One sample per row via the Gumbel-max trick (one kernel, no normalisation)."""
-    noise = torch.empty_like(logits).exponential_().log_()
-    return (logits - noise).argmax(dim=-1)
 
 
 # ------------------------------------------------------------------ non-finite updates

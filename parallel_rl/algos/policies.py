@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import acting_noise
 from ..config import Config
 from ..contracts import Policy
 from ..envs import EnvSpec
-from .base import sample_categorical
 
 
 class CategoricalPolicy(Policy):
@@ -27,7 +27,7 @@ class CategoricalPolicy(Policy):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         logits, _ = self.net(obs)
-        actions = logits.argmax(-1) if greedy else sample_categorical(logits)
+        actions = logits.argmax(-1) if greedy else acting_noise.gumbel_argmax(logits)
         log_probs = F.log_softmax(logits, dim=-1).gather(1, actions.unsqueeze(1)).squeeze(1)
         return actions, log_probs
 
@@ -68,8 +68,8 @@ class EpsilonGreedyPolicy(Policy):
         if self.per_actor_alpha is not None:
             epsilon = per_actor_epsilons(epsilon, len(q), self.per_actor_alpha)
         num_actions = q.shape[-1]
-        explore = torch.rand(len(q), device=q.device) < epsilon
-        actions = torch.where(explore, torch.randint_like(best, num_actions), best)
+        explore = acting_noise.uniform(len(q), device=q.device) < epsilon
+        actions = torch.where(explore, acting_noise.integers(len(q), num_actions, q.device), best)
         probs = epsilon / num_actions + (1 - epsilon) * (actions == best).to(q.dtype)
         return actions, probs.log()
 
@@ -99,7 +99,7 @@ class UniformPolicy(Policy):
     def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         n = obs.shape[0]
         if self.discrete:
-            actions = torch.randint(int(self.num_actions), (n,), device=obs.device)
+            actions = acting_noise.integers(n, int(self.num_actions), obs.device)
         else:
-            actions = self.low + (self.high - self.low) * torch.rand((n, *self.low.shape), device=obs.device)
+            actions = self.low + (self.high - self.low) * acting_noise.uniform(n, *self.low.shape, device=obs.device)
         return actions, torch.full((n,), self.log_prob, device=obs.device)

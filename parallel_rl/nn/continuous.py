@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import acting_noise
 from ..config import ModelConfig
 from ..contracts import Policy
 from .blocks import MLP, orthogonal_init
@@ -22,10 +23,13 @@ from .simba import HyperHead, RunningMeanStd, SimbaV2Torso
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 
 
-def squashed_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def squashed_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor,
+                             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A reparametrised sample ``tanh(mean + std * noise)`` and its log-density (summed over
-    action dimensions, with the tanh change of variables)."""
-    noise = torch.randn_like(mean)
+    action dimensions, with the tanh change of variables); ``noise`` standard normal, drawn
+    from torch's generator when not given."""
+    if noise is None:
+        noise = torch.randn_like(mean)
     pre_tanh = mean + log_std.exp() * noise
     log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
     # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
@@ -82,12 +86,12 @@ class TanhGaussianPolicy(Policy):
         """
         n = obs.shape[0]
         if not greedy and bool(self.warming_up):
-            actions = torch.rand((n, *self.action_shape), device=obs.device) * 2.0 - 1.0
+            actions = acting_noise.uniform(n, *self.action_shape, device=obs.device) * 2.0 - 1.0
             return actions, torch.full((n,), -math.log(2.0) * actions[0].numel(), device=obs.device)
         mean, log_std = self(self.obs_norm(obs))
         if greedy:
             return torch.tanh(mean), torch.zeros(n, device=obs.device)
-        return squashed_gaussian_sample(mean, log_std)
+        return squashed_gaussian_sample(mean, log_std, acting_noise.normal(n, *mean.shape[1:], device=obs.device))
 
 
 class SimbaV2Critic(nn.Module):

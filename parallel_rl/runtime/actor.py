@@ -23,7 +23,7 @@ import zmq
 from ..config import from_dict
 from ..envs import make_env_groups
 from . import control, signals
-from .rollout import NetworkPolicy, RolloutCollector, acting_seed
+from .rollout import NetworkPolicy, RolloutCollector
 from .slots import SharedWeights, SlotPool
 
 HEARTBEAT_S = 0.5
@@ -104,8 +104,7 @@ class ActorProcess:
         groups = make_env_groups(cfg.env, args.num_envs, cfg.seed + args.env_start, args.env_threads, cfg.actors.env_groups)
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.replica = make_policy(groups[0].spec, cfg, self.device).requires_grad_(False)  # the learner's Policy, published
-        seed = acting_seed(cfg.seed, args.index)
-        self.act = NetworkPolicy(self.replica, self.device, seed)
+        self.act = NetworkPolicy(self.replica, self.device, cfg.seed + args.env_start, args.num_envs)
         # off-policy learning that publishes within a rollout: act with each new version as it appears
         self.refresh_within_rollout = args.updates_per_rollout > 1 and args.lag_bound is None and not cfg.actors.deterministic_lag
         self.held_version = -1
@@ -137,11 +136,11 @@ class ActorProcess:
     def waiting(self) -> bool:
         return self.beat() or self.drain()
 
-    def policy(self, obs: np.ndarray):
+    def policy(self, obs: np.ndarray, envs: slice):
         self.beat()
         if self.refresh_within_rollout and int(self.args.weights.latest[0]) > self.held_version:
             self.held_version = self.args.weights.fetch(self.replica, at_least=self.held_version + 1, should_stop=self.waiting)
-        return self.act(obs)
+        return self.act(obs, envs)
 
     def fetch_weights(self, rollout: int) -> int:
         """Load the weights rollout ``rollout`` acts with; returns their version."""

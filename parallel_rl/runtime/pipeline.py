@@ -30,7 +30,6 @@ from .actor import ActorProcessArgs, actor_process_main
 from .rollout import (
     NetworkPolicy,
     RolloutCollector,
-    acting_seed,
     allocate,
     rollout_arrays,
 )
@@ -68,7 +67,7 @@ class InlineSource:
 
     def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int):
         self.device = device  # the network is reached through self.policy
-        self.policy = NetworkPolicy(algo.policy(), device, acting_seed(cfg.seed, 0))
+        self.policy = NetworkPolicy(algo.policy(), device, cfg.seed, cfg.actors.num_envs)
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
         # acting and learning take turns: collect only what the learner learns from before it
         # publishes (a whole rollout on-policy; a few steps for replay, algo.publish_interval)

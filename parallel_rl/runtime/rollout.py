@@ -15,11 +15,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .. import acting_noise
 from ..contracts import Policy as ActingPolicy
 from ..envs import EnvSpec, VecEnv
 
-# obs -> (actions, log-probability of each action under the acting policy)
-Policy = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (obs of the envs in columns ``envs``, envs) -> (actions, log-probability of each action under the acting policy)
+Policy = Callable[[np.ndarray, slice], tuple[np.ndarray, np.ndarray]]
 
 
 def rollout_arrays(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -72,7 +73,7 @@ class RolloutCollector:
                     continue
                 out["obs"][t, cols] = self.obs[g]
                 began = time.perf_counter()
-                actions, log_probs = policy(self.obs[g])
+                actions, log_probs = policy(self.obs[g], cols)
                 policy_s += time.perf_counter() - began
                 env.send(actions)
                 pending[g] = True
@@ -106,40 +107,19 @@ def allocate(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, np.ndarray
     return {name: np.zeros(shape, dtype) for name, (shape, dtype) in rollout_arrays(spec, horizon, num_envs).items()}
 
 
-def acting_seed(seed: int, process: int) -> int:
-    """Seed of actor process ``process``'s acting stream; the synchronous mode acts as actor process 0."""
-    return seed * 1_000_003 + process
-
-
 class NetworkPolicy:
-    """A ``contracts.Policy``'s ``act`` as a rollout :data:`Policy`, drawing from its own random stream.
-
-    Acting (sampling, epsilon-greedy, warm-up noise) never shares torch's global generator
-    with learning (minibatch shuffles): a seeded run then acts identically whether the
-    learner's process or an actor process steps the envs, and however many random numbers
-    an update draws.
+    """A ``contracts.Policy``'s ``act`` as a rollout :data:`Policy`: the collector's env i,
+    whose environment has seed ``first_env_seed + i``, draws its actions from that seed's
+    stream (``acting_noise``), never from torch's generator, so acting is the same whichever
+    process or rank steps the env, and however many random numbers an update draws.
     """
 
-    def __init__(self, policy: ActingPolicy, device: torch.device, seed: int):
+    def __init__(self, policy: ActingPolicy, device: torch.device, first_env_seed: int, num_envs: int):
         self.policy, self.device = policy, device
         self.cuda = device.type == "cuda"
-        self.cpu_state = torch.Generator().manual_seed(seed).get_state()
-        self.cuda_state = None
-        if self.cuda:
-            self.cuda_state = torch.Generator(device=device).manual_seed(seed).get_state()
+        self.streams = acting_noise.EnvStreams(torch.arange(num_envs, device=device) + first_env_seed)
 
-    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outer_cpu = torch.get_rng_state()
-        torch.set_rng_state(self.cpu_state)
-        if self.cuda:
-            outer_cuda = torch.cuda.get_rng_state(self.device)
-            torch.cuda.set_rng_state(self.cuda_state, self.device)
-        try:
+    def __call__(self, obs: np.ndarray, envs: slice) -> tuple[np.ndarray, np.ndarray]:
+        with self.streams.acting(envs):
             actions, log_probs = self.policy.act(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
-        finally:
-            self.cpu_state = torch.get_rng_state()
-            torch.set_rng_state(outer_cpu)
-            if self.cuda:
-                self.cuda_state = torch.cuda.get_rng_state(self.device)
-                torch.cuda.set_rng_state(outer_cuda, self.device)
         return actions.cpu().numpy(), log_probs.cpu().numpy()

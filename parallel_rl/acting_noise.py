@@ -1,0 +1,100 @@
+"""The random numbers acting draws: one counter-based stream per env.
+
+Env i's k-th action is drawn from numbers that depend only on env i's seed (the seed its
+environment gets, ``seed + i`` over all ranks) and k, never on which process, rank or group
+of envs steps it, nor on how many envs share a call. A seeded run therefore acts
+identically whether its envs are stepped by one process, several actor processes or
+several ranks: what lets a 2-rank run with 8 envs each repeat a 1-rank run with 16.
+
+The numbers come from an integer hash of (env seed, step, draw, element), computed with
+elementwise tensor ops on the acting device (no generator state, no host sync). Inside
+:func:`drawing_from` the policies' ``act`` draw here; elsewhere (evaluation, tests) the
+same functions fall back to torch's current generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+_MASK = 0xFFFFFFFF
+_MULTIPLIER = 0x45D9F3B  # < 2**27: products of 32-bit values stay within int64
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche (values in [0, 2**32) held as int64)."""
+    x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
+    x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
+    return (x >> 16) ^ x
+
+
+class EnvStreams:
+    """One stream per env of a collector: ``keys[i]`` is env i's seed, ``steps[i]`` how many
+    times env i has acted."""
+
+    def __init__(self, env_seeds: torch.Tensor):
+        keys = env_seeds.to(torch.int64)
+        self.keys = _mix(_mix(keys & _MASK) ^ ((keys >> 32) & _MASK))
+        self.steps = torch.zeros_like(keys)
+
+    @contextmanager
+    def acting(self, envs: slice) -> Iterator[None]:
+        """The envs ``envs`` act once: every draw inside comes from their streams, at their
+        current step; the step advances after."""
+        global _active
+        outer = _active
+        _active = _Draws(_mix(_mix(self.keys[envs] ^ (self.steps[envs] & _MASK)) ^ (self.steps[envs] >> 32)))
+        try:
+            yield
+        finally:
+            _active = outer
+            self.steps[envs] += 1
+
+
+class _Draws:
+    """The draws of one act call: row i from env i's stream at its step, each draw distinct."""
+
+    def __init__(self, row_keys: torch.Tensor):
+        self.row_keys = row_keys
+        self.count = 0
+
+    def uniform(self, rows: int, shape: tuple[int, ...]) -> torch.Tensor:
+        if rows != len(self.row_keys):
+            raise ValueError(f"acting drew {rows} rows of random numbers for a call of {len(self.row_keys)} envs")
+        elements = math.prod(shape)
+        index = torch.arange(elements, device=self.row_keys.device) + (self.count << 20)
+        self.count += 1
+        bits = _mix(_mix(self.row_keys.unsqueeze(1) ^ index))
+        # the top 24 bits, centred in their interval: uniform in (0, 1), never 0 or 1
+        return (((bits >> 8).to(torch.float32) + 0.5) / float(1 << 24)).reshape(rows, *shape)
+
+
+_active: _Draws | None = None
+
+
+def uniform(rows: int, *shape: int, device: torch.device) -> torch.Tensor:
+    """Uniform numbers in (0, 1) of shape ``[rows, *shape]``: row i from the stream of the
+    call's i-th env while acting, torch's generator otherwise."""
+    if _active is None:
+        return torch.rand((rows, *shape), device=device).clamp_(min=2.0**-25)
+    return _active.uniform(rows, shape).to(device)
+
+
+def normal(rows: int, *shape: int, device: torch.device) -> torch.Tensor:
+    """Standard normal numbers of shape ``[rows, *shape]`` (Box-Muller on two uniform draws)."""
+    radius = (-2.0 * uniform(rows, *shape, device=device).log()).sqrt()
+    return radius * torch.cos(2.0 * math.pi * uniform(rows, *shape, device=device))
+
+
+def integers(rows: int, high: int, device: torch.device) -> torch.Tensor:
+    """One integer in [0, high) per row."""
+    return (uniform(rows, device=device) * high).long().clamp_(max=high - 1)
+
+
+def gumbel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """One categorical sample per row of ``logits`` (the Gumbel-max trick, no normalisation)."""
+    gumbel = -(-uniform(*logits.shape, device=logits.device).log()).log()
+    return (logits + gumbel).argmax(dim=-1)

@@ -1,0 +1,68 @@
+"""Acting's random numbers: one stream per env, whatever the split of the envs into calls,
+and the right distributions."""
+
+import math
+
+import pytest
+import torch
+
+from parallel_rl import acting_noise
+
+
+def draws(env_seeds, splits, steps=3, width=5):
+    """Each env's uniform draws over ``steps`` act calls, the envs split into calls at ``splits``."""
+    streams = acting_noise.EnvStreams(torch.tensor(env_seeds))
+    bounds = [0, *splits, len(env_seeds)]
+    out = []
+    for _ in range(steps):
+        parts = []
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            with streams.acting(slice(start, stop)):
+                parts.append(torch.cat([acting_noise.uniform(stop - start, width, device=torch.device("cpu")),
+                                        acting_noise.uniform(stop - start, device=torch.device("cpu")).unsqueeze(1)], 1))
+        out.append(torch.cat(parts))
+    return torch.stack(out, 1)  # [env, step, width + 1]
+
+
+def test_an_envs_numbers_depend_on_its_seed_and_step_alone():
+    together = draws([10, 11, 12, 13], [])
+    assert torch.equal(together, draws([10, 11, 12, 13], [1, 3]))
+    assert torch.equal(together[2:], draws([12, 13], []))  # the same envs stepped elsewhere (another rank)
+    assert not torch.equal(together[:, 0], together[:, 1])  # each step draws anew
+    assert not torch.equal(together[0], together[1])  # each env its own stream
+    assert not torch.equal(together[..., 0], together[..., 5])  # each draw of a call its own numbers
+
+
+def test_the_numbers_are_uniform_and_the_samplers_follow_their_distributions():
+    streams = acting_noise.EnvStreams(torch.arange(4096))
+    cpu = torch.device("cpu")
+    with streams.acting(slice(None)):
+        u = acting_noise.uniform(4096, 64, device=cpu)
+        z = acting_noise.normal(4096, 16, device=cpu)
+        logits = torch.tensor([0.0, 1.0, 2.0]).expand(4096, 3)
+        picks = torch.cat([acting_noise.gumbel_argmax(logits) for _ in range(8)])
+        ints = acting_noise.integers(4096, 6, cpu)
+    assert 0 < u.min() and u.max() < 1
+    assert u.mean() == pytest.approx(0.5, abs=0.003) and u.var() == pytest.approx(1 / 12, abs=0.001)
+    hist = torch.histc(u, bins=16, min=0, max=1) / u.numel()
+    assert (hist - 1 / 16).abs().max() < 0.003
+    assert z.mean() == pytest.approx(0.0, abs=0.02) and z.std() == pytest.approx(1.0, abs=0.02)
+    assert (z.abs() > 1.96).float().mean() == pytest.approx(0.05, abs=0.005)
+    frequencies = torch.bincount(picks, minlength=3) / picks.numel()
+    assert torch.allclose(frequencies, torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0), atol=0.01)
+    counts = torch.bincount(ints, minlength=6)
+    assert len(counts) == 6 and (counts / 4096 - 1 / 6).abs().max() < 0.025
+    assert abs(torch.corrcoef(torch.stack([u[:, 0], u[:, 1]]))[0, 1]) < 4 / math.sqrt(4096)
+
+
+def test_outside_acting_the_numbers_come_from_torchs_generator():
+    torch.manual_seed(5)
+    first = acting_noise.uniform(3, 2, device=torch.device("cpu"))
+    torch.manual_seed(5)
+    assert torch.equal(first, acting_noise.uniform(3, 2, device=torch.device("cpu")))
+
+
+def test_a_call_must_draw_one_row_per_env():
+    streams = acting_noise.EnvStreams(torch.arange(4))
+    with streams.acting(slice(0, 2)), pytest.raises(ValueError, match="3 rows .* 2 envs"):
+        acting_noise.uniform(3, device=torch.device("cpu"))
