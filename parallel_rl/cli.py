@@ -155,8 +155,12 @@ def start_ranks(args: argparse.Namespace, ranks: int, run_dir: Path | None) -> i
     """Run this very command on ``ranks`` ranks of this machine through torch.distributed.run
     (what ``torchrun --standalone --nproc-per-node N -m parallel_rl ...`` does); a new run's
     directory is named here, so that every rank agrees on it. Returns torchrun's exit code."""
-    import subprocess
     import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
 
     argv = [a for i, a in enumerate(args.argv) if not (a.startswith("--nproc-per-node") or
                                                         (i and args.argv[i - 1] == "--nproc-per-node"))]
@@ -164,9 +168,23 @@ def start_ranks(args: argparse.Namespace, ranks: int, run_dir: Path | None) -> i
         argv += ["--run-dir", str(run_dir)]
     # torchrun keeps its workers' error files in a temporary folder it leaves behind on failure
     with tempfile.TemporaryDirectory(prefix="parallel-rl-torchrun-") as logs:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                   f"--log-dir={logs}", "-m", "parallel_rl", *argv]
-        return subprocess.run(command).returncode
+        options = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={ranks}", f"--log-dir={logs}",
+                                                "-m", "parallel_rl", *argv])
+        # torchrun's agent runs in this process: a stop signal reaches it (and, from the
+        # terminal, the ranks), it passes the signal on to the ranks, which stop after the same
+        # update with a final checkpoint, waits for them, then raises SignalException
+        with signals.handled(signals.raise_interrupted):  # restored once torchrun's agent is done
+            try:
+                torchrun(options)
+            except SignalException as exc:
+                raise signals.Interrupted(int(exc.sigval)) from None
+            except ChildFailedError as exc:  # each failed rank said why on stderr
+                ended = ", ".join(f"rank {rank} " + (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+                                                     else f"exited with code {failure.exitcode}")
+                                  for rank, failure in sorted(exc.failures.items()))
+                print(f"parallel-rl: the job failed: {ended}.", file=sys.stderr)
+                return EXIT_FAILURE
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

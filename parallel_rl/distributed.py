@@ -90,8 +90,11 @@ def check_supported(cfg: Config, ranks: int) -> None:
     if ranks == 1:
         return
     if (reason := cfg.algo.not_data_parallel) is not None:
-        raise ConfigError(f"algo.name = {cfg.algo.name!r} cannot train on {ranks} ranks: {reason}. Use --nproc-per-node 1, "
-                          "or an on-policy algorithm (paac, impala, ppo, pqn).")
+        raise ConfigError(f"algo.name = {cfg.algo.name!r} cannot train on {ranks} ranks: {reason}. Use --nproc-per-node 1.")
+    if cfg.replay.save_with_checkpoint:
+        raise ConfigError(f"replay.save_with_checkpoint = true cannot run on {ranks} ranks: each rank keeps its own replay "
+                          "and rank 0 alone writes checkpoints. Set replay.save_with_checkpoint=false (a resume then "
+                          "refills every rank's replay for algo.warmup_steps), or use --nproc-per-node 1.")
     if cfg.actors.num_envs % ranks:
         raise ConfigError(f"actors.num_envs = {cfg.actors.num_envs} does not split evenly over {ranks} ranks: "
                           f"use a multiple of {ranks} (--actors counts the envs of all ranks together).")
@@ -175,6 +178,49 @@ def all_ranks(flag: torch.Tensor) -> torch.Tensor:
     return value[0].bool()
 
 
+def _reduced(value: float, dtype: torch.dtype, op, what: str) -> float:
+    packed = torch.tensor([value], dtype=dtype)
+    with collective(what):
+        dist.all_reduce(packed, op=op)
+    return packed.item()
+
+
+def fewest(count: int) -> int:
+    """The smallest of the ranks' ``count``: the gradient steps every replica takes in an
+    update (each replay-based rank counts what its own new transitions earned)."""
+    return int(_reduced(count, torch.int64, dist.ReduceOp.MIN, "agreeing on the gradient steps")) if _world.active else count
+
+
+def largest(value: float) -> float:
+    """The largest of the ranks' ``value``."""
+    return float(_reduced(value, torch.float64, dist.ReduceOp.MAX, "pooling statistics")) if _world.active else value
+
+
+def pooled_moments(count: int, mean: torch.Tensor, var: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Count, mean and population variance of all ranks' batches together, from each
+    rank's own (a rank with an empty batch takes part with count 0). Chan et al.'s merge in
+    rank order, so every rank computes the same bits."""
+    if not _world.active:
+        return count, mean, var
+    size = mean.numel()
+    local = torch.cat([torch.tensor([float(count)], dtype=torch.float64),
+                       mean.detach().double().flatten().cpu(), var.detach().double().flatten().cpu()])
+    gathered = [torch.zeros_like(local) for _ in range(_world.size)]
+    with collective("pooling statistics"):
+        dist.all_gather(gathered, local)
+    total, pooled_mean, pooled_var = 0.0, torch.zeros(size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
+    for part in gathered:
+        n = float(part[0])
+        if n == 0:
+            continue
+        merged = total + n
+        delta = part[1 : 1 + size] - pooled_mean
+        pooled_var = (pooled_var * total + part[1 + size :] * n + delta.square() * total * n / merged) / merged
+        pooled_mean = pooled_mean + delta * n / merged
+        total = merged
+    return int(total), pooled_mean.view_as(mean).to(mean), pooled_var.view_as(var).to(var)
+
+
 def exchange(returns: list[float], lengths: list[int], stopping: bool) -> tuple[list[float], list[int], bool]:
     """Every rank's finished episodes (in rank order) and whether any rank is stopping, on
     every rank, in one collective per update."""
@@ -187,14 +233,25 @@ def exchange(returns: list[float], lengths: list[int], stopping: bool) -> tuple[
             any(stop for _, _, stop in gathered))
 
 
-def _tensors(state) -> list[torch.Tensor]:
+# A state_dict key starting with this holds one rank's own state (its envs' running values):
+# neither broadcast from rank 0 nor compared across replicas.
+PER_RANK = "per_rank"
+
+
+def _named_tensors(state, name: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The replicated tensors of a nested state (dicts in key order, lists), each with its path."""
     if isinstance(state, torch.Tensor):
-        return [state]
+        return [(name, state)]
     if isinstance(state, dict):
-        return [t for key in sorted(state, key=str) for t in _tensors(state[key])]
+        return [item for key in sorted(state, key=str) if not str(key).startswith(PER_RANK)
+                for item in _named_tensors(state[key], f"{name}.{key}" if name else str(key))]
     if isinstance(state, (list, tuple)):
-        return [t for item in state for t in _tensors(item)]
+        return [item for i, value in enumerate(state) for item in _named_tensors(value, f"{name}[{i}]")]
     return []
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    return [tensor for _, tensor in _named_tensors(state)]
 
 
 def broadcast_state(state: dict) -> None:
@@ -212,11 +269,14 @@ def check_replicas(state: dict) -> None:
     """Raise ReplicaDivergence naming the ranks whose weights differ from rank 0's."""
     if not _world.active:
         return
-    checksum = torch.tensor([float(t.double().sum()) for t in _tensors(state) if t.is_floating_point()], dtype=torch.float64)
+    named = [(name, t) for name, t in _named_tensors(state) if t.is_floating_point()]
+    checksum = torch.tensor([float(t.double().sum()) for _, t in named], dtype=torch.float64)
     gathered = [torch.zeros_like(checksum) for _ in range(_world.size)]
     with collective("comparing weights"):
         dist.all_gather(gathered, checksum)
     differing = [rank for rank, other in enumerate(gathered) if not torch.equal(other, gathered[0])]
     if differing:
-        raise ReplicaDivergence(f"the weights of rank(s) {differing} differ from rank 0's after data-parallel updates; "
-                                "an algorithm must average its gradients with distributed.average_gradients before stepping.")
+        first = next(i for i in range(len(named)) if any(gathered[r][i] != gathered[0][i] for r in differing))
+        raise ReplicaDivergence(f"the weights of rank(s) {differing} differ from rank 0's after data-parallel updates "
+                                f"(first in {named[first][0]!r}); an algorithm must average its gradients with "
+                                "distributed.average_gradients before stepping, and pool any statistics it keeps.")

@@ -30,11 +30,11 @@ def as_rank(rank: int, size: int, port: int) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: int) -> None:
+def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: int, overrides: tuple[str, ...] = ()) -> None:
     """One rank of a data-parallel run; writes its final weights to ``out/rank<r>.pt``."""
     as_rank(rank, size, port)
     torch.set_num_threads(1)
-    cfg = build_config(recipe, {"actors.num_envs": 8, "actors.procs": 0, "seed": 3}, ["logging.console=false"])
+    cfg = build_config(recipe, {"actors.num_envs": 8, "actors.procs": 0, "seed": 3}, ["logging.console=false", *overrides])
     cfg = replace(cfg, total_steps=cfg.batch_size * updates)
     built = []
 
@@ -43,8 +43,8 @@ def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: 
         return built[0]
 
     summary = Runner(cfg, Path(out) / "run", algorithm=keep).run()
-    torch.save({"policy": built[0].policy().state_dict(), "updates": summary.updates, "step": summary.final_step},
-               Path(out) / f"rank{rank}.pt")
+    torch.save({"policy": built[0].policy().state_dict(), "updates": summary.updates, "step": summary.final_step,
+                "gradient_steps": getattr(built[0], "gradient_steps", None)}, Path(out) / f"rank{rank}.pt")
     os._exit(0)  # as the CLI's ranks end (cli.exit_process): gloo's threads can abort an interpreter's teardown
 
 
@@ -62,6 +62,29 @@ def test_two_ranks_take_the_same_steps_and_keep_identical_weights(tmp_path, reci
     assert any(not torch.equal(rank0["policy"][k], fresh[k]) for k in fresh)  # they learned, identically
     saved = ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))
     assert saved["step"] == rank0["step"] and saved["updates"] == 20
+
+
+# small warm-ups and minibatches, so that 20 rollouts' worth of steps reach many gradient steps
+REPLAY_OVERRIDES = {
+    "simbav2_pendulum": ("algo.warmup_steps=32", "replay.minibatch_size=16"),
+    "qrdqn_classic": ("algo.warmup_steps=64", "replay.minibatch_size=16", "algo.target_period=40"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(REPLAY_OVERRIDES))
+def test_replay_based_ranks_step_in_lockstep_with_pooled_statistics(tmp_path, recipe):
+    """SAC (SimbaV2: observation statistics, reward scaling) and QR-DQN on 2 ranks, each with
+    its own replay: the ranks take the same gradient steps and end with identical weights and
+    acting state, the observation statistics being those of both ranks' transitions."""
+    mp.start_processes(train_rank, args=(2, free_port(), str(tmp_path), recipe, 20, REPLAY_OVERRIDES[recipe]), nprocs=2,
+                       start_method="spawn")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["updates"] == rank1["updates"] and rank0["step"] == rank1["step"]
+    assert rank0["gradient_steps"] == rank1["gradient_steps"] > 50
+    for key, value in rank0["policy"].items():
+        assert torch.equal(value, rank1["policy"][key]), key
+    if recipe == "simbav2_pendulum":  # every transition of both ranks counted once
+        assert float(rank0["policy"]["obs_norm.count"]) == pytest.approx(rank0["step"], abs=1e-3)
 
 
 def make_algorithm_weights(recipe: str) -> dict:
@@ -150,7 +173,8 @@ def cli(*args, timeout=300):
 
 @pytest.mark.parametrize(("args", "words"), [
     (["--actors", "15"], ["actors.num_envs = 15", "2 ranks", "multiple of 2"]),
-    (["--config", "qrdqn_classic"], ["'qrdqn'", "2 ranks", "--nproc-per-node 1"]),
+    (["--config", "simbav2_pendulum", "--actors", "8", "--set", "replay.save_with_checkpoint=true"],
+     ["replay.save_with_checkpoint = true", "2 ranks", "replay.save_with_checkpoint=false"]),
     (["--nproc-per-node", "0"], ["--nproc-per-node 0"]),
 ])
 def test_a_config_that_cannot_run_on_the_ranks_exits_2_before_any_rank_starts(tmp_path, args, words):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 
 import torch
@@ -55,10 +54,6 @@ class ReplayCadenceConfig:
         "many gradient steps old (never less than one agent step of every env; algo.rollout_length stays the transfer size "
         "of actor processes). 8: close to the papers' one-env loops (SimbaV2 publishes after every 2), for a fraction of "
         "their per-step overhead.", 8)
-
-    not_data_parallel: typing.ClassVar[str | None] = (
-        "its gradient steps per update follow each rank's own count of new transitions, so ranks would not step "
-        "in lockstep; replay-based algorithms train on one rank for now")
 
     def check_cadence(self) -> None:
         if self.utd_ratio <= 0:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
+
 
 def categorical_support(v_min: float, v_max: float, num_atoms: int, device: torch.device | None = None) -> torch.Tensor:
     return torch.linspace(v_min, v_max, num_atoms, device=device)
@@ -100,26 +102,31 @@ class RewardScaler:
             seen.append(self.returns[live[t]])
             self.returns = torch.where(ended[t] & live[t], torch.zeros_like(self.returns), self.returns)
         values = torch.cat(seen)
-        if values.numel():
-            self._merge(values)
-
-    def _merge(self, values: torch.Tensor) -> None:
         n = values.numel()
-        mean = float(values.mean())
-        m2 = float(((values - mean) ** 2).sum())
+        mean = values.mean() if n else torch.zeros((), dtype=torch.float64)
+        var = values.var(unbiased=False) if n else torch.zeros((), dtype=torch.float64)
+        # on several ranks: the returns of every rank's envs, so all replicas scale alike
+        n, mean, var = distributed.pooled_moments(n, mean, var)
+        max_abs = distributed.largest(float(values.abs().max()) if values.numel() else 0.0)
+        if n:
+            self._merge(n, float(mean), float(var) * n, max_abs)
+
+    def _merge(self, n: int, mean: float, m2: float, max_abs: float) -> None:
+        """Chan et al.'s merge of a batch of ``n`` returns (mean, sum of squared deviations, largest |G|)."""
         total = self.count + n
         delta = mean - self.mean
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.count * n / total
         self.count = total
-        self.max_abs = max(self.max_abs, float(values.abs().max()))
+        self.max_abs = max(self.max_abs, max_abs)
 
     def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
         return rewards / self.scale
 
     def state_dict(self) -> dict:
-        return {"returns": self.returns, "count": self.count, "mean": self.mean, "m2": self.m2, "max_abs": self.max_abs}
+        # the running G of this process's own envs: each rank keeps its own (distributed.PER_RANK)
+        return {"per_rank_returns": self.returns, "count": self.count, "mean": self.mean, "m2": self.m2, "max_abs": self.max_abs}
 
     def load_state_dict(self, state: dict) -> None:
-        self.returns = state["returns"]
+        self.returns = state["per_rank_returns"] if "per_rank_returns" in state else state["returns"]  # older checkpoints
         self.count, self.mean, self.m2, self.max_abs = int(state["count"]), float(state["mean"]), float(state["m2"]), float(state["max_abs"])

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from .. import distributed
 from ..config import (
     AlgoConfig,
     Config,
@@ -181,10 +182,10 @@ class QRDQN:
             "diag/replay_size": torch.tensor(float(len(replay))),
             "diag/replay_breaks": torch.tensor(float(replay.breaks)),
         }
-        if len(replay) < algo.warmup_steps or not replay.can_sample():
-            return UpdateResult(metrics)
-        self.update_credit += int((~batch.autoreset).sum()) * algo.utd_ratio
-        steps = int(self.update_credit)
+        ready = len(replay) >= algo.warmup_steps and replay.can_sample()
+        if ready:
+            self.update_credit += int((~batch.autoreset).sum()) * algo.utd_ratio
+        steps = distributed.fewest(int(self.update_credit) if ready else 0)  # replicas step in lockstep
         self.update_credit -= steps
         if steps == 0:
             return UpdateResult(metrics)

@@ -168,11 +168,13 @@ class SAC:
         fresh = self.ingest(batch)
         replay = self.replay
         metrics = {"diag/replay_size": torch.tensor(float(len(replay)))}
-        if len(replay) < self.learning_starts:
-            return UpdateResult(metrics)
-        self.update_credit += self.cfg.algo.utd_ratio * fresh
-        steps = int(self.update_credit)
+        ready = len(replay) >= self.learning_starts
+        if ready:
+            self.update_credit += self.cfg.algo.utd_ratio * fresh
+        steps = distributed.fewest(int(self.update_credit) if ready else 0)  # replicas step in lockstep
         self.update_credit -= steps
+        if not ready:
+            return UpdateResult(metrics)
         sums: dict[str, torch.Tensor] = {}
         skipped = 0  # a count over all of this update's optimizer steps
         for _ in range(steps):
@@ -180,7 +182,7 @@ class SAC:
             skipped += step_skipped
             for tag, value in step_metrics.items():
                 sums[tag] = sums[tag] + value if tag in sums else value
-        metrics.update({tag: total / steps for tag, total in sums.items()})
+        metrics.update({tag: total / steps for tag, total in sums.items()})  # none when steps == 0
         metrics["diag/gradient_steps"] = torch.tensor(float(self.gradient_steps))
         metrics["diag/discount"] = torch.tensor(self.gamma)
         if self.reward_scaler is not None:

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from .. import distributed
+
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
@@ -41,10 +43,13 @@ class RunningMeanStd(nn.Module):
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, *self.mean.shape).double()
-        if len(x) == 0:
-            return
         n = len(x)
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        batch_mean = x.mean(0) if n else torch.zeros_like(self.mean)
+        batch_var = x.var(0, unbiased=False) if n else torch.zeros_like(self.var)
+        # on several ranks: the statistics of every rank's batch, so the replicas stay equal
+        n, batch_mean, batch_var = distributed.pooled_moments(n, batch_mean, batch_var)
+        if n == 0:
+            return
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total

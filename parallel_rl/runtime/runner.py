@@ -22,6 +22,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed
 from ..algos import make_algorithm
+from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
 from ..envs import env_spec
@@ -98,15 +99,19 @@ class Runner:
         self._deadline: float | None = None
 
     def _request_stop(self, signum, _frame) -> None:
-        if self._stop_signal is not None:  # a second signal: stop now
-            raise signals.Interrupted(signum)
+        if self._stop_signal is not None:
+            # a rank hears one Ctrl-C twice, from the terminal and again from torchrun, which
+            # kills it after 30 s itself: a rank stops after the update, whatever arrives after
+            if distributed.world().active:
+                return
+            raise signals.Interrupted(signum)  # a second signal: stop now
         self._stop_signal = signum
 
     def _should_stop(self) -> bool:
         return self._stop_signal is not None or (self._deadline is not None and time.perf_counter() >= self._deadline)
 
     def log(self, text: str) -> None:
-        if self.cfg.logging.console:
+        if self.cfg.logging.console and distributed.world().main:  # one run, one console
             print(text, flush=True)
 
     def run(self, max_seconds: float | None = None) -> RunSummary:
@@ -162,6 +167,10 @@ class Runner:
             self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}) in all, {env_threads} env threads "
                      f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads | "
                      f"{os.cpu_count()} cores")
+            if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
+                minibatch = cfg.replay.minibatch_size
+                self.log(f"replay: one per rank of {cfg.replay.capacity:,} transitions; each gradient step averages "
+                         f"{world.size} ranks' minibatches of {minibatch}: an effective minibatch of {world.size * minibatch}")
         if self.write_logs:
             self.log(f"run directory: {self.run_dir}")
         source = None

@@ -11,25 +11,34 @@ from .helpers import Launch, children_of
 
 
 def rank_pids(launcher_pid: int) -> dict[int, int]:
-    """Rank -> pid of the ranks torchrun started for the CLI ``launcher_pid`` (its grandchildren)."""
+    """Rank -> pid of the ranks torchrun's agent (in the CLI ``launcher_pid``) started."""
     ranks = {}
-    for agent in children_of(launcher_pid):
-        for child in children_of(agent):
+    for child in children_of(launcher_pid):
+        try:
             environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{child}/environ").read_bytes().split(b"\0") if b"=" in item)
-            if b"RANK" in environ and b"parallel_rl" in Path(f"/proc/{child}/cmdline").read_bytes():
-                ranks[int(environ[b"RANK"])] = child
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"RANK" in environ and b"parallel_rl" in cmdline:
+            ranks[int(environ[b"RANK"])] = child
     return ranks
+
+
+def two_training_ranks(tmp_path) -> tuple[Launch, dict[int, int]]:
+    """A 2-rank PAAC CartPole job through the CLI, once both ranks train; with their pids."""
+    run = Launch(tmp_path / "run", "--config", "paac_classic", "--nproc-per-node", "2", "--steps", "100000000",
+                 "--set", "logging.interval_s=0.5")
+    deadline = time.monotonic() + 120
+    while not run.proc.stdout.readline().startswith("step "):
+        assert run.proc.poll() is None and time.monotonic() < deadline, "the ranks never started training"
+    ranks = rank_pids(run.proc.pid)
+    assert sorted(ranks) == [0, 1], ranks
+    return run, ranks
 
 
 @pytest.mark.slow  # two ranks start and train
 def test_kill_9_of_one_rank_stops_the_other_with_a_named_error(tmp_path):
-    run = Launch(tmp_path / "run", "--config", "paac_classic", "--nproc-per-node", "2", "--steps", "100000000",
-                 "--set", "logging.interval_s=0.5")
-    deadline = time.monotonic() + 120
-    while not run.proc.stdout.readline().startswith("step "):  # both ranks are training
-        assert run.proc.poll() is None and time.monotonic() < deadline, "the ranks never started training"
-    ranks = rank_pids(run.proc.pid)
-    assert sorted(ranks) == [0, 1], ranks
+    run, ranks = two_training_ranks(tmp_path)
     killed = time.monotonic()
     os.kill(ranks[1], signal.SIGKILL)
     code, err, _ = run.wait(timeout=60)
@@ -37,4 +46,22 @@ def test_kill_9_of_one_rank_stops_the_other_with_a_named_error(tmp_path):
     assert code != 0
     assert "rank 0 of 2" in err and "another rank died or stopped" in err, err[-3000:]
     assert "[rank0]: Traceback" not in err  # rank 0 explains itself in one paragraph
+    run.assert_nothing_left(list(ranks.values()))
+
+
+@pytest.mark.slow  # two ranks start and train
+def test_ctrl_c_stops_every_rank_after_the_same_update_with_a_final_checkpoint(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the launcher, torchrun and both
+    ranks. The ranks agree to stop after the same update, rank 0 writes the final checkpoint,
+    and the job exits 130 with nothing left behind."""
+    from parallel_rl import checkpoint as ckpt
+
+    run, ranks = two_training_ranks(tmp_path)
+    run.signal(signal.SIGINT, group=True)
+    code, err, _ = run.wait(timeout=60)
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    saved = ckpt.load(ckpt.latest(run.run_dir / "checkpoints"))
+    assert saved["step"] > 0 and saved["step"] % (16 * 5) == 0  # whole updates of both ranks' 8 envs x 5 steps
+    assert run.out.count("stopped by SIGINT; final checkpoint") == 1, run.out[-2000:]  # said once, by rank 0
     run.assert_nothing_left(list(ranks.values()))
