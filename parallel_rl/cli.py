@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report", metavar="DIR", help="folder for report.md and the PNGs (default report/)")
     report.add_argument("--x", choices=("steps", "time"), default="steps",
                         help="x-axis: agent steps (all environments together) or wall-clock time (default steps)")
+    report.add_argument("--paper", action="store_true",
+                        help="put each final score beside the papers' reference score for its env and algorithm "
+                             "(parallel_rl/paper_scores.yaml, each with its source), and draw it in the plots")
     return parser
 
 
@@ -215,7 +218,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
-    report = make_report([Path(p) for p in args.runs], Path(args.out), x_axis=args.x)
+    report = make_report([Path(p) for p in args.runs], Path(args.out), x_axis=args.x, paper=args.paper)
     print(report.table)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -29,6 +29,9 @@ def _fmt_duration(seconds: float) -> str:
 
 # The final recent return, written at the end of a run: the metric of the HParams tab
 HPARAMS_METRIC = "hparams/recent_return"
+# every finished episode's return, at the step of the update that reported it: the fine
+# curve `report` smooths (charts/episodic_return is the mean per write, a few points a run)
+EPISODE_RETURN_TAG = "episodes/return"
 
 # The Custom Scalars tab: returns, throughput and diagnostics; each chart overlays the tags
 # its Python regexes match from the start of the tag name
@@ -46,6 +49,7 @@ _CHARTED = "|".join(pattern for patterns in DIAGNOSTIC_CHARTS.values() for patte
 CUSTOM_SCALARS_LAYOUT = {
     "returns": {
         "episodic return": ["Multiline", ["charts/episodic_return"]],
+        "every episode's return": ["Multiline", ["episodes/return"]],
         "episode length": ["Multiline", ["charts/episodic_length"]],
         "learning rate": ["Multiline", ["charts/learning_rate"]],
         "epsilon": ["Multiline", ["charts/epsilon"]],
@@ -113,6 +117,7 @@ class Metrics:
         self.episodes = 0
         self._pending_returns: list[float] = []
         self._pending_lengths: list[int] = []
+        self._pending_episodes: list[tuple[int, float]] = []
         self._last_time = time.perf_counter()
         self._last_step = start_step
         self._tty = sys.stdout.isatty()
@@ -133,8 +138,9 @@ class Metrics:
             self.writer.file_writer.add_summary(summary, step)
         self.writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
 
-    def add_episodes(self, returns: list[float], lengths: list[int]) -> None:
+    def add_episodes(self, returns: list[float], lengths: list[int], step: int) -> None:
         if returns:
+            self._pending_episodes += [(step, r) for r in returns]
             self._pending_returns += returns
             self._pending_lengths += lengths
             self.recent_returns.extend(returns)
@@ -159,7 +165,9 @@ class Metrics:
             n = len(self._pending_returns)
             self.writer.add_scalar("charts/episodic_return", sum(self._pending_returns) / n, step)
             self.writer.add_scalar("charts/episodic_length", sum(self._pending_lengths) / n, step)
-            self._pending_returns, self._pending_lengths = [], []
+            for episode_step, value in self._pending_episodes:
+                self.writer.add_scalar(EPISODE_RETURN_TAG, value, episode_step)
+            self._pending_returns, self._pending_lengths, self._pending_episodes = [], [], []
         self.writer.add_scalar("charts/sps", self.sps, step)
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)

@@ -5,6 +5,12 @@ which is every other key whose value differs between runs of that environment an
 algorithm (seeds, logging and checkpoint settings aside). The runs of one group are the
 seeds of one experiment: their curves are averaged, with a 95% bootstrap confidence band
 of the mean, and their final scores reported as mean ± standard deviation.
+
+A run's curve is every finished episode's return (``episodes/return``), smoothed by a
+trailing mean over a twentieth of its episodes (between 1 and 100); runs logged before that
+tag existed fall back to the per-write means of ``charts/episodic_return``. With
+``paper=True`` the table puts each group's final score beside the reference score of
+``paper_scores.yaml`` (quoted with its source), and the plots draw it as a dashed line.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import numpy as np
 from .config import ConfigError, flatten, load_yaml
 
 RETURN_TAG = "charts/episodic_return"
+EPISODE_TAG = "episodes/return"
+PAPER_SCORES = Path(__file__).with_name("paper_scores.yaml")
 FINAL_FRACTION = 0.1  # a run's final score: its returns logged over the last 10% of its steps
 NOT_A_VARIANT = ("seed", "logging.", "checkpoint.")  # keys that differ between seeds of one experiment
 GRID_POINTS = 200
@@ -33,6 +41,7 @@ class Run:
     steps: np.ndarray  # agent steps at each logged return
     seconds: np.ndarray  # wall-clock seconds since the run's log was opened
     returns: np.ndarray
+    per_episode: bool = False  # one point per episode (EPISODE_TAG), or per-write means
 
     @property
     def env(self) -> str:
@@ -45,6 +54,17 @@ class Run:
     @property
     def final_score(self) -> float:
         return float(self.returns[self.steps >= (1 - FINAL_FRACTION) * self.steps[-1]].mean())
+
+    @property
+    def smoothed(self) -> np.ndarray:
+        """Per-episode returns as a trailing mean over a twentieth of the episodes (1 to 100)."""
+        if not self.per_episode:
+            return self.returns
+        window = int(np.clip(len(self.returns) // 20, 1, 100))
+        sums = np.cumsum(np.concatenate([[0.0], self.returns]))
+        ends = np.arange(1, len(self.returns) + 1)
+        starts = np.maximum(0, ends - window)
+        return (sums[ends] - sums[starts]) / (ends - starts)
 
 
 @dataclass
@@ -66,6 +86,30 @@ class Report:
     plots: list[Path]
     groups: list[Group]
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reference:
+    score: float
+    steps: int | None
+    source: str
+
+
+def load_references() -> list[dict[str, Any]]:
+    import yaml
+
+    return yaml.safe_load(PAPER_SCORES.read_text())
+
+
+def reference_for(group: Group, references: list[dict[str, Any]]) -> Reference | None:
+    """The most specific reference row for the group's env, algorithm and config, if any."""
+    config = group.runs[0].config
+    matching = [row for row in references if row["env"] == group.env and row["algo"] in ("*", group.algo)
+                and all(str(config.get(key)) == str(value) for key, value in (row.get("where") or {}).items())]
+    if not matching:
+        return None
+    row = max(matching, key=lambda r: (r["algo"] != "*", len(r.get("where") or {})))
+    return Reference(float(row["score"]), row.get("steps"), str(row["source"]))
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -90,9 +134,11 @@ def load_run(path: Path) -> Run | None:
     guidance = {ea.SCALARS: 0, ea.IMAGES: 1, ea.TENSORS: 1, ea.HISTOGRAMS: 1, ea.AUDIO: 1, ea.COMPRESSED_HISTOGRAMS: 1}
     accumulator = ea.EventAccumulator(str(path / "tb"), size_guidance=guidance)
     accumulator.Reload()
-    if RETURN_TAG not in accumulator.Tags()["scalars"]:
+    tags = accumulator.Tags()["scalars"]
+    tag = EPISODE_TAG if EPISODE_TAG in tags else RETURN_TAG
+    if tag not in tags:
         return None
-    events = accumulator.Scalars(RETURN_TAG)
+    events = sorted(accumulator.Scalars(tag), key=lambda e: (e.step, e.wall_time))
     start = accumulator.FirstEventTimestamp()
     return Run(
         path=path,
@@ -100,6 +146,7 @@ def load_run(path: Path) -> Run | None:
         steps=np.array([e.step for e in events], np.float64),
         seconds=np.array([e.wall_time - start for e in events], np.float64),
         returns=np.array([e.value for e in events], np.float64),
+        per_episode=tag == EPISODE_TAG,
     )
 
 
@@ -144,7 +191,7 @@ def curve(group: Group, x_axis: str, rng: np.random.Generator) -> tuple[np.ndarr
     xs = [_x(run, x_axis) for run in group.runs]
     lo, hi = max(x[0] for x in xs), min(x[-1] for x in xs)
     grid = np.linspace(lo, hi, GRID_POINTS) if hi > lo else np.array([hi])
-    curves = np.stack([np.interp(grid, x, run.returns) for x, run in zip(xs, group.runs, strict=True)])
+    curves = np.stack([np.interp(grid, x, run.smoothed) for x, run in zip(xs, group.runs, strict=True)])
     return (grid, *mean_and_band(curves, rng))
 
 
@@ -155,7 +202,8 @@ def _time_unit(seconds: float) -> tuple[str, float]:
     return "seconds", 1.0
 
 
-def plot_env(env: str, groups: list[Group], x_axis: str, path: Path, rng: np.random.Generator) -> None:
+def plot_env(env: str, groups: list[Group], x_axis: str, path: Path, rng: np.random.Generator,
+             references: list[dict[str, Any]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,6 +220,12 @@ def plot_env(env: str, groups: list[Group], x_axis: str, path: Path, rng: np.ran
                               label=f"{group.label} ({seeds} seed{'s' if seeds > 1 else ''})")
             if seeds > 1:
                 ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn = set()
+        for group in groups if references is not None else ():
+            if (ref := reference_for(group, references)) is not None and ref not in drawn:
+                drawn.add(ref)
+                ax.axhline(ref.score, linestyle="--", color="gray", linewidth=1,
+                           label=f"reference {ref.score:g}: {ref.source.split(':')[0].split(',')[0]}")
         ax.set_title(env)
         ax.set_xlabel("agent steps (all environments)" if x_axis == "steps" else f"wall-clock time ({unit})")
         ax.set_ylabel("episodic return (mean, 95% CI)")
@@ -188,12 +242,16 @@ def _fmt_steps(values: list[float]) -> str:
     return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
 
-def score_table(groups: list[Group]) -> str:
+def score_table(groups: list[Group], references: list[dict[str, Any]] | None = None) -> str:
+    """The final scores; with ``references``, each beside the reference score and its source."""
+    header, rule = "| env | algorithm | variant | seeds | agent steps | final return |", "|---|---|---|---:|---:|---:|"
+    if references is not None:
+        header, rule = header + " reference | reference steps | source |", rule + "---:|---:|---|"
     rows = [
         f"final return: mean ± std over seeds of each run's mean return over its last {FINAL_FRACTION:.0%} of agent steps",
         "",
-        "| env | algorithm | variant | seeds | agent steps | final return |",
-        "|---|---|---|---:|---:|---:|",
+        header,
+        rule,
     ]
     for group in groups:
         scores = [run.final_score for run in group.runs]
@@ -202,7 +260,12 @@ def score_table(groups: list[Group]) -> str:
         if len(scores) > 1:
             score += f" ± {math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)):.2f}"
         steps = _fmt_steps([run.steps[-1] for run in group.runs])
-        rows.append(f"| {group.env} | {group.algo} | {group.variant or '-'} | {len(scores)} | {steps} | {score} |")
+        row = f"| {group.env} | {group.algo} | {group.variant or '-'} | {len(scores)} | {steps} | {score} |"
+        if references is not None:
+            ref = reference_for(group, references)
+            row += (f" {ref.score:g} | {f'{ref.steps:,}' if ref.steps else '-'} | {ref.source} |" if ref is not None
+                    else " - | - | no reference for this env and algorithm |")
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -210,8 +273,9 @@ def _file_name(env: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in env) + ".png"
 
 
-def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: int = 0) -> Report:
-    """Reads the runs under ``paths``; writes one PNG per env and report.md into ``out_dir``."""
+def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: int = 0, paper: bool = False) -> Report:
+    """Reads the runs under ``paths``; writes one PNG per env and report.md into ``out_dir``
+    (with ``paper``, the reference scores beside the final ones)."""
     if x_axis not in ("steps", "time"):
         raise ConfigError(f"--x {x_axis!r} is not a valid choice: steps or time.")
     runs, warnings = [], []
@@ -225,6 +289,7 @@ def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: i
         raise ConfigError(f"None of the {len(warnings)} runs found has logged a finished episode ({RETURN_TAG}); "
                           "nothing to report. Train longer or with a smaller logging.interval_s.")
     groups = group_runs(runs)
+    references = load_references() if paper else None
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     plots = []
@@ -233,8 +298,8 @@ def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: i
         by_env[group.env].append(group)
     for env, env_groups in by_env.items():
         plots.append(out_dir / _file_name(env))
-        plot_env(env, env_groups, x_axis, plots[-1], rng)
-    table = score_table(groups)
+        plot_env(env, env_groups, x_axis, plots[-1], rng, references)
+    table = score_table(groups, references)
     listing = [f"- {group.env} / {group.label}: " + ", ".join(str(run.path) for run in group.runs) for group in groups]
     markdown = out_dir / "report.md"
     markdown.write_text("\n\n".join([

@@ -216,7 +216,7 @@ class Runner:
                     start, start_step = time.perf_counter(), step
                     if max_seconds is not None:
                         self._deadline = start + max_seconds
-                metrics.add_episodes(record.delivery.returns, record.delivery.lengths)
+                metrics.add_episodes(record.delivery.returns, record.delivery.lengths, step)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
                 if checkpoints is not None and next_checkpoint is not None and step >= next_checkpoint:

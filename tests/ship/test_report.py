@@ -11,7 +11,15 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from parallel_rl.cli import main
-from parallel_rl.report import Group, Run, group_runs, mean_and_band
+from parallel_rl.report import (
+    Group,
+    Run,
+    group_runs,
+    load_references,
+    load_run,
+    mean_and_band,
+    reference_for,
+)
 
 
 def cli(*args, cwd=None):
@@ -20,10 +28,10 @@ def cli(*args, cwd=None):
 
 
 def logged_final_score(run_dir):
-    """A run's final score recomputed from its events: mean return over the last 10% of steps."""
-    accumulator = EventAccumulator(str(run_dir / "tb"))
+    """A run's final score recomputed from its events: mean return of the episodes of the last 10% of steps."""
+    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     accumulator.Reload()
-    events = accumulator.Scalars("charts/episodic_return")
+    events = accumulator.Scalars("episodes/return")
     last = events[-1].step
     return float(np.mean([e.value for e in events if e.step >= 0.9 * last])), [e.value for e in events]
 
@@ -128,3 +136,35 @@ def test_bootstrap_band_holds_the_mean_within_the_runs():
     assert low[0] < 1.5 and high[0] > 2.5  # a real spread gives a real band
     single = mean_and_band(curves[:1], rng)
     assert all(np.array_equal(part, curves[0]) for part in single)
+
+
+def test_curves_have_a_point_per_episode_smoothed_over_a_twentieth_of_them(cartpole_runs):
+    run_dir, stdout = cartpole_runs["paac_s1"]
+    episodes = int(re.search(r"([\d,]+) episodes", stdout).group(1).replace(",", ""))
+    run = load_run(run_dir)
+    assert run.per_episode and len(run.returns) == episodes >= 100  # every episode, not a mean per write
+    assert np.all(np.diff(run.steps) >= 0)
+    window = len(run.returns) // 20
+    assert run.smoothed[-1] == pytest.approx(run.returns[-window:].mean())
+    assert run.smoothed[0] == run.returns[0]  # a trailing mean: the first point is the first episode
+
+
+def test_paper_report_puts_the_reference_beside_the_final_score(cartpole_runs, tmp_path):
+    out = cli("report", cartpole_runs["paac_s1"][0], "--out", tmp_path / "paper", "--paper")
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| CartPole-v1"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6:] == ["475", "-", "Gymnasium's CartPole-v1 reward_threshold (solved); 500 is the maximum"]
+    assert "| reference | reference steps | source |" in (tmp_path / "paper" / "report.md").read_text()
+
+
+def test_the_most_specific_reference_row_wins():
+    references = load_references()
+    simba = Group("Humanoid-v4", "sac", "", [made_up_run("a", 1, **{"env.id": "Humanoid-v4", "algo.name": "sac",
+                                                                     "model.encoder": "simbav2"})])
+    plain = Group("Humanoid-v4", "sac", "", [made_up_run("b", 1, **{"env.id": "Humanoid-v4", "algo.name": "sac",
+                                                                     "model.encoder": "mlp"})])
+    assert reference_for(simba, references).score == 10546.0 and "SimbaV2" in reference_for(simba, references).source
+    assert reference_for(plain, references).score == 4826.0
+    assert reference_for(Group("Pong-v5", "qrdqn", "", [made_up_run("c", 1, **{"algo.name": "qrdqn"})]), references) is None
+    assert reference_for(Group("Pong-v5", "paac", "", [made_up_run("d", 1)]), references).steps == 3_750_000

@@ -24,3 +24,4 @@ def test_the_wheel_ships_every_recipe(tmp_path):
     shipped = {Path(name).name for name in names if name.startswith("parallel_rl/configs/")}
     assert shipped == {path.name for path in (ROOT / "configs").glob("*.yaml")}
     assert "parallel_rl/configs/paac_atari.yaml" in names  # the default recipe
+    assert "parallel_rl/paper_scores.yaml" in names  # report --paper's references
