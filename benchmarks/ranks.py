@@ -52,6 +52,9 @@ def main() -> None:
                         help="agent steps per cell (default: 200k for CartPole recipes, 100k for Atari ones)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    if args.repeats < 1 or args.ranks < 2 or (args.steps is not None and args.steps < 1):
+        parser.error(f"--repeats {args.repeats}, --ranks {args.ranks}, --steps {args.steps}: give at least 1 repeat, "
+                     "2 ranks and 1 step")
     rows = ["| recipe | envs in all | ranks | agent steps/s | updates/s | wall-clock (s) | N ranks / 1 rank |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for recipe in args.recipes:

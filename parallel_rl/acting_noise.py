@@ -8,7 +8,7 @@ several ranks: what lets a 2-rank run with 8 envs each repeat a 1-rank run with 
 
 The numbers come from an integer hash of (env seed, step, draw, element), computed with
 elementwise tensor ops on the acting device (no generator state, no host sync). Inside
-:func:`drawing_from` the policies' ``act`` draw here; elsewhere (evaluation, tests) the
+:meth:`EnvStreams.acting` the policies' ``act`` draw here; elsewhere (evaluation, tests) the
 same functions fall back to torch's current generator.
 """
 

@@ -112,8 +112,6 @@ class AlgoConfig:
 
     # keys other algorithms have that this one refuses with a pointer to what to do instead
     refused: typing.ClassVar[dict[str, str]] = {}
-    # why the algorithm cannot train on several ranks yet (None: it can; parallel_rl/distributed.py)
-    not_data_parallel: typing.ClassVar[str | None] = None
 
     def validate(self, cfg: Config) -> None:
         """This section's own checks (the base checks the shared keys); ``cfg`` for cross-section arithmetic."""

@@ -89,8 +89,6 @@ def check_supported(cfg: Config, ranks: int) -> None:
         raise ConfigError(f"--nproc-per-node {ranks} is invalid: give 1 or more ranks.")
     if ranks == 1:
         return
-    if (reason := cfg.algo.not_data_parallel) is not None:
-        raise ConfigError(f"algo.name = {cfg.algo.name!r} cannot train on {ranks} ranks: {reason}. Use --nproc-per-node 1.")
     if cfg.replay.save_with_checkpoint:
         raise ConfigError(f"replay.save_with_checkpoint = true cannot run on {ranks} ranks: each rank keeps its own replay "
                           "and rank 0 alone writes checkpoints. Set replay.save_with_checkpoint=false (a resume then "

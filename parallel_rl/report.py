@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, flatten, load_yaml
+from .metrics import EPISODE_RETURN_TAG
 
 RETURN_TAG = "charts/episodic_return"
-EPISODE_TAG = "episodes/return"
 PAPER_SCORES = Path(__file__).with_name("paper_scores.yaml")
 FINAL_FRACTION = 0.1  # a run's final score: its returns logged over the last 10% of its steps
 NOT_A_VARIANT = ("seed", "logging.", "checkpoint.")  # keys that differ between seeds of one experiment
@@ -41,7 +41,7 @@ class Run:
     steps: np.ndarray  # agent steps at each logged return
     seconds: np.ndarray  # wall-clock seconds since the run's log was opened
     returns: np.ndarray
-    per_episode: bool = False  # one point per episode (EPISODE_TAG), or per-write means
+    per_episode: bool = False  # one point per episode (EPISODE_RETURN_TAG), or per-write means
 
     @property
     def env(self) -> str:
@@ -135,7 +135,7 @@ def load_run(path: Path) -> Run | None:
     accumulator = ea.EventAccumulator(str(path / "tb"), size_guidance=guidance)
     accumulator.Reload()
     tags = accumulator.Tags()["scalars"]
-    tag = EPISODE_TAG if EPISODE_TAG in tags else RETURN_TAG
+    tag = EPISODE_RETURN_TAG if EPISODE_RETURN_TAG in tags else RETURN_TAG
     if tag not in tags:
         return None
     events = sorted(accumulator.Scalars(tag), key=lambda e: (e.step, e.wall_time))
@@ -146,7 +146,7 @@ def load_run(path: Path) -> Run | None:
         steps=np.array([e.step for e in events], np.float64),
         seconds=np.array([e.wall_time - start for e in events], np.float64),
         returns=np.array([e.value for e in events], np.float64),
-        per_episode=tag == EPISODE_TAG,
+        per_episode=tag == EPISODE_RETURN_TAG,
     )
 
 

@@ -37,7 +37,7 @@ def test_benchmark_script_prints_its_table(name, args, rows):
         assert row in out.stdout, out.stdout
 
 
-@pytest.mark.parametrize("name", ["kron_cost.py", "qrdqn_learner.py"])
+@pytest.mark.parametrize("name", ["kron_cost.py", "qrdqn_learner.py", "ranks.py"])
 def test_benchmark_script_refuses_bad_arguments(name):
     out = script(name, "--repeats", "0")
     assert out.returncode == 2
