@@ -10,7 +10,10 @@ Sections, each timed and recorded even when another fails:
                     layout K tried, the fastest named;
   4. nature_cnn  -- inference and update throughput of the Nature CNN actor-critic at batch
                     256/1024/4096: eager, bf16 autocast, torch.compile, CUDA graphs;
-  5. ppo_pong    -- PPO on Pong-v5 for at most 3 minutes: the recent mean return reached.
+  5. ppo_pong    -- PPO on Pong-v5 for at most 150 s: the recent mean return reached;
+  6. ranks       -- the same PPO job on 1 rank and on 2 (and 4 where there are 4 GPUs) through
+                    `--nproc-per-node`: NCCL between GPUs (gloo where ranks share one), the
+                    steps/s of each and the scaling efficiency per added GPU.
 Writes DIR/gpu_check.json and DIR/gpu_check.md. Exit status 1 when a section failed.
 
 It runs where EnvPool is absent (Python 3.12 machines): Atari then steps on ALE's vector env
@@ -55,11 +58,14 @@ class Sizes:
     cnn_variants: tuple[str, ...]
     pong_envs: int
     pong_seconds: float
+    ranks_recipe: str
+    ranks_envs: int
+    ranks_steps: int
 
 
 FULL = Sizes("cuda", 8, 256, 6.0, (0, 2, 4), (256, 1024, 4096), 1.0,
-             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 180.0)
-SMOKE = Sizes("cpu", 2, 8, 2.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0)
+             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 150.0, "ppo_atari", 64, 100_000)
+SMOKE = Sizes("cpu", 2, 8, 2.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0, "paac_classic", 16, 4000)
 
 # each built-in algorithm on its smallest recipe (the classic tasks need no EnvPool)
 ALGORITHM_RECIPES = {
@@ -209,6 +215,26 @@ def section_ppo_pong(sizes: Sizes, work: Path) -> dict:
             "reached_20": bool(summary.recent_return >= 20)}
 
 
+def section_ranks(sizes: Sizes, work: Path) -> dict:
+    from ranks import run_cell  # benchmarks/ranks.py, beside this script
+
+    gpus = torch.cuda.device_count() if sizes.device == "cuda" else 0
+    counts = [1, 2, *([4] if gpus >= 4 else [])]
+    extra = ("--device", sizes.device, "--actors", str(sizes.ranks_envs))
+    rows = []
+    for ranks in counts:
+        sps, wall = run_cell(sizes.ranks_recipe, ranks, sizes.ranks_steps, work / f"ranks_{ranks}", extra)
+        rows.append({"ranks": ranks, "sps": round(sps), "wall_s": round(wall, 1)})
+    single = rows[0]["sps"]
+    for row in rows:
+        row["speed_up"] = round(row["sps"] / single, 2)
+        # per added GPU: the fraction of N x one GPU's speed; ranks sharing a GPU have none
+        row["scaling_efficiency"] = round(row["sps"] / (row["ranks"] * single), 2) if row["ranks"] <= max(gpus, 1) else None
+    backend = "nccl" if gpus >= 2 else "gloo (ranks share one GPU: NCCL refuses that)" if gpus == 1 else "gloo (CPU)"
+    return {"recipe": sizes.ranks_recipe, "envs_in_all": sizes.ranks_envs, "steps": sizes.ranks_steps, "gpus": gpus,
+            "backend": backend, "rows": rows}
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['mode']})", "", f"- machine: {report['machine']}", ""]
     for name, section in report["sections"].items():
@@ -227,6 +253,12 @@ def markdown(report: dict) -> str:
             lines += [f"| {k} | {r['raw_sps_median']:,.0f} | {r['pipeline_sps_median']:,.0f} | {r['train_sps_median']:,.0f} | "
                       f"{r['end_to_end_efficiency']:.2f} |" for k, r in result["layouts"].items()]
             lines += ["", f"fastest layout: K = {result['best_layout']}"]
+        elif name == "ranks":
+            lines += [f"{result['recipe']}, {result['envs_in_all']} envs in all, {result['steps']:,} steps, {result['gpus']} GPU(s), "
+                      f"gradients through {result['backend']}", "",
+                      "| ranks | agent steps/s | speed-up | scaling efficiency | wall-clock (s) |", "|---:|---:|---:|---:|---:|"]
+            lines += [f"| {r['ranks']} | {r['sps']:,} | {r['speed_up']:.2f} | {r['scaling_efficiency'] if r['scaling_efficiency'] is not None else '-'} | "
+                      f"{r['wall_s']} |" for r in result["rows"]]
         else:
             lines += [f"- {key}: {value}" for key, value in result.items()]
         lines.append("")
@@ -256,6 +288,7 @@ def main() -> int:
             "bench": lambda: section_bench(sizes, work),
             "nature_cnn": lambda: section_nature_cnn(sizes, deadline=time.perf_counter() + (8 if args.smoke else 75)),
             "ppo_pong": lambda: section_ppo_pong(sizes, work),
+            "ranks": lambda: section_ranks(sizes, work),
         }
         for name, run in sections.items():
             began = time.perf_counter()

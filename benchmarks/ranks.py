@@ -29,10 +29,10 @@ from parallel_rl.config import build_config
 DONE = re.compile(r"done: ([\d,]+) agent steps \(([\d,]+) SPS after start-up\)")
 
 
-def run_cell(recipe: str, ranks: int, steps: int, run_dir: Path) -> tuple[float, float]:
+def run_cell(recipe: str, ranks: int, steps: int, run_dir: Path, extra: tuple[str, ...] = ()) -> tuple[float, float]:
     """(steady agent steps/s, wall-clock seconds of the whole process) of one launch."""
     command = [sys.executable, "-m", "parallel_rl", "launch", "--config", recipe, "--steps", str(steps),
-               "--run-dir", str(run_dir), "--set", "logging.interval_s=5", "--set", "checkpoint.interval_steps=0"]
+               "--run-dir", str(run_dir), "--set", "logging.interval_s=5", "--set", "checkpoint.interval_steps=0", *extra]
     if ranks > 1:
         command += ["--nproc-per-node", str(ranks)]
     began = time.perf_counter()

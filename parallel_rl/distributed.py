@@ -108,8 +108,10 @@ def init(cfg: Config, device: torch.device) -> World:
         # those, NCCL the gradients of a CUDA learner
         backend = "cpu:gloo"
         if device.type == "cuda":
-            torch.cuda.set_device(found.local_rank)  # NCCL and all_gather_object use the current device
-            backend = "cpu:gloo,cuda:nccl"
+            torch.cuda.set_device(_gpu_of(found))  # NCCL and all_gather_object use the current device
+            # NCCL refuses two ranks on one GPU: ranks sharing GPUs average through gloo
+            shared = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > torch.cuda.device_count()
+            backend = "cpu:gloo,cuda:gloo" if shared else "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
     _world = found
     return found
@@ -133,9 +135,15 @@ def cores_per_rank() -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
+def _gpu_of(world: World) -> int:
+    """``LOCAL_RANK``, wrapped round the GPUs when there are more ranks than GPUs on this machine."""
+    return world.local_rank % max(1, torch.cuda.device_count())
+
+
 def rank_device(device: torch.device) -> torch.device:
-    """Each rank's own GPU (``cuda:LOCAL_RANK``); the CPU is shared."""
-    return torch.device("cuda", _world.local_rank) if device.type == "cuda" and _world.active else device
+    """Each rank's own GPU (``cuda:LOCAL_RANK``, shared round-robin when the ranks outnumber
+    the GPUs); the CPU is shared."""
+    return torch.device("cuda", _gpu_of(_world)) if device.type == "cuda" and _world.active else device
 
 
 def rank_config(cfg: Config) -> Config:

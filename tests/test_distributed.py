@@ -214,3 +214,11 @@ def test_a_two_rank_run_resumes_on_every_rank_from_the_same_checkpoint(tmp_path)
     resumed = ckpt.load(ckpt.latest(run / "checkpoints"))
     # each update counts both ranks' 8 envs x 5 steps: the counter continued from 8,000 on both
     assert resumed["step"] == 16000 and resumed["updates"] == saved["updates"] * 2
+
+
+def test_ranks_outnumbering_the_gpus_wrap_round_them(monkeypatch):
+    """Four ranks on a one-GPU machine all learn on cuda:0; on two GPUs they alternate."""
+    for gpus, expected in ((1, [0, 0, 0, 0]), (2, [0, 1, 0, 1]), (4, [0, 1, 2, 3])):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        worlds = [distributed.World(rank=r, size=4, local_rank=r) for r in range(4)]
+        assert [distributed._gpu_of(world) for world in worlds] == expected
