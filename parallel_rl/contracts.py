@@ -155,6 +155,10 @@ class Delivery:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     lag: list[int] = field(default_factory=list)
     producers: list[int] = field(default_factory=list)  # pids of the processes that stepped the envs
+    # the seconds the steps taken need at the env library's own speed, and the wall-clock
+    # they took, summed over the producers (runtime.rollout): their ratio is perf/env_efficiency
+    env_busy_s: float = 0.0
+    env_wall_s: float = 0.0
 
     def split(self, length: int) -> list[Delivery]:
         """Consecutive pieces of at most ``length`` steps per env; the first carries what the
@@ -166,6 +170,7 @@ class Delivery:
         first = pieces[0]
         first.returns, first.lengths, first.timings = self.returns, self.lengths, self.timings
         first.lag, first.producers = self.lag, self.producers
+        first.env_busy_s, first.env_wall_s = self.env_busy_s, self.env_wall_s
         return pieces
 
 

@@ -33,6 +33,11 @@ HPARAMS_METRIC = "hparams/recent_return"
 # curve `report` smooths (charts/episodic_return is the mean per write, a few points a run)
 EPISODE_RETURN_TAG = "episodes/return"
 
+# how close acting runs to the env library's own speed, from the actors' own timers: the
+# wall-clock the steps taken need at the speed of a bare step, over the wall-clock they took
+# (runtime.rollout)
+ENV_EFFICIENCY_TAG = "perf/env_efficiency"
+
 # The Custom Scalars tab: returns, throughput and diagnostics; each chart overlays the tags
 # its Python regexes match from the start of the tag name
 DIAGNOSTIC_CHARTS = {
@@ -56,7 +61,8 @@ CUSTOM_SCALARS_LAYOUT = {
     },
     "throughput": {
         "agent steps per second": ["Multiline", ["charts/sps"]],
-        "time per stage, summed over the updates between writes (ms)": ["Multiline", [r"perf/.*"]],
+        "env efficiency (1.0: as fast as the env library)": ["Multiline", [ENV_EFFICIENCY_TAG]],
+        "time per stage, summed over the updates between writes (ms)": ["Multiline", [r"perf/.*_ms"]],
     },
     "diagnostics": {
         "losses": ["Multiline", [r"losses/.*"]],
@@ -66,15 +72,32 @@ CUSTOM_SCALARS_LAYOUT = {
 }
 
 
+class EnvEfficiency:
+    """The seconds the steps taken need at the env library's own speed over the wall-clock
+    they took, summed over deliveries (and over the actor processes within one)."""
+
+    def __init__(self) -> None:
+        self.busy_s = self.wall_s = 0.0
+
+    def add(self, delivery) -> None:
+        self.busy_s += delivery.env_busy_s
+        self.wall_s += delivery.env_wall_s
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.busy_s / self.wall_s) if self.wall_s > 0 else float("nan")
+
+
 class UpdateStats:
     """What the learner loop's records add up to between two writes: the newest value of
-    each update tag, time per stage, policy lag and skipped updates."""
+    each update tag, time per stage, env efficiency, policy lag and skipped updates."""
 
     def __init__(self) -> None:
         self.latest: dict[str, float | object] = {}
         self.lr = 0.0
         self.nonfinite_updates = 0
         self._stage_seconds: dict[str, float] = {}
+        self._env = EnvEfficiency()
         self._lags: list[int] = []
 
     def add(self, record) -> None:
@@ -87,6 +110,7 @@ class UpdateStats:
         for stage, seconds in record.delivery.timings.items():
             self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
         self._stage_seconds["update"] = self._stage_seconds.get("update", 0.0) + record.seconds
+        self._env.add(record.delivery)
         self._lags += record.delivery.lag
 
     def scalars(self) -> dict[str, float]:
@@ -94,11 +118,13 @@ class UpdateStats:
         out = {tag: float(value) for tag, value in self.latest.items()}
         out["charts/learning_rate"] = self.lr
         out.update({f"perf/{stage}_ms": 1e3 * seconds for stage, seconds in self._stage_seconds.items()})
+        if self._env.wall_s > 0:
+            out[ENV_EFFICIENCY_TAG] = self._env.fraction
         if self._lags:
             out["diag/policy_lag"] = sum(self._lags) / len(self._lags)
             out["diag/policy_lag_max"] = max(self._lags)
         out["diag/nonfinite_updates"] = self.nonfinite_updates
-        self._stage_seconds, self._lags = {}, []
+        self._stage_seconds, self._env, self._lags = {}, EnvEfficiency(), []
         return out
 
 
@@ -172,15 +198,16 @@ class Metrics:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
         if self.console:
-            self.print_progress(step)
+            self.print_progress(step, scalars.get(ENV_EFFICIENCY_TAG))
 
-    def print_progress(self, step: int) -> None:
+    def print_progress(self, step: int, env_efficiency: float | None = None) -> None:
         eta = (self.total_steps - step) / self.sps if self.sps > 0 else float("inf")
         recent = self.recent_mean_return
         ret = f"{recent:8.2f} ({len(self.recent_returns)} ep)" if self.recent_returns else "     n/a"
+        env = f" (env {env_efficiency:.2f})" if env_efficiency is not None else ""
         line = (
             f"step {_fmt_count(step):>7}/{_fmt_count(self.total_steps)} ({100 * step / self.total_steps:5.1f}%) | "
-            f"{self.sps:8,.0f} SPS | return {ret} | ETA {_fmt_duration(eta)}"
+            f"{self.sps:8,.0f} SPS{env} | return {ret} | ETA {_fmt_duration(eta)}"
         )
         if self._tty:
             print("\r" + line, end="", flush=True)

@@ -166,10 +166,12 @@ class ActorProcess:
             self.collector.collect(self.policy, pool.numpy_views(slot, args.num_envs))
             pool.version[slot] = version
             returns, lengths = self.collector.pop_episodes()
-            step_s, policy_s = self.collector.pop_timings()
+            timings = self.collector.pop_timings()
             control.send(self.socket, {
                 "type": "ready", "process": args.index, "pid": os.getpid(), "slot": slot, "version": version,
-                "returns": returns, "lengths": lengths, "step_s": step_s, "policy_s": policy_s,
+                "returns": returns, "lengths": lengths,
+                "step_s": timings.step_s, "policy_s": timings.inference_s, "wall_s": timings.wall_s,
+                "env_busy_s": timings.env_busy_s,
             })
             rollout += 1
 

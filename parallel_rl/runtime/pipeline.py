@@ -81,9 +81,9 @@ class InlineSource:
         batch = Batch.from_arrays(arrays, self.device)
         copy_s = time.perf_counter() - began
         returns, lengths = self.collector.pop_episodes()
-        step_s, policy_s = self.collector.pop_timings()
-        return Delivery(batch, returns, lengths, {"step": step_s, "inference": policy_s, "copy": copy_s}, lag=[0],
-                        producers=[os.getpid()])
+        timings = self.collector.pop_timings()
+        return Delivery(batch, returns, lengths, {"step": timings.step_s, "inference": timings.inference_s, "copy": copy_s},
+                        lag=[0], producers=[os.getpid()], env_busy_s=timings.env_busy_s, env_wall_s=timings.wall_s)
 
     def published(self, version: int) -> None:
         pass
@@ -245,6 +245,8 @@ class ActorProcessPool:
             delivery.producers.append(int(message["pid"]))
             delivery.timings["step"] += message["step_s"] / self.procs
             delivery.timings["inference"] += message["policy_s"] / self.procs
+            delivery.env_busy_s += message["env_busy_s"]
+            delivery.env_wall_s += message["wall_s"]
         return delivery
 
     def diagnostics(self) -> dict[str, float]:

@@ -26,7 +26,7 @@ from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
 from ..envs import env_spec
-from ..metrics import Metrics, UpdateStats
+from ..metrics import EnvEfficiency, Metrics, UpdateStats
 from . import signals
 from .learner import learn
 from .pipeline import ActorProcessPool, InlineSource, resolve_procs
@@ -61,6 +61,7 @@ class RunSummary:
     episodes: int
     stop_signal: int | None  # the signal (SIGINT, SIGTERM) that stopped the run, if one did
     checkpoint: Path | None
+    env_efficiency: float = float("nan")  # perf/env_efficiency over the steady state (from the second update on)
 
     @property
     def interrupted(self) -> bool:
@@ -205,6 +206,7 @@ class Runner:
         # throughput and max_seconds count from the first update: process start-up, EnvPool
         # creation and the first rollout are start-up, not steady state
         start, start_step, first_update = time.perf_counter(), step, updates
+        env_efficiency = EnvEfficiency()  # like sps, of the steady state: from the second update on
         last_path: Path | None = None
         disk_refused = False
         try:
@@ -216,6 +218,8 @@ class Runner:
                     start, start_step = time.perf_counter(), step
                     if max_seconds is not None:
                         self._deadline = start + max_seconds
+                else:
+                    env_efficiency.add(record.delivery)
                 metrics.add_episodes(record.delivery.returns, record.delivery.lengths, step)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
@@ -249,6 +253,7 @@ class Runner:
             seconds=elapsed,
             recent_return=metrics.recent_mean_return,
             episodes=metrics.episodes,
+            env_efficiency=env_efficiency.fraction,
             stop_signal=self._stop_signal,
             checkpoint=last_path,
         )
