@@ -1,5 +1,7 @@
 """The Kron (PSGD-Kron) optimizer option: it learns, and its state survives a checkpoint."""
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos.ppo import PPO
 from parallel_rl.config import ConfigError, build_config
 from parallel_rl.envs import EnvSpec
-from parallel_rl.optim import make_optimizer
+from parallel_rl.optim import KronTorchPreconditionerSchedule, make_optimizer
 
 SPEC = EnvSpec("Fake-v1", "envpool", (4,), np.dtype(np.float32), gym.spaces.Discrete(2), False)
 
@@ -96,3 +98,26 @@ def test_kron_state_survives_a_checkpoint_resume(tmp_path):
         _train_steps(algo, 3, seed=2)
     for (name, p), q in zip(trained.net.named_parameters(), resumed.net.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_preconditioner_updates_on_kron_torchs_steps():
+    """kron_torch's rule, worked by hand: p = clamp(exp(-0.001 (step - 500)), 0.03, 1) with
+    heavyball's n = step + 1, and an update once a counter reaches 1/p: every one of the
+    first 501 steps, then every 2nd while p >= 1/2 (step <= 500 + 1000 ln 2 = 1193), every
+    34th once p is clamped at 0.03 (1/0.03 = 33.3; step > 500 + 1000 ln(1/0.03) = 4007)."""
+    schedule = KronTorchPreconditionerSchedule()
+    fired = [n for n in range(1, 6001) if schedule(n)]
+    gaps = {b: b - a for a, b in zip(fired[:-1], fired[1:], strict=True)}
+    assert fired[:501] == list(range(1, 502))
+    assert {gap for n, gap in gaps.items() if 502 <= n <= 1190} == {2}
+    assert {gap for n, gap in gaps.items() if n >= 4100} == {34}
+    assert schedule.probability(1000) == pytest.approx(math.exp(-0.5), rel=1e-6)
+
+
+def test_kron_takes_kron_torchs_defaults_through_heavyball():
+    model = torch.nn.Linear(4, 3)
+    optimizer = make_optimizer(model.parameters(), _kron_config())
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer.precond_schedule, KronTorchPreconditionerSchedule)
+    assert (group["precond_init_scale"], group["lower_bound_beta"], group["precond_lr"]) == (1.0, 0.0, 0.1)
+    assert group["max_size_triangular"] == 8192 and group["betas"][0] == 0.9 and group["weight_decay"] == 0.0
