@@ -170,6 +170,23 @@ def test_prioritized_sampling_follows_priorities_and_skips_final_observations():
     assert torch.allclose(sample.weights, torch.where(sample.obs.flatten() == 7, 3.0 ** -0.5, 1.0))
 
 
+def test_a_prioritized_replay_of_stacked_frames_fills_from_empty_in_short_rollouts():
+    """Until it holds a whole stack and an n-step window no row is complete: the first
+    rollouts (Atari's 4 x 1 steps here) must add nothing to the tree, then rows enter it."""
+    replay = FrameReplay((4, 1), np.float32, 4, 1, 64, 3, 0.5, CPU, prioritized=True, seed=0)
+
+    def step(value):  # one step of one env whose stacks hold the last four values
+        stacked = lambda v: torch.tensor([v - 3, v - 2, v - 1, v], dtype=torch.float32).view(1, 1, 4, 1)  # noqa: E731
+        return {**_rollout([value], [0], [F], [F], [F], value + 1.0), "obs": stacked(value), "next_obs": stacked(value + 1)[0]}
+
+    filled = []
+    for value in range(10):
+        replay.add(**step(float(value)))
+        filled.append(float(replay.data["priority_tree"][1]))
+    assert filled[0] == 0.0 and filled[-1] > 0 and replay.can_sample()
+    assert filled == sorted(filled)  # rows enter one per step once the first is complete
+
+
 def test_overwritten_rows_leave_the_priority_tree():
     replay = _vector_replay(capacity=8, n_step=1, prioritized=True)
     for start in range(0, 40, 4):

@@ -211,3 +211,10 @@ def test_evaluation_acts_with_epsilon_one_in_a_thousand_in_every_env(recipe, exp
     on_greedy = actions == greedy
     expected = torch.where(on_greedy, math.log(1 - 0.001 + 0.001 / 2), math.log(0.001 / 2))
     assert torch.allclose(log_probs, expected, rtol=0, atol=1e-6)  # float32 log near 1
+
+
+@pytest.mark.parametrize("recipe", ["qrdqn_atari", "qrdqn_small_batch"])
+def test_atari_recipes_replay_with_dopamines_priorities(recipe):
+    """Dopamine's QR-DQN samples in proportion to sqrt(loss) and weighs losses by 1/sqrt(P)."""
+    replay = build_config(recipe).replay
+    assert replay.prioritized and (replay.priority_exponent, replay.importance_exponent) == (0.5, 0.5)

@@ -240,9 +240,9 @@ class FrameReplay:
         gone = torch.cat([written, (oldest + torch.arange(first, device=dev)) % self.rows])
         self._set_leaves((gone.unsqueeze(1) * self.num_envs + envs).flatten(), torch.zeros((), dtype=torch.float64, device=dev))
         # rows whose n-step window is now complete enter it at the highest priority seen
-        complete = torch.arange(max(first, last - horizon + 1), last + 1, device=dev)
-        if len(complete):
-            rows = (oldest + complete) % self.rows
+        start = max(first, last - horizon + 1)
+        if start <= last:  # none while the replay holds less than a stack and an n-step window
+            rows = (oldest + torch.arange(start, last + 1, device=dev)) % self.rows
             sampleable = (self.data["flags"][rows] & SAMPLEABLE) != 0
             self._set_leaves((rows.unsqueeze(1) * self.num_envs + envs).flatten(),
                              sampleable.flatten().to(torch.float64) * self.max_priority)
