@@ -199,6 +199,10 @@ class PerfConfig:
         "torch.compile the policy's network (the forward pass acting and the learner's losses share), in the learner and "
         "in actor processes. Measured on 2 CPU cores: 1.31x training speed for ppo_atari's CNN, 0.90x for CartPole's "
         "MLP (docs/benchmarks.md). Off by default: it needs a C++ compiler on a CPU and costs start-up time.", False)
+    amp: Literal["off", "bf16"] = setting(
+        "bf16: the policy's network runs its forward pass (acting and the learner's losses) under bfloat16 autocast, "
+        "its outputs cast back to float32 before any loss, weights and optimizer state kept in float32. For GPUs with "
+        "bf16 tensor cores; losses equal float32's to about 2 significant digits (tested on the CPU, where it is slower).", "off")
 
 
 @dataclass

@@ -56,3 +56,31 @@ def test_compiled_update_equals_eager_and_really_compiles(recipe):
     for key, value in eager_weights.items():
         assert torch.allclose(compiled_weights[key], value, rtol=1e-4, atol=1e-6), key
     assert eager_weights.keys() == compiled_weights.keys()  # the state_dict keys of a checkpoint are unchanged
+
+
+@pytest.mark.parametrize("recipe", ["ppo_classic", "paac_classic"])
+def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe):
+    """`perf.amp: bf16` (for GPUs; CPUs run bf16 autocast too): the network's layers compute
+    in bfloat16, its outputs, the losses, weights and state dict stay float32, and the
+    losses of one update on a fixed batch match float32's to bfloat16's precision."""
+    overrides = ["algo.update_epochs=1"] if recipe == "ppo_classic" else []
+    overrides.append("logging.diag_interval=0")
+    batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides))
+    results = {}
+    for amp in ("off", "bf16"):
+        cfg = build_config(recipe, {"actors.num_envs": 4, "perf.amp": amp}, overrides)
+        torch.manual_seed(1)
+        algo = make_algorithm(env_spec(cfg.env), cfg, CPU)
+        network = algo.policy().net
+        layer_dtypes = []
+        first_linear = next(m for m in network.modules() if isinstance(m, torch.nn.Linear))
+        first_linear.register_forward_hook(lambda module, args, out, seen=layer_dtypes: seen.append(out.dtype))
+        outputs = network(batch.obs[0])
+        metrics = algo.update(batch).metrics
+        results[amp] = {tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")}
+        assert set(layer_dtypes) == {torch.bfloat16 if amp == "bf16" else torch.float32}
+        assert all(out.dtype == torch.float32 for out in outputs)
+        assert all(v.dtype == torch.float32 for v in network.state_dict().values() if v.is_floating_point())
+    assert results["off"].keys() == results["bf16"].keys() and results["off"]
+    for tag, value in results["off"].items():
+        assert results["bf16"][tag] == pytest.approx(value, rel=5e-2, abs=1e-2), tag

@@ -16,8 +16,7 @@ IMAGE_ENCODERS = ("nips_cnn", "nature_cnn")
 def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device) -> Algorithm:
     check_fit(cfg, spec)
     algo = algorithm_class(cfg.algo.name)(spec, cfg, device)
-    if cfg.perf.compile:
-        compile_policy(algo.policy())
+    apply_perf(algo.policy(), cfg, device)
     return algo
 
 
@@ -25,17 +24,35 @@ def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
     """The algorithm's Policy alone (actor processes, evaluation): no critic, optimizer or replay."""
     check_fit(cfg, spec)
     policy = algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
-    if cfg.perf.compile:
-        compile_policy(policy)
+    apply_perf(policy, cfg, device)
     return policy
 
 
-def compile_policy(policy: Policy) -> None:
-    """``perf.compile``: compile the forward pass of the Policy's network in place (``nn.Module.compile``:
-    parameters, buffers and state_dict keys stay as they are), or of the Policy itself where it
-    holds no separate network (SAC's actor). The learner's losses call the same network."""
+def apply_perf(policy: Policy, cfg: Config, device: torch.device) -> None:
+    """The ``perf`` switches, in place on the forward pass of the Policy's network, or of the
+    Policy itself where it holds no separate network (SAC's actor); parameters, buffers and
+    state_dict keys stay as they are, and the learner's losses call the same network.
+    ``perf.amp`` wraps the forward pass, then ``perf.compile`` compiles it (autocast included)."""
     network = policy.net if isinstance(getattr(policy, "net", None), torch.nn.Module) else policy
-    network.compile()
+    if cfg.perf.amp == "bf16":
+        network.forward = AutocastForward(network, device.type)
+    if cfg.perf.compile:
+        network.compile()
+
+
+class AutocastForward:
+    """``module``'s own forward under bfloat16 autocast, floating outputs cast back to float32
+    so that every loss is computed in float32. Held by the module itself, so a deep copy (a
+    target network) autocasts its own forward."""
+
+    def __init__(self, module: torch.nn.Module, device_type: str):
+        self.module, self.device_type = module, device_type
+
+    def __call__(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = type(self.module).forward(self.module, *args, **kwargs)
+        return torch.utils._pytree.tree_map(
+            lambda x: x.float() if isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16 else x, out)
 
 
 def policy_lag_bound(cfg: Config) -> int | None:
