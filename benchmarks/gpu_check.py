@@ -5,13 +5,15 @@
 
 Sections, each timed and recorded even when another fails:
   1. algorithms  -- a few updates of every built-in algorithm on the device, losses finite;
-  2. checkpoint  -- a run written on the device resumes on the CPU with the same step counter;
-  3. bench       -- `parallel-rl bench` figures on Pong-v5 (raw, pipeline, training) for each
+  2. switches    -- `perf.amp: bf16`, `perf.compile` and both against float32 eager: one PPO
+                    update's losses on the same batch within tolerance, compiling really done;
+  3. checkpoint  -- a run written on the device resumes on the CPU with the same step counter;
+  4. bench       -- `parallel-rl bench` figures on Pong-v5 (raw, pipeline, training) for each
                     layout K tried, the fastest named;
-  4. nature_cnn  -- inference and update throughput of the Nature CNN actor-critic at batch
+  5. nature_cnn  -- inference and update throughput of the Nature CNN actor-critic at batch
                     256/1024/4096: eager, bf16 autocast, torch.compile, CUDA graphs;
-  5. ppo_pong    -- PPO on Pong-v5 for at most 150 s: the recent mean return reached;
-  6. ranks       -- the same PPO job on 1 rank and on 2 (and 4 where there are 4 GPUs) through
+  6. ppo_pong    -- PPO on Pong-v5 for at most 150 s: the recent mean return reached;
+  7. ranks       -- the same PPO job on 1 rank and on 2 (and 4 where there are 4 GPUs) through
                     `--nproc-per-node`: NCCL between GPUs (gloo where ranks share one), the
                     steps/s of each and the scaling efficiency per added GPU.
 Writes DIR/gpu_check.json and DIR/gpu_check.md. Exit status 1 when a section failed.
@@ -61,11 +63,18 @@ class Sizes:
     ranks_recipe: str
     ranks_envs: int
     ranks_steps: int
+    switches_recipe: str
+    switches: tuple[str, ...]
 
 
 FULL = Sizes("cuda", 8, 256, 6.0, (0, 2, 4), (256, 1024, 4096), 1.0,
-             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 150.0, "ppo_atari", 64, 100_000)
-SMOKE = Sizes("cpu", 2, 8, 2.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0, "paac_classic", 16, 4000)
+             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 150.0, "ppo_atari", 64, 100_000,
+             "ppo_atari", ("bf16", "compile", "compile+bf16"))
+SMOKE = Sizes("cpu", 2, 8, 4.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0, "paac_classic", 16, 4000,
+              "ppo_classic", ("bf16",))
+# how far a switch's losses may sit from float32 eager's on the same batch: compiled code
+# reorders float sums; bfloat16 keeps about 3 significant digits
+SWITCH_TOLERANCE = {"compile": 1e-3, "bf16": 5e-2, "compile+bf16": 5e-2}
 
 # each built-in algorithm on its smallest recipe (the classic tasks need no EnvPool)
 ALGORITHM_RECIPES = {
@@ -111,6 +120,55 @@ def section_algorithms(sizes: Sizes, work: Path) -> dict:
         if not finite:
             raise AssertionError(f"{name}: {'no loss was logged' if not losses else 'a loss was not finite'} ({results[name]})")
     return results
+
+
+def section_switches(sizes: Sizes) -> dict:
+    """Each perf switch against float32 eager: one PPO update on the same batch from the same
+    weights, its losses within SWITCH_TOLERANCE, and compiling really compiled (dynamo's
+    counters, no graph break): the tests' check of the switches, on the GPU."""
+    from torch._dynamo.utils import counters
+
+    from parallel_rl.contracts import Batch
+    from parallel_rl.envs import env_spec, make_env_groups
+    from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
+
+    device = torch.device(sizes.device)
+    base = build_config(sizes.switches_recipe, {"device": sizes.device, "actors.num_envs": 8},
+                        ["algo.update_epochs=1", "logging.diag_interval=0"])
+    spec = env_spec(base.env)
+    groups = make_env_groups(base.env, base.actors.num_envs, base.seed, 1, 1)
+    try:
+        torch.manual_seed(0)
+        acting = make_algorithm(spec, base, torch.device("cpu")).policy()
+        horizon = base.algo.rollout_length
+        arrays = RolloutCollector(groups, horizon).collect(NetworkPolicy(acting, torch.device("cpu"), base.seed, base.actors.num_envs),
+                                                           allocate(spec, horizon, base.actors.num_envs))
+    finally:
+        for env in groups:
+            env.close()
+    batch = Batch.from_arrays(arrays, device)
+
+    def losses_of(switch: str) -> dict[str, float]:
+        perf = {"perf.compile": "compile" in switch, "perf.amp": "bf16" if "bf16" in switch else "off"}
+        cfg = replace(base, perf=replace(base.perf, compile=perf["perf.compile"], amp=perf["perf.amp"]))
+        torch.manual_seed(1)  # the same initial weights and minibatch shuffles
+        torch._dynamo.reset()
+        counters.clear()
+        metrics = make_algorithm(spec, cfg, device).update(batch).metrics
+        if "compile" in switch and (counters["stats"]["unique_graphs"] < 1 or counters["graph_break"]):
+            raise AssertionError(f"{switch}: dynamo captured {counters['stats']['unique_graphs']} graphs, "
+                                 f"graph breaks {dict(counters['graph_break'])}")
+        return {tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")}
+
+    eager = losses_of("eager")
+    rows = {}
+    for switch in sizes.switches:
+        losses = losses_of(switch)
+        worst = max(abs(losses[tag] - value) / max(abs(value), 1e-2) for tag, value in eager.items())
+        rows[switch] = {"largest_relative_difference": round(worst, 5), "tolerance": SWITCH_TOLERANCE[switch]}
+        if worst > SWITCH_TOLERANCE[switch]:
+            raise AssertionError(f"{switch}: losses {losses} differ from eager's {eager} by {worst:.3g} (relative)")
+    return {"recipe": sizes.switches_recipe, "eager_losses": eager, "switches": rows}
 
 
 def section_checkpoint(sizes: Sizes, work: Path) -> dict:
@@ -284,6 +342,7 @@ def main() -> int:
         work = Path(tmp)
         sections = {
             "algorithms": lambda: section_algorithms(sizes, work),
+            "switches": lambda: section_switches(sizes),
             "checkpoint": lambda: section_checkpoint(sizes, work),
             "bench": lambda: section_bench(sizes, work),
             "nature_cnn": lambda: section_nature_cnn(sizes, deadline=time.perf_counter() + (8 if args.smoke else 75)),
