@@ -99,7 +99,9 @@ def check_supported(cfg: Config, ranks: int) -> None:
 
 
 def init(cfg: Config, device: torch.device) -> World:
-    """Join the process group torchrun set up (gloo for CPU tensors, NCCL for CUDA ones)."""
+    """Join the process group torchrun set up (gloo for CPU tensors, NCCL for CUDA ones; gloo
+    for CUDA ones too where this machine has more ranks than GPUs, decided from
+    LOCAL_WORLD_SIZE and the GPUs visible, so every machine of a job needs as many GPUs)."""
     global _world
     found = world_from_env()
     if found.active and not dist.is_initialized():

@@ -142,7 +142,7 @@ def make_kron(params, lr: float, max_size_triangular: int) -> torch.optim.Optimi
     # but still warns, once per process, that it is experimental; a fixed init scale is
     # kron_torch's choice, which heavyball also warns about once
     warnings.filterwarnings("ignore", message="Learning rate changed between steps", category=UserWarning)
-    warnings.filterwarnings("ignore", message=".*precond_init_scale.*")
+    warnings.filterwarnings("ignore", message="It.s recommended to use precond_init_scale=None")
     optimizer = heavyball.PSGDKron(
         params, lr=lr, betas=(0.9, 0.999), weight_decay=0.0,
         preconditioner_update_probability=KronTorchPreconditionerSchedule(),
@@ -153,7 +153,28 @@ def make_kron(params, lr: float, max_size_triangular: int) -> torch.optim.Optimi
         merge_dims=False, multi_tensor=True,
     )
     _keep_state_dtypes(optimizer)
+    _schedule_as_plain_data(optimizer)
     return optimizer
+
+
+def _schedule_as_plain_data(optimizer: torch.optim.Optimizer) -> None:
+    """heavyball saves its schedule object pickled inside the state dict and unpickles it on
+    load: a checkpoint could then run code, which ``weights_only`` loading exists to prevent.
+    The schedule is ours, so only its counter is saved (an int), and a loaded state dict's
+    pickled schedule is dropped before heavyball's own hook could unpickle it."""
+
+    def save_counter(optimizer, state_dict):
+        stats = state_dict.get("heavyball", {})
+        stats.pop("precond_schedule", None)
+        stats["precond_schedule_counter"] = int(optimizer.precond_schedule.counter)
+
+    def restore_counter(optimizer, state_dict):
+        stats = state_dict.get("heavyball", {})
+        stats.pop("precond_schedule", None)  # never unpickled (an older checkpoint's restarts the counter)
+        optimizer.precond_schedule.counter = int(stats.pop("precond_schedule_counter", 0))
+
+    optimizer.register_state_dict_post_hook(save_counter)
+    optimizer.register_load_state_dict_pre_hook(restore_counter, prepend=True)
 
 
 def _keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:

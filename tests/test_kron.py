@@ -1,5 +1,6 @@
 """The Kron (PSGD-Kron) optimizer option: it learns, and its state survives a checkpoint."""
 
+import copy
 import math
 
 import gymnasium as gym
@@ -121,3 +122,31 @@ def test_kron_takes_kron_torchs_defaults_through_heavyball():
     assert isinstance(optimizer.precond_schedule, KronTorchPreconditionerSchedule)
     assert (group["precond_init_scale"], group["lower_bound_beta"], group["precond_lr"]) == (1.0, 0.0, 0.1)
     assert group["max_size_triangular"] == 8192 and group["betas"][0] == 0.9 and group["weight_decay"] == 0.0
+
+
+def test_a_kron_checkpoint_holds_no_pickle_and_its_schedule_is_never_unpickled(monkeypatch):
+    """heavyball would pickle its schedule into the state dict and unpickle it on load, so a
+    crafted checkpoint could run code: only the counter is saved, and a loaded state dict's
+    pickled schedule is dropped unread."""
+    import heavyball.utils
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = make_optimizer(model.parameters(), _kron_config())
+    for _ in range(600):  # past the every-step phase: the counter is mid-count
+        optimizer.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+    saved = optimizer.state_dict()
+    assert "precond_schedule" not in saved["heavyball"]
+    counter = saved["heavyball"]["precond_schedule_counter"]
+    assert counter == optimizer.precond_schedule.counter and counter > 0
+
+    def refuse(_):
+        raise AssertionError("the checkpoint's schedule was unpickled")
+
+    monkeypatch.setattr(heavyball.utils.pickle, "loads", refuse)
+    fresh = make_optimizer(model.parameters(), _kron_config())
+    crafted = copy.deepcopy(saved)
+    crafted["heavyball"]["precond_schedule"] = b"cos\nsystem\n(S'echo pwned'\ntR."  # what an attacker would plant
+    fresh.load_state_dict(crafted)
+    assert fresh.precond_schedule.counter == counter

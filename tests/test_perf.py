@@ -4,7 +4,7 @@ of eager execution on a fixed batch, and really compiles (dynamo's counters, no 
 import pytest
 import torch
 
-from parallel_rl.algos import make_algorithm
+from parallel_rl.algos import make_algorithm, make_policy
 from parallel_rl.config import build_config
 from parallel_rl.contracts import Batch
 from parallel_rl.envs import env_spec, make_env_groups
@@ -82,5 +82,8 @@ def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe
         assert all(out.dtype == torch.float32 for out in outputs)
         assert all(v.dtype == torch.float32 for v in network.state_dict().values() if v.is_floating_point())
     assert results["off"].keys() == results["bf16"].keys() and results["off"]
+    # an acting replica on the CPU (actor processes, evaluation) keeps float32: bf16 pays on a GPU only
+    replica = make_policy(env_spec(cfg.env), cfg, CPU)
+    assert "forward" not in vars(replica.net)
     for tag, value in results["off"].items():
         assert results["bf16"][tag] == pytest.approx(value, rel=5e-2, abs=1e-2), tag

@@ -3,6 +3,8 @@ name used in ``algo.name`` (registry.py); importing this package registers them 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..config import CONFIG_DIR, Config, ConfigError, algorithm_class, load_yaml
@@ -24,7 +26,8 @@ def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
     """The algorithm's Policy alone (actor processes, evaluation): no critic, optimizer or replay."""
     check_fit(cfg, spec)
     policy = algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
-    apply_perf(policy, cfg, device)
+    # bf16 pays only on a GPU: an acting replica on the CPU (actor processes, evaluation) keeps float32
+    apply_perf(policy, cfg if device.type == "cuda" else replace(cfg, perf=replace(cfg.perf, amp="off")), device)
     return policy
 
 
@@ -32,7 +35,9 @@ def apply_perf(policy: Policy, cfg: Config, device: torch.device) -> None:
     """The ``perf`` switches, in place on the forward pass of the Policy's network, or of the
     Policy itself where it holds no separate network (SAC's actor); parameters, buffers and
     state_dict keys stay as they are, and the learner's losses call the same network.
-    ``perf.amp`` wraps the forward pass, then ``perf.compile`` compiles it (autocast included)."""
+    ``perf.amp`` wraps the forward pass, then ``perf.compile`` compiles it (autocast included).
+    A target network copied before (QR-DQN's, PQN has none) keeps float32 eager: it computes
+    targets only, never a gradient."""
     network = policy.net if isinstance(getattr(policy, "net", None), torch.nn.Module) else policy
     if cfg.perf.amp == "bf16":
         network.forward = AutocastForward(network, device.type)
@@ -42,8 +47,8 @@ def apply_perf(policy: Policy, cfg: Config, device: torch.device) -> None:
 
 class AutocastForward:
     """``module``'s own forward under bfloat16 autocast, floating outputs cast back to float32
-    so that every loss is computed in float32. Held by the module itself, so a deep copy (a
-    target network) autocasts its own forward."""
+    so that every loss is computed in float32. Held by the module itself, so a deep copy of
+    the module autocasts its own forward, not the original's."""
 
     def __init__(self, module: torch.nn.Module, device_type: str):
         self.module, self.device_type = module, device_type
