@@ -130,25 +130,14 @@ def section_switches(sizes: Sizes) -> dict:
     counters, no graph break): the tests' check of the switches, on the GPU."""
     from torch._dynamo.utils import counters
 
-    from parallel_rl.contracts import Batch
-    from parallel_rl.envs import env_spec, make_env_groups
-    from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
+    from parallel_rl.bench import fixed_batch
+    from parallel_rl.envs import env_spec
 
     device = torch.device(sizes.device)
     base = build_config(sizes.switches_recipe, {"device": sizes.device, "actors.num_envs": 8},
                         ["algo.update_epochs=1", "logging.diag_interval=0"])
     spec = env_spec(base.env)
-    groups = make_env_groups(base.env, base.actors.num_envs, base.seed, 1, 1)
-    try:
-        torch.manual_seed(0)
-        acting = make_algorithm(spec, base, torch.device("cpu")).policy()
-        horizon = base.algo.rollout_length
-        arrays = RolloutCollector(groups, horizon).collect(NetworkPolicy(acting, torch.device("cpu"), base.seed, base.actors.num_envs),
-                                                           allocate(spec, horizon, base.actors.num_envs))
-    finally:
-        for env in groups:
-            env.close()
-    batch = Batch.from_arrays(arrays, device)
+    batch = fixed_batch(base, device)
 
     def losses_of(switch: str) -> dict[str, float]:
         perf = {"perf.compile": "compile" in switch, "perf.amp": "bf16" if "bf16" in switch else "off"}

@@ -116,6 +116,27 @@ def raw_env_sps(cfg: Config, seconds: float, num_threads: int) -> float:
         env.close()
 
 
+def fixed_batch(cfg: Config, device: torch.device) -> Batch:
+    """One real rollout of ``cfg``'s envs under its algorithm's policy at seeded random
+    weights, collected on the CPU and put on ``device``: the same batch for every variant of
+    an update compared (the perf switches' checks)."""
+    from .algos import make_algorithm
+    from .envs import env_spec, make_env_groups
+    from .runtime.rollout import NetworkPolicy, RolloutCollector, allocate
+
+    cpu, spec, horizon = torch.device("cpu"), env_spec(cfg.env), cfg.algo.rollout_length
+    torch.manual_seed(0)
+    acting = make_algorithm(spec, cfg, cpu).policy()
+    groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, 1, 1)
+    try:
+        arrays = RolloutCollector(groups, horizon).collect(NetworkPolicy(acting, cpu, cfg.seed, cfg.actors.num_envs),
+                                                           allocate(spec, horizon, cfg.actors.num_envs))
+    finally:
+        for env in groups:
+            env.close()
+    return Batch.from_arrays(arrays, device)
+
+
 def train_run(cfg: Config, seconds: float, algorithm: Callable | None = None):
     """A run of ``cfg`` for ``seconds`` after start-up, writing nothing (its ``RunSummary``);
     ``algorithm`` builds the learner's algorithm from (spec, cfg, device) instead of ``cfg.algo.name``'s."""

@@ -5,27 +5,11 @@ import pytest
 import torch
 
 from parallel_rl.algos import make_algorithm, make_policy
+from parallel_rl.bench import fixed_batch
 from parallel_rl.config import build_config
-from parallel_rl.contracts import Batch
-from parallel_rl.envs import env_spec, make_env_groups
-from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
+from parallel_rl.envs import env_spec
 
 CPU = torch.device("cpu")
-
-
-def fixed_batch(cfg) -> Batch:
-    """One real rollout of the recipe's envs under a seeded random-weight policy."""
-    spec = env_spec(cfg.env)
-    torch.manual_seed(0)
-    acting = make_algorithm(spec, cfg, CPU).policy()
-    groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, 1, 1)
-    try:
-        arrays = RolloutCollector(groups, cfg.algo.rollout_length).collect(
-            NetworkPolicy(acting, CPU, cfg.seed, cfg.actors.num_envs), allocate(spec, cfg.algo.rollout_length, cfg.actors.num_envs))
-        return Batch.from_arrays(arrays, CPU)
-    finally:
-        for env in groups:
-            env.close()
 
 
 @pytest.mark.slow  # compiling forward and backward on 2 cores takes tens of seconds
@@ -34,7 +18,7 @@ def test_compiled_update_equals_eager_and_really_compiles(recipe):
     from torch._dynamo.utils import counters
 
     base = build_config(recipe, {"actors.num_envs": 4}, ["algo.update_epochs=1", "logging.diag_interval=0"])
-    batch = fixed_batch(base)
+    batch = fixed_batch(base, CPU)
     results = {}
     for compiled in (False, True):
         cfg = build_config(recipe, {"actors.num_envs": 4, "perf.compile": compiled},
@@ -65,7 +49,7 @@ def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe
     losses of one update on a fixed batch match float32's to bfloat16's precision."""
     overrides = ["algo.update_epochs=1"] if recipe == "ppo_classic" else []
     overrides.append("logging.diag_interval=0")
-    batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides))
+    batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides), CPU)
     results = {}
     for amp in ("off", "bf16"):
         cfg = build_config(recipe, {"actors.num_envs": 4, "perf.amp": amp}, overrides)
