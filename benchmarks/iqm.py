@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""IQM of human-normalised final scores with stratified-bootstrap confidence intervals,
-read from runs' TensorBoard logs (``charts/episodic_return``).
+"""IQM of normalised final scores with stratified-bootstrap confidence intervals, read
+from runs' TensorBoard logs (``charts/episodic_return``).
 
     python benchmarks/iqm.py runs/sweeps/qrdqn_small_batch
+    python benchmarks/iqm.py runs/reproduce/qrdqn_batch_size_classic
     python benchmarks/iqm.py RUN_OR_FOLDER ... [--reps 2000] [--confidence 0.95] [--json]
 
 Runs are found, read and grouped the way ``parallel-rl report`` does
 (``parallel_rl/report.py``): a run's final score is its mean return over its last 10% of
 agent steps, and runs of one algorithm whose configs differ only in seed (and logging) are
-the seeds of one variant. Each Atari game is a task; a variant's IQM pools the
-human-normalised final scores of all its (game, seed) runs, and its interval resamples
-seeds within each game (``parallel_rl/stats.py``). Compare variants over the same games:
-a warning names any game a variant lacks. Non-Atari runs are left out with a warning.
+the seeds of one variant. Each env is a task. A variant's IQM pools the normalised final
+scores of all its (task, seed) runs: human-normalised on the Atari-57 games, 0 at random
+play and 1 at Gymnasium's "solved" threshold on CartPole-v1 and Acrobot-v1
+(``parallel_rl/stats.py``); its interval resamples seeds within each task. Every task also
+gets the IQM of its raw final scores, with its own interval. Compare variants over the same
+tasks: a warning names any task a variant lacks. Runs on other envs are left out with a
+warning.
 
 Exit status 0, or 2 with a message when the paths hold no usable runs.
 """
@@ -26,13 +30,13 @@ from pathlib import Path
 
 from parallel_rl.config import ConfigError
 from parallel_rl.report import find_runs, group_runs, load_run
-from parallel_rl.stats import atari_game, human_normalized, stratified_bootstrap_ci
+from parallel_rl.stats import CLASSIC_REFERENCE_SCORES, normalized_score, stratified_bootstrap_ci
 
 EXIT_USAGE = 2
 
 
-def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
-    """{variant label: {game: [human-normalised final score per run]}} and warnings."""
+def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[tuple[float, float]]]], list[str]]:
+    """{variant label: {task: [(raw, normalised) final score per run]}} and warnings."""
     warnings: list[str] = []
     runs = []
     for path in find_runs(paths):
@@ -41,40 +45,47 @@ def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[float]]]
             warnings.append(f"{path}: no finished episode logged yet; left out")
         else:
             runs.append(run)
-    scores: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    scores: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(dict)
     for group in group_runs(runs):
         try:
-            game = atari_game(group.env)
-        except KeyError:
-            warnings.append(f"{group.env} ({len(group.runs)} runs): not an Atari-57 game, no human-normalised score; left out")
+            per_run = [(float(run.final_score), *normalized_score(run.final_score, group.env)) for run in group.runs]
+        except KeyError as exc:
+            warnings.append(f"{group.env} ({len(group.runs)} runs): {exc.args[0]}; left out")
             continue
-        scores[group.label][game] = [float(human_normalized(run.final_score, group.env)) for run in group.runs]
-    all_games = sorted({game for per_game in scores.values() for game in per_game})
-    for label, per_game in scores.items():
-        missing = [g for g in all_games if g not in per_game]
+        scores[group.label][per_run[0][1]] = [(raw, normalised) for raw, _, normalised in per_run]
+    all_tasks = sorted({task for per_task in scores.values() for task in per_task})
+    for label, per_task in scores.items():
+        missing = [t for t in all_tasks if t not in per_task]
         if missing:
-            warnings.append(f"{label} has no runs of {', '.join(missing)}: its IQM is over other games than the rest")
+            warnings.append(f"{label} has no runs of {', '.join(missing)}: its IQM is over other tasks than the rest")
     return dict(scores), warnings
 
 
-def summarise(scores: dict[str, dict[str, list[float]]], reps: int, confidence: float) -> list[dict]:
+def summarise(scores: dict[str, dict[str, list[tuple[float, float]]]], reps: int, confidence: float) -> list[dict]:
     rows = []
-    for label, per_game in sorted(scores.items()):
-        point, lower, upper = stratified_bootstrap_ci(per_game, reps=reps, confidence=confidence)
+    for label, per_task in sorted(scores.items()):
+        normalised = {task: [n for _, n in runs] for task, runs in per_task.items()}
+        point, lower, upper = stratified_bootstrap_ci(normalised, reps=reps, confidence=confidence)
+        raw_iqm = {}
+        for task, runs in sorted(per_task.items()):
+            task_point, task_lower, task_upper = stratified_bootstrap_ci({task: [r for r, _ in runs]}, reps=reps,
+                                                                         confidence=confidence)
+            raw_iqm[task] = {"runs": len(runs), "iqm": task_point, "ci": [task_lower, task_upper]}
         rows.append({
             "variant": label,
-            "games": len(per_game),
-            "runs": sum(len(v) for v in per_game.values()),
+            "games": len(per_task),
+            "runs": sum(len(v) for v in per_task.values()),
             "iqm": point,
             "ci": [lower, upper],
-            "mean_per_game": {game: sum(v) / len(v) for game, v in sorted(per_game.items())},
+            "mean_per_game": {task: sum(v) / len(v) for task, v in sorted(normalised.items())},
+            "raw_iqm_per_task": raw_iqm,
         })
     return rows
 
 
 def format_table(rows: list[dict], confidence: float) -> str:
     games = sorted({g for row in rows for g in row["mean_per_game"]})
-    header = ["variant", "games", "runs", "IQM HNS", f"{confidence:.0%} CI", *games]
+    header = ["variant", "tasks", "runs", "IQM normalised", f"{confidence:.0%} CI", *games]
     lines = [header]
     for row in rows:
         lower, upper = row["ci"]
@@ -84,7 +95,17 @@ def format_table(rows: list[dict], confidence: float) -> str:
     out = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
            for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out) + "\n(per-game columns: mean human-normalised final score over seeds)"
+    out.append("(per-task columns: mean normalised final score over seeds)\n")
+    raw = [["variant", "task", "runs", "IQM final score", f"{confidence:.0%} CI"]]
+    for row in rows:
+        for task, stats in row["raw_iqm_per_task"].items():
+            lower, upper = stats["ci"]
+            raw.append([row["variant"], task, str(stats["runs"]), f"{stats['iqm']:.1f}", f"[{lower:.1f}, {upper:.1f}]"])
+    raw_widths = [max(len(line[i]) for line in raw) for i in range(len(raw[0]))]
+    out += ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, raw_widths, strict=True)))
+            for line in raw]
+    out.insert(len(out) - len(raw) + 1, "  ".join("-" * w for w in raw_widths))
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--confidence {args.confidence} is invalid: a level in (0, 1), e.g. 0.95.")
         scores, warnings = variant_scores(args.paths)
         if not scores:
-            raise ConfigError(f"no Atari runs with logged returns under {', '.join(map(str, args.paths))}; "
-                              f"human-normalised scores exist for the Atari-57 games only.")
+            raise ConfigError(f"no runs with logged returns on a task with reference scores under "
+                              f"{', '.join(map(str, args.paths))}; the Atari-57 games and "
+                              f"{', '.join(CLASSIC_REFERENCE_SCORES)} have them.")
     except ConfigError as exc:
         print(f"iqm.py: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

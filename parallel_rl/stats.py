@@ -4,7 +4,9 @@ confidence intervals.
 
 Human-normalised score: ``(score - random) / (human - random)``, 0 for a uniformly random
 policy and 1 for the professional human tester, with the per-game reference scores of the
-Atari-57 benchmark (Mnih et al. 2015, completed by Badia et al. 2020).
+Atari-57 benchmark (Mnih et al. 2015, completed by Badia et al. 2020). Classic-control tasks
+have no human score: theirs is ``(score - random) / (solved - random)``, 1 at Gymnasium's
+``reward_threshold`` ("solved").
 
 IQM: the mean of the middle 50% of all (run, game) scores pooled, ``floor(n / 4)`` cut
 from each end; robust to outlier runs and games, more efficient than the median.
@@ -41,6 +43,12 @@ ATARI_REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     "YarsRevenge": (3092.9, 54576.9), "Zaxxon": (32.5, 9173.3),
 }
 
+# env id: (random score, Gymnasium's reward_threshold). The random scores are the mean of
+# 1,000 episodes of uniformly random actions (Gymnasium 1.x, episode seeds 0-999).
+CLASSIC_REFERENCE_SCORES: dict[str, tuple[float, float]] = {
+    "CartPole-v1": (22.2, 475.0), "Acrobot-v1": (-499.1, -100.0),
+}
+
 
 def atari_game(env_id: str) -> str:
     """The game of an environment id: ``Pong-v5`` -> ``Pong``; raises ``KeyError`` naming the known games."""
@@ -54,6 +62,20 @@ def human_normalized(score, env_id: str):
     """``(score - random) / (human - random)`` for the game of ``env_id``; scalars or arrays."""
     random_score, human_score = ATARI_REFERENCE_SCORES[atari_game(env_id)]
     return (np.asarray(score, dtype=np.float64) - random_score) / (human_score - random_score)
+
+
+def normalized_score(score, env_id: str) -> tuple[str, float]:
+    """(task, normalised score): human-normalised for an Atari-57 game (task ``Pong``),
+    solved-normalised for a classic-control task (task ``CartPole-v1``); raises
+    ``KeyError`` naming the tasks that have reference scores."""
+    if env_id in CLASSIC_REFERENCE_SCORES:
+        random_score, solved_score = CLASSIC_REFERENCE_SCORES[env_id]
+        return env_id, (float(score) - random_score) / (solved_score - random_score)
+    try:
+        return atari_game(env_id), float(human_normalized(score, env_id))
+    except KeyError:
+        raise KeyError(f"{env_id!r} has no reference scores: the Atari-57 games (Pong-v5, ...) and "
+                       f"{', '.join(CLASSIC_REFERENCE_SCORES)} have them") from None
 
 
 def iqm(scores) -> float:
@@ -93,4 +115,5 @@ def stratified_bootstrap_ci(
     return point, float(lower), float(upper)
 
 
-__all__ = ["ATARI_REFERENCE_SCORES", "atari_game", "human_normalized", "iqm", "stratified_bootstrap_ci"]
+__all__ = ["ATARI_REFERENCE_SCORES", "CLASSIC_REFERENCE_SCORES", "atari_game", "human_normalized", "iqm",
+           "normalized_score", "stratified_bootstrap_ci"]

@@ -42,10 +42,10 @@ def test_bootstrap_resamples_within_each_task():
     assert stratified_bootstrap_ci({"a": [0, 1, 2, 3]}, reps=500, seed=1) == stratified_bootstrap_ci({"a": [0, 1, 2, 3]}, reps=500, seed=1)
 
 
-def _fake_run(root: Path, env: str, batch: int, seed: int, returns: list[float]) -> None:
+def _fake_run(root: Path, env: str, batch: int, seed: int, returns: list[float], recipe: str = "qrdqn_atari") -> None:
     run = root / f"{env}__batch{batch}__s{seed}"
     run.mkdir(parents=True)
-    save_yaml(build_config("qrdqn_atari", {"env.id": env, "seed": seed}, [f"replay.minibatch_size={batch}"]), run / "config.yaml")
+    save_yaml(build_config(recipe, {"env.id": env, "seed": seed}, [f"replay.minibatch_size={batch}"]), run / "config.yaml")
     writer = SummaryWriter(str(run / "tb"))
     for i, value in enumerate(returns):
         writer.add_scalar("charts/episodic_return", value, (i + 1) * 1000)
@@ -71,3 +71,37 @@ def test_iqm_script_reads_runs_and_groups_variants(tmp_path, capsys):
     assert default["iqm"] == pytest.approx(0.5)
     assert default["mean_per_game"] == pytest.approx({"Breakout": 0.5, "Pong": 0.5})
     assert script.main([str(tmp_path / "nothing-here")]) == 2
+
+
+def test_classic_control_scores_are_normalised_from_random_play_to_solved():
+    from parallel_rl.stats import normalized_score
+
+    assert normalized_score(22.2, "CartPole-v1") == ("CartPole-v1", pytest.approx(0.0))
+    assert normalized_score(475.0, "CartPole-v1") == ("CartPole-v1", pytest.approx(1.0))
+    assert normalized_score(-100.0, "Acrobot-v1") == ("Acrobot-v1", pytest.approx(1.0))
+    assert normalized_score(-299.55, "Acrobot-v1") == ("Acrobot-v1", pytest.approx(0.5))
+    assert normalized_score(14.6, "Pong-v5") == ("Pong", pytest.approx(1.0))
+    with pytest.raises(KeyError, match="MountainCar-v0.*CartPole-v1, Acrobot-v1"):
+        normalized_score(0.0, "MountainCar-v0")
+
+
+def test_iqm_script_reports_classic_control_runs_and_each_tasks_raw_iqm(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("iqm_script", Path(__file__).parents[1] / "benchmarks" / "iqm.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cartpole = [500.0, 475.0, 22.2, 475.0, 475.0]  # IQM over five: cut one from each end -> 475
+    for seed, final in enumerate(cartpole, start=1):
+        _fake_run(tmp_path, "CartPole-v1", 8, seed, [20.0] * 8 + [final] * 2, recipe="qrdqn_classic")
+        _fake_run(tmp_path, "Acrobot-v1", 8, seed, [-500.0] * 8 + [-100.0] * 2, recipe="qrdqn_classic")
+    _fake_run(tmp_path, "MountainCar-v0", 8, 1, [-200.0] * 10, recipe="qrdqn_classic")
+    assert script.main([str(tmp_path), "--json", "--reps", "200"]) == 0
+    captured = capsys.readouterr()
+    (row,) = json.loads(captured.out)
+    assert (row["games"], row["runs"]) == (2, 10)
+    assert row["raw_iqm_per_task"]["CartPole-v1"]["iqm"] == pytest.approx(475.0)
+    assert row["raw_iqm_per_task"]["Acrobot-v1"]["iqm"] == pytest.approx(-100.0)
+    assert row["raw_iqm_per_task"]["Acrobot-v1"]["ci"] == pytest.approx([-100.0, -100.0])
+    assert row["iqm"] == pytest.approx(1.0)  # normalised: all 1 but one 0 and one 1.06, both cut
+    assert "MountainCar-v0" in captured.err and "left out" in captured.err
+    assert script.main([str(tmp_path)]) == 0
+    assert "IQM final score" in capsys.readouterr().out
