@@ -5,7 +5,8 @@
 
 Sections, each timed and recorded even when another fails:
   1. algorithms  -- a few updates of every built-in algorithm on the device, losses finite;
-  2. switches    -- `perf.amp: bf16`, `perf.compile` and both against float32 eager: one PPO
+  2. switches    -- `perf.optimizer_kernel: fused`, `perf.amp: bf16`, `perf.compile` and
+                    compile+bf16 against float32 eager with torch's default Adam: one PPO
                     update's losses on the same batch within tolerance, compiling really done;
   3. checkpoint  -- a run written on the device resumes on the CPU with the same step counter;
   4. bench       -- `parallel-rl bench` figures on Pong-v5 (raw, pipeline, training) for each
@@ -69,13 +70,13 @@ class Sizes:
 
 FULL = Sizes("cuda", 8, 256, 6.0, (0, 2, 4), (256, 1024, 4096), 1.0,
              ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 150.0, "ppo_atari", 64, 100_000,
-             "ppo_atari", ("bf16", "compile", "compile+bf16"))
+             "ppo_atari", ("fused", "bf16", "compile", "compile+bf16"))
 SMOKE = Sizes("cpu", 2, 8, 4.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0, "paac_classic", 16, 4000,
-              "ppo_classic", ("bf16",))
+              "ppo_classic", ("fused", "bf16"))
 # how far a switch's losses may sit from float32 eager's on the same batch, relative, plus an
 # absolute 1e-2 as in tests/test_perf.py (a clip fraction moves in steps of 1/minibatch):
 # compiled code reorders float sums; bfloat16 keeps about 3 significant digits
-SWITCH_TOLERANCE = {"compile": 1e-3, "bf16": 5e-2, "compile+bf16": 5e-2}
+SWITCH_TOLERANCE = {"fused": 1e-4, "compile": 1e-3, "bf16": 5e-2, "compile+bf16": 5e-2}
 SWITCH_ABSOLUTE = 1e-2
 
 # each built-in algorithm on its smallest recipe (the classic tasks need no EnvPool)
@@ -125,9 +126,10 @@ def section_algorithms(sizes: Sizes, work: Path) -> dict:
 
 
 def section_switches(sizes: Sizes) -> dict:
-    """Each perf switch against float32 eager: one PPO update on the same batch from the same
-    weights, its losses within SWITCH_TOLERANCE, and compiling really compiled (dynamo's
-    counters, no graph break): the tests' check of the switches, on the GPU."""
+    """Each perf switch against float32 eager with torch's default Adam: one PPO update on the
+    same batch from the same weights, its losses within SWITCH_TOLERANCE, and compiling really
+    compiled (dynamo's counters, no graph break): the tests' check of the switches, on the
+    GPU. "fused" is `perf.optimizer_kernel: fused` alone (auto's choice on CUDA)."""
     from torch._dynamo.utils import counters
 
     from parallel_rl.bench import fixed_batch
@@ -135,13 +137,14 @@ def section_switches(sizes: Sizes) -> dict:
 
     device = torch.device(sizes.device)
     base = build_config(sizes.switches_recipe, {"device": sizes.device, "actors.num_envs": 8},
-                        ["algo.update_epochs=1", "logging.diag_interval=0"])
+                        ["algo.update_epochs=1", "logging.diag_interval=0", "optim.name=adam"])
     spec = env_spec(base.env)
     batch = fixed_batch(base, device)
 
     def losses_of(switch: str) -> dict[str, float]:
         perf = {"perf.compile": "compile" in switch, "perf.amp": "bf16" if "bf16" in switch else "off"}
-        cfg = replace(base, perf=replace(base.perf, compile=perf["perf.compile"], amp=perf["perf.amp"]))
+        cfg = replace(base, perf=replace(base.perf, compile=perf["perf.compile"], amp=perf["perf.amp"],
+                                         optimizer_kernel="fused" if switch == "fused" else "default"))
         torch.manual_seed(1)  # the same initial weights and minibatch shuffles
         torch._dynamo.reset()
         counters.clear()

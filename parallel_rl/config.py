@@ -203,6 +203,12 @@ class PerfConfig:
         "bf16: the policy's network runs its forward pass (acting and the learner's losses) under bfloat16 autocast, "
         "its outputs cast back to float32 before any loss, weights and optimizer state kept in float32. For GPUs with "
         "bf16 tensor cores; losses equal float32's to about 2 significant digits (tested on the CPU, where it is slower).", "off")
+    optimizer_kernel: Literal["auto", "fused", "default"] = setting(
+        "fused: optim.name = adam runs torch's fused Adam (one kernel for all parameters), and an optimizer step whose loss "
+        "or gradient is NaN/inf is skipped on the device (the kernel's found_inf) with no host sync; every other optimizer "
+        "syncs once per step to decide. default: torch's own choice (multi-tensor on CUDA, a loop over the parameters on "
+        "a CPU). auto: fused when the learner runs on CUDA, default on a CPU (what the seeded learning tests were measured "
+        "with).", "auto")
 
 
 @dataclass
@@ -302,6 +308,9 @@ class Config:
             raise ConfigError(f"optim.final_lr_scale = {self.optim.final_lr_scale} is invalid: a fraction of the start LR in [0, 1].")
         if not 0.0 <= self.replay.importance_exponent <= 1.0:
             raise ConfigError(f"replay.importance_exponent = {self.replay.importance_exponent} is invalid: it lies in [0, 1] (Dopamine: 0.5).")
+        if self.perf.optimizer_kernel == "fused" and self.optim.name != "adam":
+            raise ConfigError(f"perf.optimizer_kernel = 'fused' needs optim.name = 'adam' (torch has no fused {self.optim.name}): "
+                              f"use perf.optimizer_kernel=auto or default, or optim.name=adam.")
         if self.model.encoder == "simbav2" and self.algo.name != "sac":
             raise ConfigError(f"model.encoder = 'simbav2' builds SAC's actor and critics, but algo.name = {self.algo.name!r}: "
                               f"use algo.name=sac, or an encoder among auto, mlp, nips_cnn, nature_cnn.")

@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 
 def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
-    """The optimizer ``optim.name`` names, at ``cfg.effective_lr`` (a third of optim.lr for Kron)."""
+    """The optimizer ``optim.name`` names, at ``cfg.effective_lr`` (a third of optim.lr for Kron);
+    Adam fused as ``perf.optimizer_kernel`` says."""
     name, lr = cfg.optim.name, cfg.effective_lr
+    params = list(params)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
     if name == "rmsprop_tf":
@@ -27,7 +29,9 @@ def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
         return torch.optim.RAdam(params, lr=lr, eps=cfg.optim.eps)
     if name == "kron":
         return make_kron(params, lr, cfg.optim.kron_max_size_triangular)
-    return torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps)
+    fused = cfg.perf.optimizer_kernel == "fused" or (
+        cfg.perf.optimizer_kernel == "auto" and bool(params) and all(p.device.type == "cuda" for p in params))
+    return torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps, fused=fused or None)
 
 
 def anneal_lr(optimizers: list[torch.optim.Optimizer], cfg: Config, fraction: float) -> float:

@@ -65,6 +65,6 @@ def test_gpu_check_smoke_runs_every_section_where_envpool_is_absent(tmp_path):
     assert layout["backend"] == "ale" and layout["raw_sps_median"] > 0 and layout["train_sps_median"] > 0
     assert all(row["inference_obs_per_s"] > 0 and row["update_obs_per_s"] > 0 for row in sections["nature_cnn"]["rows"])
     assert sections["ppo_pong"]["agent_steps"] > 0
-    assert set(sections["switches"]["switches"]) == {"bf16"} and sections["switches"]["eager_losses"]
+    assert set(sections["switches"]["switches"]) == {"fused", "bf16"} and sections["switches"]["eager_losses"]
     assert [row["ranks"] for row in sections["ranks"]["rows"]] == [1, 2] and all(row["sps"] > 0 for row in sections["ranks"]["rows"])
     assert "| eager | 8 |" in (out / "gpu_check.md").read_text()

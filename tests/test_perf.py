@@ -71,3 +71,70 @@ def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe
     assert "forward" not in vars(replica.net)
     for tag, value in results["off"].items():
         assert results["bf16"][tag] == pytest.approx(value, rel=5e-2, abs=1e-2), tag
+
+
+@pytest.mark.parametrize("recipe", ["ppo_classic", "qrdqn_classic"])
+def test_fused_adam_update_equals_torchs_default_adam_and_really_fuses(recipe):
+    """`perf.optimizer_kernel: fused` (auto's choice for CUDA learners): torch's fused Adam
+    kernel, the same losses and weights as torch's default Adam after one update."""
+    overrides = ["algo.update_epochs=1"] if recipe == "ppo_classic" else ["algo.warmup_steps=0", "replay.minibatch_size=16"]
+    overrides += ["logging.diag_interval=0", "optim.name=adam"]
+    batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides), CPU)
+    results = {}
+    for kernel in ("default", "fused"):
+        cfg = build_config(recipe, {"actors.num_envs": 4, "perf.optimizer_kernel": kernel}, overrides)
+        torch.manual_seed(1)
+        algo = make_algorithm(env_spec(cfg.env), cfg, CPU)
+        assert algo.optimizer.defaults["fused"] is (True if kernel == "fused" else None)
+        metrics = algo.update(batch).metrics
+        assert metrics, "the update made no optimizer step"
+        results[kernel] = ({tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")},
+                          {k: v.clone() for k, v in algo.policy().state_dict().items()})
+    (default_losses, default_weights), (fused_losses, fused_weights) = results["default"], results["fused"]
+    assert default_losses.keys() == fused_losses.keys() and default_losses
+    for tag, value in default_losses.items():
+        assert fused_losses[tag] == pytest.approx(value, rel=1e-5, abs=1e-6), tag
+    for key, value in default_weights.items():
+        assert torch.allclose(fused_weights[key], value, rtol=1e-5, atol=1e-6), key
+
+
+def test_fused_adam_skips_a_nonfinite_step_on_the_device_without_reading_it_on_the_host(monkeypatch):
+    """With the fused kernel a NaN/inf loss or gradient skips the step through its found_inf:
+    weights and moments untouched, the step counter not advanced, and no tensor read back
+    (``bool``, ``item`` or ``float`` of a tensor would be a host sync on a GPU)."""
+    from parallel_rl.algos.base import step_if_finite
+    from parallel_rl.optim import make_optimizer
+
+    cfg = build_config("ppo_classic", {"perf.optimizer_kernel": "fused", "optim.name": "adam"})
+    layer = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer(layer.parameters(), cfg)
+    x = torch.ones(4, 3)
+
+    def step(scale: float) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = layer(x * scale).pow(2).mean()
+        loss.backward()
+        with monkeypatch.context() as patched:
+            for read_back in ("__bool__", "item", "__float__"):
+                patched.setattr(torch.Tensor, read_back, lambda *_, name=read_back: pytest.fail(f"step_if_finite read a tensor on the host ({name})"))
+            return step_if_finite(optimizer, loss)
+
+    assert torch.equal(step(1.0), torch.tensor(True))
+    weights = {k: v.clone() for k, v in layer.state_dict().items()}
+    moments = {k: v.clone() for k, v in optimizer.state[layer.weight].items()}
+    for bad in (float("nan"), float("inf")):
+        assert torch.equal(step(bad), torch.tensor(False))
+        for key, value in layer.state_dict().items():
+            assert torch.equal(value, weights[key]), key
+        for key, value in optimizer.state[layer.weight].items():
+            assert torch.equal(value, moments[key]), key  # "step" stays 1: the kernel's count is taken back
+    assert torch.equal(step(1.0), torch.tensor(True))
+    assert not torch.equal(layer.weight, weights["weight"]) and float(optimizer.state[layer.weight]["step"]) == 2.0
+
+
+def test_fused_optimizer_kernel_needs_adam():
+    from parallel_rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="perf.optimizer_kernel = 'fused' needs optim.name = 'adam'.*no fused rmsprop_tf"):
+        build_config("paac_atari_paper", {"perf.optimizer_kernel": "fused"})
+    assert build_config("paac_atari_paper", {"perf.optimizer_kernel": "auto"}).perf.optimizer_kernel == "auto"

@@ -94,28 +94,39 @@ class NonFiniteUpdates(RuntimeError):
     """Too many updates in a row had a NaN/inf loss or gradient; the message says what to try."""
 
 
-def step_if_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> bool:
-    """``optimizer.step()`` if ``loss`` and the gradient norm are finite; otherwise clear the
-    gradients and leave weights and optimizer state untouched. Returns whether it stepped.
+def step_if_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """``optimizer.step()`` if ``loss`` and the gradient norm are finite; otherwise leave
+    weights and optimizer state untouched. Returns whether it stepped, as a 0-d bool tensor
+    on the loss's device.
 
     Call it after ``loss.backward()`` with the norm ``clip_grad_norm_`` returned (computed
-    here when not given). One host sync per call.
+    here when not given). An optimizer that takes GradScaler's ``found_inf`` (torch's fused
+    Adam: ``perf.optimizer_kernel``) skips on the device, with no host sync; any other syncs
+    once to decide.
     """
     if grad_norm is None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf")) if params else torch.zeros((), device=loss.device)
-    if bool(distributed.all_ranks(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))):  # ranks step alike
+    finite = distributed.all_ranks(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))  # ranks step alike
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.grad_scale, optimizer.found_inf = None, (~finite).to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+        return finite
+    if bool(finite):
         optimizer.step()
-        return True
-    optimizer.zero_grad(set_to_none=True)
-    return False
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return finite
 
 
 def clipped_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, net: torch.nn.Module, max_grad_norm: float,
-                 flow) -> tuple[torch.Tensor, bool]:
+                 flow) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on ``loss`` for ``net``: fresh gradients (seen by the gradient-flow
     diagnostics ``flow``), global-norm clipping at ``max_grad_norm`` (0: none), then
-    :func:`step_if_finite`. Returns (the gradient norm before clipping, whether it stepped)."""
+    :func:`step_if_finite`. Returns (the gradient norm before clipping, whether it stepped: a 0-d bool tensor)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     distributed.average_gradients(net.parameters())  # before clipping: the clip of the whole batch's gradient

@@ -106,7 +106,7 @@ class PAAC:
             "losses/total": loss.detach(),
             "diag/grad_norm": grad_norm.detach(),
             "diag/value_mean": values.detach().mean(),
-        }, skipped_steps=torch.tensor(0.0 if stepped else 1.0))
+        }, skipped_steps=(~stepped).float())
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict:

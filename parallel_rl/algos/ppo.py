@@ -89,7 +89,7 @@ class PPO(PAAC):
 
         self.flow.begin_update()
         totals: dict[str, list[torch.Tensor]] = {}
-        skipped = 0
+        skipped = torch.zeros((), device=self.device)
         for _ in range(algo.update_epochs):
             for idx in minibatches(valid, algo.num_minibatches):
                 with self.flow.capture():
@@ -113,7 +113,7 @@ class PPO(PAAC):
                 loss = algo.loss_scale * (policy_loss - algo.entropy_coef * entropy + algo.value_coef * value_loss)
 
                 grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
-                skipped += not stepped
+                skipped = skipped + (~stepped).float()
 
                 with torch.no_grad():
                     for tag, value in (
@@ -126,4 +126,4 @@ class PPO(PAAC):
                         totals.setdefault(tag, []).append(value.detach())
         metrics = {tag: torch.stack(values).mean() for tag, values in totals.items()}
         metrics["diag/value_mean"] = old_values[valid].mean()
-        return UpdateResult({**metrics, **self.flow.results()}, skipped_steps=torch.tensor(float(skipped)))
+        return UpdateResult({**metrics, **self.flow.results()}, skipped_steps=skipped)

@@ -98,7 +98,7 @@ class PQN:
 
         self.flow.begin_update()
         losses, grad_norms = [], []
-        skipped = 0
+        skipped = torch.zeros((), device=self.device)
         for _ in range(algo.update_epochs):
             for idx in minibatches(valid, algo.num_minibatches):
                 with self.flow.capture():
@@ -109,7 +109,7 @@ class PQN:
                 grad_norm, stepped = clipped_step(self.optimizer, algo.loss_scale * q_loss, self.net, algo.max_grad_norm,
                                                   self.flow)
                 grad_norms.append(grad_norm)
-                skipped += not stepped
+                skipped = skipped + (~stepped).float()
                 losses.append(q_loss.detach())  # logged before loss_scale, as every algorithm's losses/ tags
         return UpdateResult({
             "losses/q": torch.stack(losses).mean(),
@@ -117,7 +117,7 @@ class PQN:
             "diag/value_mean": values.flatten()[valid].mean(),
             "charts/epsilon": self.acting.epsilon.clone(),
             **self.flow.results(),
-        }, skipped_steps=torch.tensor(float(skipped)))
+        }, skipped_steps=skipped)
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict:

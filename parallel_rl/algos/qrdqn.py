@@ -194,9 +194,9 @@ class QRDQN:
         metrics.update({tag: torch.stack([s[tag] for s, _ in stats]).mean() for tag in stats[0][0]})
         metrics["diag/gradient_steps"] = torch.tensor(float(self.gradient_steps))
         metrics.update(self.flow.results())
-        return UpdateResult(metrics, skipped_steps=torch.tensor(float(sum(not stepped for _, stepped in stats))))
+        return UpdateResult(metrics, skipped_steps=(~torch.stack([stepped for _, stepped in stats])).sum().float())
 
-    def gradient_step(self) -> tuple[dict[str, torch.Tensor], bool]:
+    def gradient_step(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One gradient step on a sampled minibatch: (its metrics, whether the optimizer stepped)."""
         algo = self.cfg.algo
         sample = self.replay.sample(self.cfg.replay.minibatch_size)
@@ -213,7 +213,7 @@ class QRDQN:
         # a NaN/inf loss or gradient skips the step (counted by the runner) rather than
         # poisoning the weights and, through the priorities, the replay
         grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
-        if stepped and self.replay.prioritized:
+        if self.replay.prioritized and bool(stepped):  # the priorities go to the host's sum tree: a sync anyway
             self.replay.update_priorities(sample.index, per_sample.detach())
         self.gradient_steps += 1
         if self.gradient_steps % self.target_every == 0:

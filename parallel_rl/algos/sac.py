@@ -187,7 +187,7 @@ class SAC:
         metrics["diag/discount"] = torch.tensor(self.gamma)
         if self.reward_scaler is not None:
             metrics["diag/reward_scale"] = torch.tensor(self.reward_scaler.scale)
-        return UpdateResult(metrics, skipped_steps=torch.tensor(float(skipped)))
+        return UpdateResult(metrics, skipped_steps=torch.as_tensor(skipped, dtype=torch.float32))
 
     def q_values(self, critic_out: torch.Tensor) -> torch.Tensor:
         """Mean Q per member [E, B] from the critic's [E, B, K] output."""
@@ -195,11 +195,11 @@ class SAC:
             return (F.softmax(critic_out, dim=-1) * self.support).sum(-1)
         return critic_out.squeeze(-1)
 
-    def gradient_step(self, sample: Transitions) -> tuple[dict[str, torch.Tensor], int]:
+    def gradient_step(self, sample: Transitions) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One SAC step in SimbaV2's order: the actor (against the critic as it is), the
         temperature (from the actor's entropy), then the critic (its target drawn from the
         updated actor at the updated temperature), then the target critic. Returns its
-        metrics and how many of its three optimizer steps were skipped."""
+        metrics and how many of its three optimizer steps were skipped (a 0-d tensor)."""
         algo = self.cfg.algo
         obs, next_obs = self.net.obs_norm(sample.obs), self.net.obs_norm(sample.next_obs)
         rewards = self.reward_scaler(sample.rewards) if self.reward_scaler is not None else sample.rewards
@@ -209,8 +209,7 @@ class SAC:
         q = self.q_values(self.critic(obs, actions)).min(0).values
         actor_loss = (alpha * log_pi - q).mean()
         _, actor_stepped = self._step(self.actor_optimizer, actor_loss)
-        if actor_stepped:
-            project_to_sphere(self.net)
+        project_to_sphere(self.net, where=actor_stepped)
 
         entropy = -log_pi.detach().mean()
         alpha_loss = self.log_alpha.exp() * (entropy - self.target_entropy)
@@ -237,8 +236,7 @@ class SAC:
         else:
             critic_loss = (critic_out.squeeze(-1) - target).square().mean(-1).sum()
         critic_grad_norm, critic_stepped = self._step(self.critic_optimizer, critic_loss)
-        if critic_stepped:  # a skipped step leaves the weights bit for bit as they were
-            project_to_sphere(self.critic)
+        project_to_sphere(self.critic, where=critic_stepped)
 
         with torch.no_grad():
             online, target_params = list(self.critic.parameters()), list(self.target_critic.parameters())
@@ -252,9 +250,9 @@ class SAC:
             "diag/temperature": alpha,
             "diag/value_mean": q.detach().mean(),
             "diag/grad_norm": critic_grad_norm,
-        }, 3 - critic_stepped - actor_stepped - alpha_stepped
+        }, 3 - (critic_stepped.float() + actor_stepped.float() + alpha_stepped.float())
 
-    def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients for the optimizer's own parameters only (the actor's loss also flows
         through the critic, whose gradients must not accumulate), clipped, then a step unless
         the loss or the gradient is not finite. Returns (gradient norm, whether it stepped)."""

@@ -73,8 +73,10 @@ class HyperLinear(nn.Module):
         self.normalize_()
 
     @torch.no_grad()
-    def normalize_(self) -> None:
-        self.weight.copy_(l2_normalize(self.weight))
+    def normalize_(self, where: torch.Tensor | None = None) -> None:
+        """Rows back onto the unit sphere; only where ``where`` (a 0-d bool tensor) holds, if given."""
+        normalized = l2_normalize(self.weight)
+        self.weight.copy_(normalized if where is None else torch.where(where, normalized, self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [E, B, in] -> [E, B, out]
         return torch.bmm(x, self.weight.transpose(1, 2))
@@ -172,11 +174,13 @@ class SimbaV2Torso(nn.Module):
 
 
 @torch.no_grad()
-def project_to_sphere(module: nn.Module) -> None:
-    """Renormalise every :class:`HyperLinear` in ``module``; call after each optimizer step."""
+def project_to_sphere(module: nn.Module, where: torch.Tensor | None = None) -> None:
+    """Renormalise every :class:`HyperLinear` in ``module``; call after each optimizer step,
+    with ``where`` its 0-d bool "stepped" (a skipped step leaves the weights bit for bit as
+    they were, decided on the device)."""
     for m in module.modules():
         if isinstance(m, HyperLinear):
-            m.normalize_()
+            m.normalize_(where)
 
 
 __all__ = [

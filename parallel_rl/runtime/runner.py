@@ -111,12 +111,18 @@ class Runner:
     def _should_stop(self) -> bool:
         return self._stop_signal is not None or (self._deadline is not None and time.perf_counter() >= self._deadline)
 
+    def _set_deadline(self, started: float, seconds: float | None, updates_since_start: int) -> None:
+        """``max_seconds`` after the first update, once one more update has been measured: a
+        throughput over no update (a slow update on a busy machine) would read 0 steps/s."""
+        if seconds is not None and updates_since_start >= 1:
+            self._deadline = started + seconds
+
     def log(self, text: str) -> None:
         if self.cfg.logging.console and distributed.world().main:  # one run, one console
             print(text, flush=True)
 
     def run(self, max_seconds: float | None = None) -> RunSummary:
-        """Train, until the budget or ``max_seconds`` after the first update (``bench``'s time limit).
+        """Train, until the budget or ``max_seconds`` after the first update and at least one update more (``bench``'s time limit).
 
         SIGINT and SIGTERM are handled from the first line: one arriving during start-up
         skips whatever has not started yet and still ends with a checkpoint."""
@@ -216,10 +222,9 @@ class Runner:
                 stats.add(record)
                 if updates == first_update + 1:
                     start, start_step = time.perf_counter(), step
-                    if max_seconds is not None:
-                        self._deadline = start + max_seconds
                 else:
                     env_efficiency.add(record.delivery)
+                self._set_deadline(start, max_seconds, updates - first_update - 1)
                 metrics.add_episodes(record.delivery.returns, record.delivery.lengths, step)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
