@@ -12,6 +12,21 @@ from parallel_rl.envs import env_spec
 CPU = torch.device("cpu")
 
 
+def _seeded_algorithm(recipe: str, overrides: list[str], **perf):
+    """``recipe``'s algorithm with 4 envs and the given ``perf.*`` settings, from the same
+    initial weights and minibatch shuffles as every other variant compared."""
+    cfg = build_config(recipe, {"actors.num_envs": 4, **{f"perf.{k}": v for k, v in perf.items()}}, overrides)
+    torch.manual_seed(1)
+    return make_algorithm(env_spec(cfg.env), cfg, CPU)
+
+
+def _losses_and_weights(algo, batch) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One update on ``batch``: its losses/ tags and the policy's weights after it."""
+    metrics = algo.update(batch).metrics
+    return ({tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")},
+            {k: v.clone() for k, v in algo.policy().state_dict().items()})
+
+
 @pytest.mark.slow  # compiling forward and backward on 2 cores takes tens of seconds
 @pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
 def test_compiled_update_equals_eager_and_really_compiles(recipe):
@@ -21,15 +36,10 @@ def test_compiled_update_equals_eager_and_really_compiles(recipe):
     batch = fixed_batch(base, CPU)
     results = {}
     for compiled in (False, True):
-        cfg = build_config(recipe, {"actors.num_envs": 4, "perf.compile": compiled},
-                           ["algo.update_epochs=1", "logging.diag_interval=0"])
-        torch.manual_seed(1)  # same initial weights, same minibatch shuffles
         torch._dynamo.reset()
         counters.clear()
-        algo = make_algorithm(env_spec(cfg.env), cfg, CPU)
-        metrics = algo.update(batch).metrics
-        results[compiled] = ({tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")},
-                             {k: v.clone() for k, v in algo.policy().state_dict().items()})
+        results[compiled] = _losses_and_weights(
+            _seeded_algorithm(recipe, ["algo.update_epochs=1", "logging.diag_interval=0"], compile=compiled), batch)
         if compiled:
             assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the network
             assert not counters["graph_break"], dict(counters["graph_break"])  # no silent fallback to eager
@@ -52,9 +62,8 @@ def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe
     batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides), CPU)
     results = {}
     for amp in ("off", "bf16"):
-        cfg = build_config(recipe, {"actors.num_envs": 4, "perf.amp": amp}, overrides)
-        torch.manual_seed(1)
-        algo = make_algorithm(env_spec(cfg.env), cfg, CPU)
+        algo = _seeded_algorithm(recipe, overrides, amp=amp)
+        cfg = algo.cfg
         network = algo.policy().net
         layer_dtypes = []
         first_linear = next(m for m in network.modules() if isinstance(m, torch.nn.Linear))
@@ -82,14 +91,9 @@ def test_fused_adam_update_equals_torchs_default_adam_and_really_fuses(recipe):
     batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides), CPU)
     results = {}
     for kernel in ("default", "fused"):
-        cfg = build_config(recipe, {"actors.num_envs": 4, "perf.optimizer_kernel": kernel}, overrides)
-        torch.manual_seed(1)
-        algo = make_algorithm(env_spec(cfg.env), cfg, CPU)
+        algo = _seeded_algorithm(recipe, overrides, optimizer_kernel=kernel)
         assert algo.optimizer.defaults["fused"] is (True if kernel == "fused" else None)
-        metrics = algo.update(batch).metrics
-        assert metrics, "the update made no optimizer step"
-        results[kernel] = ({tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")},
-                          {k: v.clone() for k, v in algo.policy().state_dict().items()})
+        results[kernel] = _losses_and_weights(algo, batch)
     (default_losses, default_weights), (fused_losses, fused_weights) = results["default"], results["fused"]
     assert default_losses.keys() == fused_losses.keys() and default_losses
     for tag, value in default_losses.items():
