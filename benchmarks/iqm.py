@@ -13,9 +13,9 @@ the seeds of one variant. Each env is a task. A variant's IQM pools the normalis
 scores of all its (task, seed) runs: human-normalised on the Atari-57 games, 0 at random
 play and 1 at Gymnasium's "solved" threshold on CartPole-v1 and Acrobot-v1
 (``parallel_rl/stats.py``); its interval resamples seeds within each task. Every task also
-gets the IQM of its raw final scores, with its own interval. Compare variants over the same
-tasks: a warning names any task a variant lacks. Runs on other envs are left out with a
-warning.
+gets the IQM of its raw final scores, with its own interval; a task without reference
+scores (Pendulum-v1, MuJoCo) gets that alone, and is left out of the normalised IQM with a
+warning. Compare variants over the same tasks: a warning names any task a variant lacks.
 
 Exit status 0, or 2 with a message when the paths hold no usable runs.
 """
@@ -30,13 +30,13 @@ from pathlib import Path
 
 from parallel_rl.config import ConfigError
 from parallel_rl.report import find_runs, group_runs, load_run
-from parallel_rl.stats import CLASSIC_REFERENCE_SCORES, normalized_score, stratified_bootstrap_ci
+from parallel_rl.stats import normalized_score, stratified_bootstrap_ci
 
 EXIT_USAGE = 2
 
 
-def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[tuple[float, float]]]], list[str]]:
-    """{variant label: {task: [(raw, normalised) final score per run]}} and warnings."""
+def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[tuple[float, float | None]]]], list[str]]:
+    """{variant label: {task: [(raw, normalised or None) final score per run]}} and warnings."""
     warnings: list[str] = []
     runs = []
     for path in find_runs(paths):
@@ -45,13 +45,13 @@ def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[tuple[fl
             warnings.append(f"{path}: no finished episode logged yet; left out")
         else:
             runs.append(run)
-    scores: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(dict)
+    scores: dict[str, dict[str, list[tuple[float, float | None]]]] = defaultdict(dict)
     for group in group_runs(runs):
         try:
             per_run = [(float(run.final_score), *normalized_score(run.final_score, group.env)) for run in group.runs]
         except KeyError as exc:
-            warnings.append(f"{group.env} ({len(group.runs)} runs): {exc.args[0]}; left out")
-            continue
+            warnings.append(f"{group.env} ({len(group.runs)} runs): {exc.args[0]}; only its raw-score IQM is given")
+            per_run = [(float(run.final_score), group.env, None) for run in group.runs]
         scores[group.label][per_run[0][1]] = [(raw, normalised) for raw, _, normalised in per_run]
     all_tasks = sorted({task for per_task in scores.values() for task in per_task})
     for label, per_task in scores.items():
@@ -61,11 +61,12 @@ def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[tuple[fl
     return dict(scores), warnings
 
 
-def summarise(scores: dict[str, dict[str, list[tuple[float, float]]]], reps: int, confidence: float) -> list[dict]:
+def summarise(scores: dict[str, dict[str, list[tuple[float, float | None]]]], reps: int, confidence: float) -> list[dict]:
     rows = []
     for label, per_task in sorted(scores.items()):
-        normalised = {task: [n for _, n in runs] for task, runs in per_task.items()}
-        point, lower, upper = stratified_bootstrap_ci(normalised, reps=reps, confidence=confidence)
+        normalised = {task: [n for _, n in runs] for task, runs in per_task.items() if runs[0][1] is not None}
+        point, lower, upper = (stratified_bootstrap_ci(normalised, reps=reps, confidence=confidence) if normalised
+                               else (None, None, None))
         raw_iqm = {}
         for task, runs in sorted(per_task.items()):
             task_point, task_lower, task_upper = stratified_bootstrap_ci({task: [r for r, _ in runs]}, reps=reps,
@@ -73,8 +74,8 @@ def summarise(scores: dict[str, dict[str, list[tuple[float, float]]]], reps: int
             raw_iqm[task] = {"runs": len(runs), "iqm": task_point, "ci": [task_lower, task_upper]}
         rows.append({
             "variant": label,
-            "games": len(per_task),
-            "runs": sum(len(v) for v in per_task.values()),
+            "games": len(normalised),
+            "runs": sum(len(v) for v in normalised.values()),
             "iqm": point,
             "ci": [lower, upper],
             "mean_per_game": {task: sum(v) / len(v) for task, v in sorted(normalised.items())},
@@ -88,14 +89,18 @@ def format_table(rows: list[dict], confidence: float) -> str:
     header = ["variant", "tasks", "runs", "IQM normalised", f"{confidence:.0%} CI", *games]
     lines = [header]
     for row in rows:
+        if row["iqm"] is None:
+            continue
         lower, upper = row["ci"]
         lines.append([row["variant"], str(row["games"]), str(row["runs"]), f"{row['iqm']:.3f}", f"[{lower:.3f}, {upper:.3f}]",
                       *(f"{row['mean_per_game'][g]:.3f}" if g in row["mean_per_game"] else "-" for g in games)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
-           for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    out.append("(per-task columns: mean normalised final score over seeds)\n")
+    out = []
+    if len(lines) > 1:
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        out = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+               for line in lines]
+        out.insert(1, "  ".join("-" * w for w in widths))
+        out.append("(per-task columns: mean normalised final score over seeds)\n")
     raw = [["variant", "task", "runs", "IQM final score", f"{confidence:.0%} CI"]]
     for row in rows:
         for task, stats in row["raw_iqm_per_task"].items():
@@ -122,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--confidence {args.confidence} is invalid: a level in (0, 1), e.g. 0.95.")
         scores, warnings = variant_scores(args.paths)
         if not scores:
-            raise ConfigError(f"no runs with logged returns on a task with reference scores under "
-                              f"{', '.join(map(str, args.paths))}; the Atari-57 games and "
-                              f"{', '.join(CLASSIC_REFERENCE_SCORES)} have them.")
+            raise ConfigError(f"no runs with logged returns under {', '.join(map(str, args.paths))}: give run "
+                              f"directories or folders holding them (a run directory has config.yaml and tb/).")
     except ConfigError as exc:
         print(f"iqm.py: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

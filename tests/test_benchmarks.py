@@ -68,3 +68,12 @@ def test_gpu_check_smoke_runs_every_section_where_envpool_is_absent(tmp_path):
     assert set(sections["switches"]["switches"]) == {"fused", "bf16"} and sections["switches"]["eager_losses"]
     assert [row["ranks"] for row in sections["ranks"]["rows"]] == [1, 2] and all(row["sps"] > 0 for row in sections["ranks"]["rows"])
     assert "| eager | 8 |" in (out / "gpu_check.md").read_text()
+
+
+@pytest.mark.slow  # a whole launch process and a 20-episode evaluation
+def test_cartpole_solve_times_the_whole_launch_and_says_when_a_seed_did_not_solve():
+    out = script("cartpole_solve.py", "--seeds", "1", "--set", "total_steps=2000")
+    assert out.returncode == 1, out.stderr  # 2,000 steps do not solve CartPole: the table says so
+    assert "| 1 |" in out.stdout and "| **no** |" in out.stdout and "0 of 1 seeds solved" in out.stdout, out.stdout
+    refused = script("cartpole_solve.py", "--seeds", "1", "--set", "optim.lr=-1")
+    assert refused.returncode == 2 and "optim.lr" in refused.stderr and "Traceback" not in refused.stderr
