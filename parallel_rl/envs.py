@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -241,13 +243,60 @@ class VecEnv:
 # ---------------------------------------------------------------------------- factory
 
 
+# `import envpool` registers every family of tasks it has, and some of those registrations
+# import heavy libraries (jumanji's renderer imports matplotlib): seconds of every run's
+# start-up, and of every actor process's, for tasks the run never makes. EnvPool's package
+# imports its families from `envpool.entry`; with that module stood in for, only the
+# families a run asks about are registered, cheapest first, until its task is found.
+ENVPOOL_FAMILIES_FIRST = ("classic_control", "toy_text", "atari", "mujoco.gym", "box2d", "mujoco.dmc")
+
+
+@cache
+def _envpool_families() -> tuple[str, ...] | None:
+    """EnvPool's task families in the order to register them, with its package imported but
+    none registered yet; None where EnvPool is not installed (no wheel for Python 3.12+)."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("envpool")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    entry = Path(next(iter(spec.submodule_search_locations))) / "entry.py"
+    listed = re.findall(r"^import envpool\.([\w.]+)\.registration", entry.read_text(), re.M) if entry.exists() else []
+    if "envpool" not in sys.modules and listed:
+        sys.modules["envpool.entry"] = types.ModuleType("envpool.entry")
+    try:
+        import envpool  # noqa: F401
+    except ImportError:
+        return None
+    return tuple(sorted(listed, key=lambda f: ENVPOOL_FAMILIES_FIRST.index(f) if f in ENVPOOL_FAMILIES_FIRST else len(ENVPOOL_FAMILIES_FIRST)))
+
+
+def is_envpool_task(env_id: str) -> bool:
+    """Whether EnvPool has ``env_id``, registering its families one by one until it is found."""
+    import importlib
+
+    families = _envpool_families()
+    if families is None:
+        return False
+    import envpool
+
+    for family in families:
+        if env_id in envpool.list_all_envs():
+            return True
+        importlib.import_module(f"envpool.{family}.registration")
+    return env_id in envpool.list_all_envs()
+
+
 @cache
 def envpool_ids() -> tuple[str, ...]:
-    """EnvPool's task ids; none where EnvPool is not installed (it has no wheel for Python 3.12+)."""
-    try:
-        import envpool
-    except ImportError:
+    """EnvPool's task ids, every family registered; none where EnvPool is not installed."""
+    is_envpool_task("")  # registers them all
+    if _envpool_families() is None:
         return ()
+    import envpool
+
     return tuple(envpool.list_all_envs())
 
 
@@ -290,7 +339,7 @@ ATARI_V5_EPISODE_STEPS = 27_000  # the v5 tasks' limit: 108,000 frames at frame 
 def choose_backend(cfg: EnvConfig) -> str:
     """The library that steps ``cfg.id``: the one ``env.backend`` names, or for ``auto`` EnvPool,
     then ALE's vector env for Atari ids EnvPool cannot run, then gymnasium."""
-    in_envpool = cfg.id in envpool_ids() and not (cfg.backend == "auto" and cfg.id in ENVPOOL_WITHOUT_EPISODE_LIMIT
+    in_envpool = is_envpool_task(cfg.id) and not (cfg.backend == "auto" and cfg.id in ENVPOOL_WITHOUT_EPISODE_LIMIT
                                                   and cfg.id in gymnasium_ids())
     if cfg.backend == "envpool":
         if not in_envpool:

@@ -176,3 +176,27 @@ def test_ale_and_envpool_play_the_same_game(env_id, steps, episodic_life):
     assert agree(pool_lengths, ale_lengths), (pool_lengths.mean(), ale_lengths.mean())
     if episodic_life:  # five learning episodes per game on both
         assert pool_terms / len(pool_returns) == pytest.approx(5, abs=0.5) and ale_terms / len(ale_returns) == pytest.approx(5, abs=0.5)
+
+
+def test_a_run_registers_only_the_envpool_families_it_needs():
+    """`import envpool` registers every family (jumanji's imports matplotlib: seconds of each
+    process's start-up); a CartPole run registers classic control alone, and listing every
+    id still sees them all."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from parallel_rl.config import EnvConfig\n"
+        "from parallel_rl.envs import choose_backend, envpool_ids, make_env\n"
+        "assert choose_backend(EnvConfig(id='CartPole-v1')) == 'envpool'\n"
+        "env = make_env(EnvConfig(id='CartPole-v1'), num_envs=2, seed=0, num_threads=1)\n"
+        "assert env.reset().shape == (2, 4)\n"
+        "env.close()\n"
+        "assert 'envpool.classic_control.registration' in sys.modules\n"
+        "assert 'envpool.atari.registration' not in sys.modules and 'matplotlib' not in sys.modules\n"
+        "ids = envpool_ids()\n"
+        "assert {'Pong-v5', 'HalfCheetah-v5', 'CartPole-v1'} <= set(ids) and len(ids) > 1000, len(ids)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
