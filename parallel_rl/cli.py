@@ -257,6 +257,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"launch": cmd_launch, "eval": cmd_eval, "bench": cmd_bench, "envs": cmd_envs, "config": cmd_config, "report": cmd_report}
+LISTINGS = {"envs", "config"}  # commands that only print, whose reader may stop early
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -273,6 +274,13 @@ def _run_command(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except distributed.RankFailure as exc:
         print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # the reader of stdout went away (`parallel-rl envs | head`): a listing is done, anything else stopped
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail again
+        if args.command in LISTINGS:
+            return 0
+        print(f"parallel-rl {args.command}: error: standard output was closed, so it stopped.", file=sys.stderr)
         return EXIT_FAILURE
 
 

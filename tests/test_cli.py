@@ -123,3 +123,15 @@ def test_bench_reports_three_figures_as_json():
     result = json.loads(out.stdout)
     assert result["raw_sps_median"] > 0 and result["pipeline_sps_median"] > 0 and result["train_sps_median"] > 0
     assert result["end_to_end_efficiency"] == pytest.approx(result["train_sps_median"] / result["raw_sps_median"])
+
+
+def test_a_listing_whose_reader_stops_early_exits_quietly():
+    """`parallel-rl envs | head -1`: the reader closes the pipe; no traceback, exit 0."""
+    import subprocess
+    import sys
+
+    listing = subprocess.Popen([sys.executable, "-m", "parallel_rl", "envs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert listing.stdout.readline()
+    listing.stdout.close()
+    _, stderr = listing.communicate(timeout=120)
+    assert listing.returncode == 0 and b"Traceback" not in stderr, stderr.decode()
