@@ -55,7 +55,8 @@ CASES = {  # name -> the learning test that asserts it
     "pqn_classic": Case("pqn_classic", 450.0),
     "qrdqn_classic": Case("qrdqn_classic", 400.0),  # tests/test_qrdqn.py
     "simbav2_pendulum": Case("simbav2_pendulum", -250.0),  # tests/test_sac.py
-    "impala_2procs": Case("paac_classic", 450.0, ("actors.procs=2", "algo.name=impala", "total_steps=400000")),  # tests/test_pipeline.py
+    "impala_2procs": Case("paac_classic", 450.0, ("actors.procs=2", "algo.name=impala", "actors.num_envs=16", "optim.lr=0.001",
+                                                  "algo.entropy_coef=0.01", "total_steps=400000")),  # tests/test_pipeline.py
     "pqn_toytext": Case("pqn_toytext", -15.0, greedy_episodes=1),  # tests/test_learning.py: CliffWalking, greedy
     # benchmarks/cartpole_solve.py's definition of solved: 20 greedy evaluation episodes averaging 475
     "paac_classic_solved": Case("paac_classic", 475.0, greedy_episodes=20),

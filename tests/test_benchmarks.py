@@ -28,7 +28,7 @@ def script(name, *args):
     pytest.param("layouts.py", ["--recipes", "paac_classic", "--seconds", "0.5", "--repeats", "1"],
                  ["| paac_classic | **default** (K = 0", "| paac_classic | K = 2,"], marks=pytest.mark.slow),
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
-                 ["| paac_classic | 16 | 1 |", "| paac_classic | 16 | 2 |"], marks=pytest.mark.slow),
+                 ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):
     out = script(name, *args)

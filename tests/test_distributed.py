@@ -190,7 +190,9 @@ def test_a_config_that_cannot_run_on_the_ranks_exits_2_before_any_rank_starts(tm
 @pytest.mark.learning
 def test_two_ranks_learn_cartpole_through_the_cli(tmp_path):
     run = tmp_path / "run"
+    # paac_classic at its earlier settings (16 envs, LR 1e-3, entropy 0.01, 300k steps), as this test was measured
     out = cli("launch", "--config", "paac_classic", "--nproc-per-node", "2", "--seed", "1", "--run-dir", str(run),
+              "--actors", "16", "--steps", "300000", "--set", "optim.lr=0.001", "--set", "algo.entropy_coef=0.01",
               "--set", "logging.interval_s=1", timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "layout: 2 ranks x no actor processes x 8 envs per rank" in out.stdout
