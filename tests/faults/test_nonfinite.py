@@ -12,7 +12,8 @@ from parallel_rl.algos.base import step_if_finite
 from parallel_rl.algos.paac import PAAC
 from parallel_rl.cli import main
 
-SYNC_CARTPOLE = ["--config", "paac_classic", "--set", "actors.procs=0", "--set", "torch_threads=1", "--set", "logging.console=false",
+# 16 envs: 80 agent steps per update, which the update counts below are written in
+SYNC_CARTPOLE = ["--config", "paac_classic", "--set", "actors.num_envs=16", "--set", "actors.procs=0", "--set", "torch_threads=1", "--set", "logging.console=false",
                  "--set", "logging.interval_s=0", "--set", "checkpoint.interval_steps=0"]
 
 

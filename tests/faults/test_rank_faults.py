@@ -62,6 +62,6 @@ def test_ctrl_c_stops_every_rank_after_the_same_update_with_a_final_checkpoint(t
     assert code == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     saved = ckpt.load(ckpt.latest(run.run_dir / "checkpoints"))
-    assert saved["step"] > 0 and saved["step"] % (16 * 5) == 0  # whole updates of both ranks' 8 envs x 5 steps
+    assert saved["step"] > 0 and saved["step"] % (32 * 5) == 0  # whole updates of both ranks' 16 envs x 5 steps
     assert run.out.count("stopped by SIGINT; final checkpoint") == 1, run.out[-2000:]  # said once, by rank 0
     run.assert_nothing_left(list(ranks.values()))

@@ -47,7 +47,7 @@ def test_hparams_hold_flat_config_and_final_recent_return(cartpole_runs):
     hparams = session.hparams
     assert hparams["env.id"].string_value == "CartPole-v1"
     assert hparams["algo.gamma"].number_value == pytest.approx(0.99)
-    assert hparams["actors.num_envs"].number_value == 16
+    assert hparams["actors.num_envs"].number_value == 32
     assert hparams["total_steps"].number_value == 4000
     assert {h.name for h in experiment.hparam_infos} == set(hparams)
     # the metric is the recent return the launch printed at the end
