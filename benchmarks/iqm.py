@@ -84,33 +84,30 @@ def summarise(scores: dict[str, dict[str, list[tuple[float, float | None]]]], re
     return rows
 
 
+def aligned(lines: list[list[str]], left: int) -> list[str]:
+    """Rows of cells as text columns, the first ``left`` columns left-aligned, a rule under the header."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+           for line in lines]
+    return [out[0], "  ".join("-" * w for w in widths), *out[1:]]
+
+
 def format_table(rows: list[dict], confidence: float) -> str:
     games = sorted({g for row in rows for g in row["mean_per_game"]})
-    header = ["variant", "tasks", "runs", "IQM normalised", f"{confidence:.0%} CI", *games]
-    lines = [header]
+    lines = [["variant", "tasks", "runs", "IQM normalised", f"{confidence:.0%} CI", *games]]
     for row in rows:
         if row["iqm"] is None:
             continue
         lower, upper = row["ci"]
         lines.append([row["variant"], str(row["games"]), str(row["runs"]), f"{row['iqm']:.3f}", f"[{lower:.3f}, {upper:.3f}]",
                       *(f"{row['mean_per_game'][g]:.3f}" if g in row["mean_per_game"] else "-" for g in games)])
-    out = []
-    if len(lines) > 1:
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        out = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
-               for line in lines]
-        out.insert(1, "  ".join("-" * w for w in widths))
-        out.append("(per-task columns: mean normalised final score over seeds)\n")
+    out = [*aligned(lines, 1), "(per-task columns: mean normalised final score over seeds)", ""] if len(lines) > 1 else []
     raw = [["variant", "task", "runs", "IQM final score", f"{confidence:.0%} CI"]]
     for row in rows:
         for task, stats in row["raw_iqm_per_task"].items():
             lower, upper = stats["ci"]
             raw.append([row["variant"], task, str(stats["runs"]), f"{stats['iqm']:.1f}", f"[{lower:.1f}, {upper:.1f}]"])
-    raw_widths = [max(len(line[i]) for line in raw) for i in range(len(raw[0]))]
-    out += ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, raw_widths, strict=True)))
-            for line in raw]
-    out.insert(len(out) - len(raw) + 1, "  ".join("-" * w for w in raw_widths))
-    return "\n".join(out)
+    return "\n".join([*out, *aligned(raw, 2)])
 
 
 def main(argv: list[str] | None = None) -> int:

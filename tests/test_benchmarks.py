@@ -75,5 +75,10 @@ def test_cartpole_solve_times_the_whole_launch_and_says_when_a_seed_did_not_solv
     out = script("cartpole_solve.py", "--seeds", "1", "--set", "total_steps=2000")
     assert out.returncode == 1, out.stderr  # 2,000 steps do not solve CartPole: the table says so
     assert "| 1 |" in out.stdout and "| **no** |" in out.stdout and "0 of 1 seeds solved" in out.stdout, out.stdout
+    side_by_side = script("cartpole_solve.py", "--seeds", "1", "2", "--set", "total_steps=2000", "--against", "total_steps=1600",
+                          "--json")
+    rows = json.loads(side_by_side.stdout)
+    assert [r["seed"] for r in rows["recipe"]] == [r["seed"] for r in rows["against"]] == [1, 2]
+    assert not any(r["solved"] for r in rows["recipe"] + rows["against"]) and side_by_side.returncode == 1
     refused = script("cartpole_solve.py", "--seeds", "1", "--set", "optim.lr=-1")
     assert refused.returncode == 2 and "optim.lr" in refused.stderr and "Traceback" not in refused.stderr

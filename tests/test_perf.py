@@ -90,10 +90,14 @@ def test_fused_adam_update_equals_torchs_default_adam_and_really_fuses(recipe):
     overrides += ["logging.diag_interval=0", "optim.name=adam"]
     batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides), CPU)
     results = {}
+    fused_calls = []
+    fused_kernel = torch._fused_adam_
     for kernel in ("default", "fused"):
         algo = _seeded_algorithm(recipe, overrides, optimizer_kernel=kernel)
-        assert algo.optimizer.defaults["fused"] is (True if kernel == "fused" else None)
-        results[kernel] = _losses_and_weights(algo, batch)
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(torch, "_fused_adam_", lambda *a, name=kernel, **k: (fused_calls.append(name), fused_kernel(*a, **k))[1])
+            results[kernel] = _losses_and_weights(algo, batch)
+    assert fused_calls and set(fused_calls) == {"fused"}  # the fused kernel ran, and only when asked for
     (default_losses, default_weights), (fused_losses, fused_weights) = results["default"], results["fused"]
     assert default_losses.keys() == fused_losses.keys() and default_losses
     for tag, value in default_losses.items():

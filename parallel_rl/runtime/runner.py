@@ -111,12 +111,6 @@ class Runner:
     def _should_stop(self) -> bool:
         return self._stop_signal is not None or (self._deadline is not None and time.perf_counter() >= self._deadline)
 
-    def _set_deadline(self, started: float, seconds: float | None, updates_since_start: int) -> None:
-        """``max_seconds`` after the first update, once one more update has been measured: a
-        throughput over no update (a slow update on a busy machine) would read 0 steps/s."""
-        if seconds is not None and updates_since_start >= 1:
-            self._deadline = started + seconds
-
     def log(self, text: str) -> None:
         if self.cfg.logging.console and distributed.world().main:  # one run, one console
             print(text, flush=True)
@@ -224,7 +218,10 @@ class Runner:
                     start, start_step = time.perf_counter(), step
                 else:
                     env_efficiency.add(record.delivery)
-                self._set_deadline(start, max_seconds, updates - first_update - 1)
+                    # the time limit runs from the first update, but stops only once one more is
+                    # measured: a slow update on a busy machine would otherwise read 0 steps/s
+                    if max_seconds is not None and updates == first_update + 2:
+                        self._deadline = start + max_seconds
                 metrics.add_episodes(record.delivery.returns, record.delivery.lengths, step)
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
