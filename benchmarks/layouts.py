@@ -1,5 +1,6 @@
-"""The layout grid: training agent steps/s of each recipe for K actor processes x torch threads,
-against what the default layout (`actors.procs: -1`, threads left to the runner) picks.
+"""The layout grid: training agent steps/s of each recipe for K actor processes x torch threads
+x env groups, against what the default layout (`actors.procs: -1`, threads and groups left to
+the runner) picks.
 
     python benchmarks/layouts.py                                  # paac_atari, ppo_atari, paac_classic
     python benchmarks/layouts.py --recipes paac_classic --seconds 4 --repeats 1
@@ -20,28 +21,31 @@ from dataclasses import replace
 
 from parallel_rl.bench import train_sps
 from parallel_rl.config import Config, build_config
-from parallel_rl.runtime.pipeline import resolve_procs
-from parallel_rl.runtime.runner import thread_layout
+from parallel_rl.runtime.layout import resolve_env_groups, resolve_procs, thread_layout
 
 DEFAULT = "default"
 
 
-def grid(cores: int) -> list[tuple[int, int]]:
-    """(K, torch threads) pairs: K in {0, 1, 2}, the learner on 1 .. cores threads."""
-    return [(procs, threads) for procs in (0, 1, 2) for threads in sorted({1, max(1, cores // 2), cores})]
+def grid(cores: int) -> list[tuple[int, int, int]]:
+    """(K, torch threads, env groups): K in {0, 1, 2}, the learner on 1 .. cores threads; one
+    and two env groups inline, two with actor processes (whose acting has a core to overlap)."""
+    threads = sorted({1, max(1, cores // 2), cores})
+    return [(procs, n, groups) for procs in (0, 1, 2) for n in threads for groups in ((1, 2) if procs == 0 else (2,))]
 
 
-def cell_config(recipe: str, procs: int | None, threads: int | None) -> Config:
+def cell_config(recipe: str, procs: int | None, threads: int | None, groups: int | None) -> Config:
     cfg = build_config(recipe, {"total_steps": 10**12})
     if procs is None:  # the default layout, as a user gets it
         return cfg
-    return replace(cfg, torch_threads=threads, actors=replace(cfg.actors, procs=procs))
+    return replace(cfg, torch_threads=threads, actors=replace(cfg.actors, procs=procs, env_groups=groups))
 
 
 def describe(cfg: Config) -> str:
     procs = resolve_procs(cfg)
     learner, env_threads = thread_layout(cfg, procs)
-    return f"K = {procs}, {learner} torch threads, {env_threads} env threads{' per actor process' if procs else ''}"
+    groups = resolve_env_groups(cfg, procs)
+    return (f"K = {procs}, {learner} torch threads, {env_threads} env threads{' per actor process' if procs else ''}, "
+            f"{groups} env group{'s' if groups > 1 else ''}")
 
 
 def main() -> None:
@@ -51,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    cells = {(recipe, key): cell_config(recipe, *key) if key != DEFAULT else cell_config(recipe, None, None)
+    cells = {(recipe, key): cell_config(recipe, *key) if key != DEFAULT else cell_config(recipe, None, None, None)
              for recipe in args.recipes for key in [DEFAULT, *grid(cores)]}
     figures: dict[tuple, list[float]] = {cell: [] for cell in cells}
     for round_ in range(args.repeats):

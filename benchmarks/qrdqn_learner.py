@@ -36,6 +36,7 @@ from parallel_rl.config import build_config
 from parallel_rl.contracts import Batch
 from parallel_rl.envs import make_env_groups
 from parallel_rl.replay.frames import FrameReplay
+from parallel_rl.runtime.layout import resolve_env_groups
 from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
 from parallel_rl.runtime.runner import resolve_device
 
@@ -46,7 +47,7 @@ REPLAY_STEPS = 8192  # agent steps of real Pong frames in the benchmark's replay
 def filled_learner(device: str, num_envs: int = 16, horizon: int = 64) -> QRDQN:
     cfg = build_config(RECIPE, {"device": device, "actors.num_envs": num_envs},
                        [f"replay.capacity={2 * REPLAY_STEPS}", "algo.warmup_steps=0", "logging.diag_interval=0"])
-    groups = make_env_groups(cfg.env, num_envs, cfg.seed, os.cpu_count() or 1, cfg.actors.env_groups)
+    groups = make_env_groups(cfg.env, num_envs, cfg.seed, os.cpu_count() or 1, resolve_env_groups(cfg, 0))
     collector = RolloutCollector(groups, horizon)
     policy = NetworkPolicy(UniformPolicy(groups[0].spec), torch.device("cpu"), cfg.seed, num_envs)
     algo = QRDQN(groups[0].spec, cfg, resolve_device(device))

@@ -38,7 +38,7 @@ from parallel_rl.bench import (
 from parallel_rl.config import build_config
 from parallel_rl.envs import env_spec
 from parallel_rl.replay import Transitions
-from parallel_rl.runtime.pipeline import resolve_procs
+from parallel_rl.runtime.layout import resolve_procs
 from parallel_rl.runtime.runner import resolve_device
 
 RECIPE = "simbav2_mujoco"

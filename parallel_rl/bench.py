@@ -166,12 +166,12 @@ def actor_threads(cfg: Config) -> int:
     layout's threads per actor; with actor processes the layout keeps a core for the
     learner. Raw stepping with more threads than the actors have would charge that core
     to transport; with more threads than cores it gains nothing."""
-    from .runtime.pipeline import resolve_procs, split_envs
-    from .runtime.runner import thread_layout
+    from .runtime.layout import resolve_env_groups, resolve_procs, split_envs, thread_layout
 
     procs = resolve_procs(cfg)
     per_pool = thread_layout(cfg, procs)[1]
-    pools = sum(min(cfg.actors.env_groups, envs) for envs in split_envs(cfg.actors.num_envs, max(procs, 1)))
+    groups = resolve_env_groups(cfg, procs)
+    pools = sum(min(groups, envs) for envs in split_envs(cfg.actors.num_envs, max(procs, 1)))
     return max(1, min(os.cpu_count() or 1, per_pool * pools))
 
 
@@ -182,7 +182,7 @@ def other_atari_backends(cfg: Config) -> list[str]:
 
 
 def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) -> dict:
-    from .runtime.pipeline import resolve_procs
+    from .runtime.layout import resolve_procs
 
     procs = resolve_procs(cfg)
     threads = actor_threads(cfg)

@@ -63,7 +63,8 @@ class ActorsConfig:
     num_threads: int = setting("EnvPool worker threads; 0 sizes them from the cores left after the learner.", 0)
     device: str = setting("Device for policy inference in actor processes: auto, cpu, cuda, cuda:N.", "auto")
     procs: int = setting("Actor processes (K) sharing the environments; 0 runs the actor loop inline (synchronous, exact); -1 picks K from the core count (inline below 4 cores, one per 4 cores above).", -1)
-    env_groups: int = setting("Groups of envs per actor stepped alternately, so inference for one overlaps stepping of the other.", 2)
+    env_groups: int = setting("Groups of envs per actor stepped alternately, so inference for one overlaps stepping of the "
+                              "other; 0 picks 1 when acting inline on a CPU learner (no core is free to overlap), 2 otherwise.", 0)
     slots_per_actor: int = setting("Shared-memory rollout slots per actor process (2 = double buffering).", 2)
     max_policy_lag: int = setting(
         "Actor processes wait for weights at most this many updates old before acting (0: the newest, exactly as K = 0); "
@@ -275,9 +276,10 @@ class Config:
             raise ConfigError(
                 f"actors.procs = {self.actors.procs} exceeds actors.num_envs = {self.actors.num_envs}: every actor process needs at least one environment."
             )
-        for name, value in (("actors.env_groups", self.actors.env_groups), ("actors.slots_per_actor", self.actors.slots_per_actor)):
-            if value < 1:
-                raise ConfigError(f"{name} = {value} is invalid: it must be 1 or more.")
+        if self.actors.env_groups < 0:
+            raise ConfigError(f"actors.env_groups = {self.actors.env_groups} is invalid: 0 (auto) or a positive number of groups.")
+        if self.actors.slots_per_actor < 1:
+            raise ConfigError(f"actors.slots_per_actor = {self.actors.slots_per_actor} is invalid: it must be 1 or more.")
         if self.actors.heartbeat_timeout_s <= 0:
             raise ConfigError(f"actors.heartbeat_timeout_s = {self.actors.heartbeat_timeout_s} is invalid: it must be positive.")
         if self.actors.max_policy_lag < -1:

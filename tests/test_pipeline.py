@@ -213,3 +213,12 @@ def test_runs_report_their_env_efficiency_inline_and_from_actor_processes(tmp_pa
     cfg = _cfg(f"actors.procs={procs}", "total_steps=6000")
     summary = Runner(cfg, tmp_path / "run").run()
     assert 0.0 < summary.env_efficiency <= 1.0
+
+
+def test_env_groups_default_to_one_inline_on_a_cpu_and_two_with_actor_processes():
+    from parallel_rl.runtime.layout import resolve_env_groups
+
+    cpu = build_config("paac_classic", {"device": "cpu"})
+    assert resolve_env_groups(cpu, procs=0) == 1  # the learner's threads hold every core: nothing to overlap
+    assert resolve_env_groups(cpu, procs=2) == 2  # an actor process infers one group while the other steps
+    assert resolve_env_groups(build_config("paac_classic", {"device": "cpu"}, ["actors.env_groups=3"]), procs=0) == 3

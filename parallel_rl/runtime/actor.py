@@ -23,6 +23,7 @@ import zmq
 from ..config import from_dict
 from ..envs import make_env_groups
 from . import control, signals
+from .layout import resolve_env_groups
 from .rollout import NetworkPolicy, RolloutCollector
 from .slots import SharedWeights, SlotPool
 
@@ -101,7 +102,8 @@ class ActorProcess:
         if wanted == "auto":
             wanted = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(wanted)
-        groups = make_env_groups(cfg.env, args.num_envs, cfg.seed + args.env_start, args.env_threads, cfg.actors.env_groups)
+        groups = make_env_groups(cfg.env, args.num_envs, cfg.seed + args.env_start, args.env_threads,
+                                 resolve_env_groups(cfg, 1))
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.replica = make_policy(groups[0].spec, cfg, self.device).requires_grad_(False)  # the learner's Policy, published
         self.act = NetworkPolicy(self.replica, self.device, cfg.seed + args.env_start, args.num_envs)

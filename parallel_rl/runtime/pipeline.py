@@ -20,13 +20,13 @@ import numpy as np
 import torch
 import zmq
 
-from .. import distributed
 from ..algos import policy_lag_bound
 from ..config import Config
 from ..contracts import Batch, Delivery
 from ..envs import EnvSpec, make_env_groups
 from . import control, supervision
 from .actor import ActorProcessArgs, actor_process_main
+from .layout import resolve_env_groups, split_envs
 from .rollout import (
     NetworkPolicy,
     RolloutCollector,
@@ -42,24 +42,6 @@ class ActorProcessFailure(RuntimeError):
     """An actor process died, stalled or raised; the message names it and says how."""
 
 
-def resolve_procs(cfg: Config) -> int:
-    """K from the config; -1 picks inline acting below 4 cores, else one actor process per 4 cores (at most 8).
-
-    Below 4 cores an actor process has no core of its own to overlap with learning: measured
-    on 2 cores, PAAC on Pong trains about 20% faster inline (docs/benchmarks.md, layouts).
-    """
-    if cfg.actors.procs >= 0:
-        return cfg.actors.procs
-    cores = distributed.cores_per_rank()
-    if cores < 4:
-        return 0
-    return max(1, min(8, cores // 4, cfg.actors.num_envs))
-
-
-def split_envs(num_envs: int, parts: int) -> list[int]:
-    return [num_envs // parts + (k < num_envs % parts) for k in range(parts)]
-
-
 class InlineSource:
     """K = 0: the actor loop runs in the learner's process with the learner's own network."""
 
@@ -68,7 +50,7 @@ class InlineSource:
     def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int):
         self.device = device  # the network is reached through self.policy
         self.policy = NetworkPolicy(algo.policy(), device, cfg.seed, cfg.actors.num_envs)
-        groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, cfg.actors.env_groups)
+        groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, resolve_env_groups(cfg, 0))
         # acting and learning take turns: collect only what the learner learns from before it
         # publishes (a whole rollout on-policy; a few steps for replay, algo.publish_interval)
         horizon = cfg.algo.segment_length(cfg.actors.num_envs)

@@ -28,8 +28,9 @@ from ..contracts import Algorithm, BatchSource
 from ..envs import env_spec
 from ..metrics import EnvEfficiency, Metrics, UpdateStats
 from . import signals
+from .layout import resolve_procs, thread_layout
 from .learner import learn
-from .pipeline import ActorProcessPool, InlineSource, resolve_procs
+from .pipeline import ActorProcessPool, InlineSource
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,16 +71,6 @@ class RunSummary:
     @property
     def sps(self) -> float:
         return self.steps / self.seconds if self.seconds > 0 else 0.0
-
-
-def thread_layout(cfg: Config, procs: int) -> tuple[int, int]:
-    """(torch threads in the learner, EnvPool threads per actor process) so the sum fits the cores."""
-    cores = distributed.cores_per_rank()
-    if procs == 0:  # stepping and learning take turns in one process: both may use every core
-        return cfg.torch_threads or cores, cfg.actors.num_threads or max(1, min(cfg.actors.num_envs, cores))
-    learner = cfg.torch_threads or max(1, cores // (procs + 1))
-    per_actor = cfg.actors.num_threads or max(1, (cores - learner) // procs)
-    return learner, per_actor
 
 
 class Runner:

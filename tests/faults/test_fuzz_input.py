@@ -96,9 +96,9 @@ OUT_OF_RANGE = {
     **{key: st.integers(max_value=0) for key in (
         "total_steps", "actors.num_envs", "algo.rollout_length", "model.width", "env.frame_skip", "env.frame_stack",
         "env.image_size", "logging.return_window", "checkpoint.keep_last", "max_nonfinite_updates",
-        "actors.env_groups", "actors.slots_per_actor", "algo.update_epochs", "algo.num_minibatches")},
+        "actors.slots_per_actor", "algo.update_epochs", "algo.num_minibatches")},
     **{key: st.integers(max_value=-1) for key in (
-        "model.depth", "env.max_episode_steps", "env.noop_max", "actors.num_threads",
+        "actors.env_groups", "model.depth", "env.max_episode_steps", "env.noop_max", "actors.num_threads",
         "torch_threads", "checkpoint.interval_steps")},
     **{key: st.one_of(st.floats(max_value=-1e-9, allow_infinity=True), _non_finite) for key in (
         "algo.max_grad_norm", "algo.reward_clip", "algo.entropy_coef", "algo.value_coef", "logging.interval_s")},
