@@ -40,6 +40,7 @@ def synthetic_rollout(spec, horizon: int, num_envs: int, device: torch.device) -
         "obs": torch.randint(0, 256, (horizon, num_envs, *spec.obs_shape), generator=g, dtype=torch.uint8),
         "actions": torch.randint(0, spec.num_actions, (horizon, num_envs), generator=g),
         "behaviour_log_probs": torch.full((horizon, num_envs), -float(torch.tensor(float(spec.num_actions)).log())),
+        "behaviour_values": torch.zeros(horizon, num_envs),
         "rewards": torch.randn(horizon, num_envs, generator=g).sign(),
         "terminated": flags, "truncated": flags, "autoreset": flags,
         "next_obs": torch.randint(0, 256, (num_envs, *spec.obs_shape), generator=g, dtype=torch.uint8),

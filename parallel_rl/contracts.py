@@ -15,6 +15,7 @@ learner logs about how it was produced.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -38,6 +39,7 @@ class Batch:
     obs: torch.Tensor  # [T, N, *obs_shape], native dtype (uint8 frames stay uint8)
     actions: torch.Tensor  # [T, N]
     behaviour_log_probs: torch.Tensor  # [T, N]: log pi_behaviour(a_t | s_t) of the acting policy
+    behaviour_values: torch.Tensor  # [T, N]: the acting pass's value of s_t (Policy.act_and_value), NaN if none
     rewards: torch.Tensor  # [T, N] float32, unclipped
     terminated: torch.Tensor  # [T, N] bool
     truncated: torch.Tensor  # [T, N] bool
@@ -82,6 +84,13 @@ class Policy(nn.Module):
         ``acting_noise`` (row i from the stream of the call's i-th env), never from torch's
         generator directly."""
         raise NotImplementedError
+
+    def act_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``act`` plus each observation's value from the same forward pass (V(s) of an
+        actor-critic, max_a Q(s, a) of a Q-network), which an on-policy learner reuses instead
+        of a second pass over the batch; NaN where the policy has no value (the default)."""
+        actions, log_probs = self.act(obs)
+        return actions, log_probs, torch.full((obs.shape[0],), math.nan, device=obs.device)
 
     def prepare_evaluation(self, cfg: Config) -> None:
         """Switch to evaluation's acting state (e.g. ``algo.eval_epsilon``); nothing by default."""

@@ -27,6 +27,8 @@ def script(name, *args):
                  ["| paac_classic |"], marks=pytest.mark.slow),
     pytest.param("layouts.py", ["--recipes", "paac_classic", "--seconds", "0.5", "--repeats", "1"],
                  ["| paac_classic | **default** (K = 0", "| paac_classic | K = 2,"], marks=pytest.mark.slow),
+    pytest.param("ppo_profile.py", ["--only", "ours", "--steps", "2048"], ["| act forward |", "| backward |"],
+                 marks=pytest.mark.slow),
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
 ])

@@ -27,6 +27,16 @@ def _losses_and_weights(algo, batch) -> tuple[dict[str, float], dict[str, torch.
             {k: v.clone() for k, v in algo.policy().state_dict().items()})
 
 
+def assert_same_update(got, expected, rel: float = 1e-5) -> None:
+    """Two ``_losses_and_weights`` results agree within ``rel`` (and 1e-6 absolute)."""
+    (losses, weights), (expected_losses, expected_weights) = got, expected
+    assert losses.keys() == expected_losses.keys() and losses
+    for tag, value in expected_losses.items():
+        assert losses[tag] == pytest.approx(value, rel=rel, abs=1e-6), tag
+    for key, value in expected_weights.items():
+        assert torch.allclose(weights[key], value, rtol=rel, atol=1e-6), key
+
+
 @pytest.mark.slow  # compiling forward and backward on 2 cores takes tens of seconds
 @pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
 def test_compiled_update_equals_eager_and_really_compiles(recipe):
@@ -98,12 +108,7 @@ def test_fused_adam_update_equals_torchs_default_adam_and_really_fuses(recipe):
             patched.setattr(torch, "_fused_adam_", lambda *a, name=kernel, **k: (fused_calls.append(name), fused_kernel(*a, **k))[1])
             results[kernel] = _losses_and_weights(algo, batch)
     assert fused_calls and set(fused_calls) == {"fused"}  # the fused kernel ran, and only when asked for
-    (default_losses, default_weights), (fused_losses, fused_weights) = results["default"], results["fused"]
-    assert default_losses.keys() == fused_losses.keys() and default_losses
-    for tag, value in default_losses.items():
-        assert fused_losses[tag] == pytest.approx(value, rel=1e-5, abs=1e-6), tag
-    for key, value in default_weights.items():
-        assert torch.allclose(fused_weights[key], value, rtol=1e-5, atol=1e-6), key
+    assert_same_update(results["fused"], expected=results["default"])
 
 
 def test_fused_adam_skips_a_nonfinite_step_on_the_device_without_reading_it_on_the_host(monkeypatch):
@@ -146,3 +151,39 @@ def test_fused_optimizer_kernel_needs_adam():
     with pytest.raises(ConfigError, match="perf.optimizer_kernel = 'fused' needs optim.name = 'adam'.*no fused rmsprop_tf"):
         build_config("paac_atari_paper", {"perf.optimizer_kernel": "fused"})
     assert build_config("paac_atari_paper", {"perf.optimizer_kernel": "auto"}).perf.optimizer_kernel == "auto"
+
+
+@pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
+def test_an_update_reusing_the_acting_values_equals_one_that_recomputes_them(recipe):
+    """With no policy lag PPO and PQN take the values of the batch's observations from the
+    acting pass (`Batch.behaviour_values`), not from a second pass over the whole batch: the
+    same losses and weights as recomputing them, and no forward pass over the batch."""
+    import copy
+
+    overrides = ["algo.update_epochs=1", "logging.diag_interval=0"]
+    cfg = build_config(recipe, {"actors.num_envs": 4}, overrides)
+    batch = fixed_batch(cfg, CPU)
+    torch.manual_seed(0)  # fixed_batch acted with the weights of this seed
+    reusing = make_algorithm(env_spec(cfg.env), cfg, CPU)
+    recomputing = copy.deepcopy(reusing)
+    recomputing.reuses_acting_values = False
+    assert reusing.reuses_acting_values  # the recipes' default: no lag
+
+    values = reusing.policy().act_and_value(batch.obs.flatten(0, 1))[2]
+    assert torch.allclose(batch.behaviour_values.flatten(), values, rtol=1e-5, atol=1e-6)  # the acting pass's values
+
+    batch_sizes = []
+    reusing.net.register_forward_pre_hook(lambda module, args: batch_sizes.append(len(args[0])))
+    results = {}
+    for name, algo in (("reusing", reusing), ("recomputing", recomputing)):
+        torch.manual_seed(1)  # the same minibatch shuffles
+        results[name] = _losses_and_weights(algo, batch)
+    assert batch.num_steps + 4 not in batch_sizes and 4 in batch_sizes  # only the next observations were evaluated
+    assert_same_update(results["reusing"], expected=results["recomputing"])
+
+
+def test_values_are_recomputed_where_the_acting_weights_may_be_stale():
+    lagged_ppo = build_config("ppo_classic", {"actors.num_envs": 4, "actors.procs": 2}, ["actors.max_policy_lag=1"])
+    assert not make_algorithm(env_spec(lagged_ppo.env), lagged_ppo, CPU).reuses_acting_values
+    lagged = build_config("pqn_classic", {"actors.num_envs": 4, "actors.procs": 2}, ["actors.max_policy_lag=2"])
+    assert not make_algorithm(env_spec(lagged.env), lagged, CPU).reuses_acting_values

@@ -173,7 +173,7 @@ def _sleeping_policy(seconds: float):
 
     def act(obs, envs):
         time.sleep(seconds)
-        return np.zeros(len(obs), np.int64), np.zeros(len(obs), np.float32)
+        return np.zeros(len(obs), np.int64), np.zeros(len(obs), np.float32), np.full(len(obs), np.nan, np.float32)
 
     return act
 

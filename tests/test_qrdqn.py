@@ -96,7 +96,8 @@ def _batch(horizon, num_envs, autoreset_steps=()):
         autoreset[t, n] = True
     return Batch(
         obs=torch.randn(horizon, num_envs, 4), actions=torch.randint(2, (horizon, num_envs)),
-        behaviour_log_probs=torch.zeros(horizon, num_envs), rewards=torch.ones(horizon, num_envs),
+        behaviour_log_probs=torch.zeros(horizon, num_envs), behaviour_values=torch.full((horizon, num_envs), torch.nan),
+        rewards=torch.ones(horizon, num_envs),
         terminated=torch.zeros(horizon, num_envs, dtype=torch.bool), truncated=torch.zeros(horizon, num_envs, dtype=torch.bool),
         autoreset=autoreset, next_obs=torch.randn(num_envs, 4),
     )

@@ -57,6 +57,7 @@ def rollout(horizon=8, num_envs=4, autoreset=None, terminated=None, truncated=No
         obs=torch.randn(horizon, num_envs, 3, generator=g),
         actions=torch.rand(horizon, num_envs, 1, generator=g) * 2 - 1,
         behaviour_log_probs=torch.zeros(horizon, num_envs),
+        behaviour_values=torch.full((horizon, num_envs), torch.nan),
         rewards=-torch.rand(horizon, num_envs, generator=g) * 10,
         terminated=flags.clone() if terminated is None else terminated,
         truncated=flags.clone() if truncated is None else truncated,
@@ -188,7 +189,8 @@ def test_discount_heuristic():
 def test_rollout_transitions_skip_autoreset_and_keep_final_observations():
     obs = torch.tensor([[0.0, 1.0], [10.0, 11.0], [20.0, 21.0]]).unsqueeze(-1)  # obs[t, n] = 10 t + n
     batch = Batch(
-        obs=obs, actions=torch.zeros(3, 2, 1), behaviour_log_probs=torch.zeros(3, 2), rewards=torch.ones(3, 2),
+        obs=obs, actions=torch.zeros(3, 2, 1), behaviour_log_probs=torch.zeros(3, 2),
+        behaviour_values=torch.full((3, 2), torch.nan), rewards=torch.ones(3, 2),
         terminated=torch.tensor([[F, F], [T, F], [F, F]]),  # env 0 ends at t = 1 ...
         truncated=torch.tensor([[F, F], [F, F], [F, T]]),  # env 1 is cut off at t = 2
         autoreset=torch.tensor([[F, F], [F, F], [T, F]]),  # ... so its t = 2 only resets it

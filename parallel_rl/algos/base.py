@@ -11,11 +11,31 @@ from .. import distributed
 from ..config import (
     Config,
     ConfigError,
+    algorithm_class,
     check_non_negative,
     check_positive_int,
     check_unit_interval,
     setting,
 )
+
+
+def policy_lag_bound(cfg: Config) -> int | None:
+    """How many updates old the weights an actor process acts with may be (None: unbounded).
+
+    ``actors.max_policy_lag`` when set (>= 0), else the algorithm's own: 0 for those without
+    an off-policy correction (PAAC, PPO, PQN: actor processes wait for the newest weights, so K >= 1
+    is the same algorithm as K = 0), unbounded for IMPALA and the replay-based ones.
+    """
+    if cfg.actors.max_policy_lag >= 0:
+        bound = cfg.actors.max_policy_lag
+        if cfg.actors.deterministic_lag and bound < 1:
+            raise ConfigError("actors.deterministic_lag = true acts with exactly the previous policy version, a lag of 1, "
+                              f"but actors.max_policy_lag = {bound} allows none. Set actors.max_policy_lag to 1 or more "
+                              "(or -1, the algorithm's own bound), or drop actors.deterministic_lag.")
+        return bound
+    if cfg.actors.deterministic_lag:
+        return None  # asked for explicitly: the lag is exactly 1
+    return algorithm_class(cfg.algo.name).max_policy_lag
 
 
 @dataclass

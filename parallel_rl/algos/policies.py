@@ -26,10 +26,17 @@ class CategoricalPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, _ = self.net(obs)
+        return self._act(obs, greedy)[:2]
+
+    @torch.no_grad()
+    def act_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._act(obs, greedy=False)
+
+    def _act(self, obs: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, values = self.net(obs)
         actions = logits.argmax(-1) if greedy else acting_noise.gumbel_argmax(logits)
         log_probs = F.log_softmax(logits, dim=-1).gather(1, actions.unsqueeze(1)).squeeze(1)
-        return actions, log_probs
+        return actions, log_probs, values
 
 
 def per_actor_epsilons(epsilon: torch.Tensor, count: int, alpha: float) -> torch.Tensor:
@@ -60,10 +67,19 @@ class EpsilonGreedyPolicy(Policy):
     def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Epsilon-greedy actions and their log-probabilities under the epsilon-greedy policy
         (greedy: the argmax, with log-probability 0)."""
+        return self._act(obs, greedy)[:2]
+
+    @torch.no_grad()
+    def act_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The value is the greedy one, max_a Q(s, a)."""
+        return self._act(obs, greedy=False)
+
+    def _act(self, obs: torch.Tensor, greedy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q = self.net.q_values(obs)
         best = q.argmax(-1)
+        values = q.max(-1).values
         if greedy:
-            return best, torch.zeros_like(q[:, 0])
+            return best, torch.zeros_like(q[:, 0]), values
         epsilon = self.epsilon
         if self.per_actor_alpha is not None:
             epsilon = per_actor_epsilons(epsilon, len(q), self.per_actor_alpha)
@@ -71,7 +87,7 @@ class EpsilonGreedyPolicy(Policy):
         explore = acting_noise.uniform(len(q), device=q.device) < epsilon
         actions = torch.where(explore, acting_noise.integers(len(q), num_actions, q.device), best)
         probs = epsilon / num_actions + (1 - epsilon) * (actions == best).to(q.dtype)
-        return actions, probs.log()
+        return actions, probs.log(), values
 
     def prepare_evaluation(self, cfg: Config) -> None:
         """One epsilon, ``algo.eval_epsilon``, in every env (not the training schedule's, nor Ape-X's spread)."""

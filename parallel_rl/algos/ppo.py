@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from ..config import Config, ConfigError, check_positive_int, check_unit_interval, setting
 from ..contracts import Batch, UpdateResult
+from ..envs import EnvSpec
 from ..registry import register
-from .base import clipped_rewards, clipped_step, minibatch_count_fits
+from .base import clipped_rewards, clipped_step, minibatch_count_fits, policy_lag_bound
 from .paac import PAAC, PAACConfig
 from .returns import gae
 
@@ -30,6 +31,25 @@ from .returns import gae
 def valid_indices(batch: Batch) -> torch.Tensor:
     """Flat [T * N] indices of the steps that are transitions (not auto-resets)."""
     return (~batch.autoreset).flatten().nonzero().squeeze(1)
+
+
+def acting_values_are_current(cfg: Config) -> bool:
+    """Whether every rollout is acted with the weights the update it feeds starts from (no
+    policy lag), so the values of its acting pass are the update's own."""
+    return policy_lag_bound(cfg) == 0
+
+
+def values_before_update(batch: Batch, evaluate, reuse_acting: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat [T * N] values of the batch's observations and the [N] values of its next ones
+    under the weights the update starts from; ``evaluate`` maps observations to values.
+
+    ``reuse_acting`` takes the first from the acting pass (``Batch.behaviour_values``) and
+    runs only the N next observations, where a second pass over all T * N would cost about
+    a tenth of an Atari PPO iteration on a CPU; with policy lag they would be stale."""
+    if reuse_acting:
+        return batch.behaviour_values.flatten(), evaluate(batch.next_obs)
+    values = evaluate(torch.cat([batch.obs.flatten(0, 1), batch.next_obs], dim=0))
+    return values[: batch.num_steps], values[batch.num_steps :]
 
 
 def minibatches(indices: torch.Tensor, count: int) -> list[torch.Tensor]:
@@ -70,6 +90,10 @@ class PPO(PAAC):
     name = "ppo"
     config_class = PPOConfig
 
+    def __init__(self, spec: EnvSpec, cfg: Config, device: torch.device):
+        super().__init__(spec, cfg, device)
+        self.reuses_acting_values = acting_values_are_current(cfg)
+
     def update(self, batch: Batch) -> UpdateResult:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
@@ -81,8 +105,7 @@ class PPO(PAAC):
         behaviour_log_probs = batch.behaviour_log_probs.flatten()
         rewards = clipped_rewards(batch.rewards, algo.reward_clip)
         with torch.no_grad():
-            _, values = self.net(torch.cat([obs, batch.next_obs], dim=0))
-            old_values, bootstrap = values[: horizon * num_envs], values[horizon * num_envs :]
+            old_values, bootstrap = values_before_update(batch, lambda x: self.net(x)[1], self.reuses_acting_values)
             advantages, returns = gae(rewards, old_values.view(horizon, num_envs), bootstrap,
                                       batch.terminated, batch.truncated, algo.gamma, algo.td_lambda)
             advantages, returns = advantages.flatten(), returns.flatten()

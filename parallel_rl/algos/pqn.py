@@ -28,7 +28,13 @@ from ..optim import anneal_lr, make_optimizer
 from ..registry import register
 from .base import EpsilonGreedyConfig, RewardClipConfig, clipped_rewards, clipped_step
 from .policies import EpsilonGreedyPolicy
-from .ppo import EpochsConfig, minibatches, valid_indices
+from .ppo import (
+    EpochsConfig,
+    acting_values_are_current,
+    minibatches,
+    valid_indices,
+    values_before_update,
+)
 from .returns import lambda_returns
 
 
@@ -66,6 +72,7 @@ class PQN:
         self.net = self.acting.net
         self.optimizer = make_optimizer(self.net.parameters(), cfg)
         self.flow = GradientFlow(self.net, cfg.logging.diag_interval)
+        self.reuses_acting_values = acting_values_are_current(cfg)
 
     def policy(self) -> EpsilonGreedyPolicy:
         return self.acting
@@ -91,8 +98,8 @@ class PQN:
         actions = batch.actions.flatten().long()
         rewards = clipped_rewards(batch.rewards, algo.reward_clip)
         with torch.no_grad():
-            max_q = self.net(torch.cat([obs, batch.next_obs], dim=0)).max(-1).values
-            values, bootstrap = max_q[: horizon * num_envs].view(horizon, num_envs), max_q[horizon * num_envs :]
+            values, bootstrap = values_before_update(batch, lambda x: self.net(x).max(-1).values, self.reuses_acting_values)
+            values = values.view(horizon, num_envs)
             returns = lambda_returns(rewards, values, bootstrap, batch.terminated, batch.truncated,
                                      algo.gamma, algo.td_lambda).flatten()
 

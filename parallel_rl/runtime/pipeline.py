@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import zmq
 
-from ..algos import policy_lag_bound
+from ..algos.base import policy_lag_bound
 from ..config import Config
 from ..contracts import Batch, Delivery
 from ..envs import EnvSpec, make_env_groups

@@ -31,8 +31,9 @@ from .. import acting_noise
 from ..contracts import Policy as ActingPolicy
 from ..envs import EnvSpec, VecEnv
 
-# (obs of the envs in columns ``envs``, envs) -> (actions, log-probability of each action under the acting policy)
-Policy = Callable[[np.ndarray, slice], tuple[np.ndarray, np.ndarray]]
+# (obs of the envs in columns ``envs``, envs) -> (actions, log-probability of each action under the
+# acting policy, state value of each observation from the same pass: NaN where the policy has none)
+Policy = Callable[[np.ndarray, slice], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def rollout_arrays(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -43,6 +44,7 @@ def rollout_arrays(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, tupl
         "obs": ((horizon, num_envs, *spec.obs_shape), spec.obs_dtype),
         "actions": ((horizon, num_envs, *action_shape), action_dtype),
         "behaviour_log_probs": ((horizon, num_envs), np.dtype(np.float32)),
+        "behaviour_values": ((horizon, num_envs), np.dtype(np.float32)),
         "rewards": ((horizon, num_envs), np.dtype(np.float32)),
         "terminated": ((horizon, num_envs), np.dtype(bool)),
         "truncated": ((horizon, num_envs), np.dtype(bool)),
@@ -110,10 +112,11 @@ class RolloutCollector:
                     continue
                 out["obs"][t, cols] = self.obs[g]
                 began = time.perf_counter()
-                actions, log_probs = policy(self.obs[g], cols)
+                actions, log_probs, values = policy(self.obs[g], cols)
                 policy_s += time.perf_counter() - began
                 out["actions"][t, cols] = actions
                 out["behaviour_log_probs"][t, cols] = log_probs
+                out["behaviour_values"][t, cols] = values
                 if not probe:
                     env.send(actions)
                     pending[g] = True
@@ -173,7 +176,7 @@ class NetworkPolicy:
         self.cuda = device.type == "cuda"
         self.streams = acting_noise.EnvStreams(torch.arange(num_envs, device=device) + first_env_seed)
 
-    def __call__(self, obs: np.ndarray, envs: slice) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, obs: np.ndarray, envs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with self.streams.acting(envs):
-            actions, log_probs = self.policy.act(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
-        return actions.cpu().numpy(), log_probs.cpu().numpy()
+            acted = self.policy.act_and_value(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
+        return tuple(tensor.cpu().numpy() for tensor in acted)
