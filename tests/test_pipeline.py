@@ -71,6 +71,8 @@ def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
     else:
         source = InlineSource(cfg, spec, algo, torch.device("cpu"), env_threads=1)
     losses, producers, lags = [], set(), []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)  # as the runner does: MKL's rounding of a small batch depends on its threads
     try:
         for version in range(updates):
             delivery = source.next_batch(version, lambda: False)
@@ -82,6 +84,7 @@ def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
             source.published(version + 1)
         pids = source.pids() if procs else []
     finally:
+        torch.set_num_threads(threads)
         source.close()
     return losses, producers, lags, pids
 
@@ -91,8 +94,10 @@ def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
 def test_zero_lag_actor_process_is_the_synchronous_algorithm(tmp_path, recipe):
     """By default PAAC, PPO and PQN act with the newest weights in actor processes too: a
     seeded K = 1 run makes exactly the updates K = 0 makes, from batches the actor process
-    stepped (PPO's minibatch shuffles draw from the learner's stream, not the acting one)."""
-    cfg = _cfg("actors.num_envs=4", "torch_threads=1", recipe=recipe)
+    stepped (PPO's minibatch shuffles draw from the learner's stream, not the acting one).
+    Both act in one env group: the group's size is the acting pass's batch, and auto picks
+    one group inline but two in an actor process; batches of 2 and of 4 round differently."""
+    cfg = _cfg("actors.num_envs=4", "actors.env_groups=1", "torch_threads=1", recipe=recipe)
     inline, inline_producers, _, _ = _first_updates(cfg, 0, tmp_path / "k0")
     pooled, pooled_producers, lags, actor_pids = _first_updates(cfg, 1, tmp_path / "k1")
     assert inline_producers == {os.getpid()}
