@@ -45,12 +45,27 @@ class Batch:
     truncated: torch.Tensor  # [T, N] bool
     autoreset: torch.Tensor  # [T, N] bool
     next_obs: torch.Tensor  # [N, *obs_shape]: the observation after the last step
+    # [M] flat indices (into T * N) of the steps that are transitions, found on the host before
+    # the batch went to the device: finding them there would stall the learner on a GPU until
+    # the copy lands (nonzero's size is data-dependent). None: found from ``autoreset`` on use.
+    transition_indices: torch.Tensor | None = None
 
     @classmethod
     def from_arrays(cls, arrays: dict, device: torch.device) -> Batch:
         """From numpy arrays or CPU tensors (pinned ones copy without blocking)."""
         non_blocking = device.type == "cuda"
-        return cls(**{f.name: torch.as_tensor(arrays[f.name]).to(device, non_blocking=non_blocking) for f in fields(cls)})
+        tensors = {f.name: torch.as_tensor(arrays[f.name]) for f in fields(cls) if f.name != "transition_indices"}
+        transitions = (~tensors["autoreset"]).flatten().nonzero().squeeze(1)
+        if non_blocking:
+            transitions = transitions.pin_memory()  # a pageable copy would wait for the device's queue
+        return cls(**{name: t.to(device, non_blocking=non_blocking) for name, t in tensors.items()},
+                   transition_indices=transitions.to(device, non_blocking=non_blocking))
+
+    def transitions(self) -> torch.Tensor:
+        """Flat [T * N] indices of the steps that are transitions (not auto-resets)."""
+        if self.transition_indices is not None:
+            return self.transition_indices
+        return (~self.autoreset).flatten().nonzero().squeeze(1)
 
     @property
     def num_steps(self) -> int:
@@ -63,7 +78,7 @@ class Batch:
     def steps(self, start: int, stop: int) -> Batch:
         """Steps ``start:stop`` of every env, a batch in their own right (views, no copy)."""
         following = self.obs[stop] if stop < self.horizon else self.next_obs
-        parts = {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name != "next_obs"}
+        parts = {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in ("next_obs", "transition_indices")}
         return Batch(**parts, next_obs=following)
 
 

@@ -187,3 +187,26 @@ def test_values_are_recomputed_where_the_acting_weights_may_be_stale():
     assert not make_algorithm(env_spec(lagged_ppo.env), lagged_ppo, CPU).reuses_acting_values
     lagged = build_config("pqn_classic", {"actors.num_envs": 4, "actors.procs": 2}, ["actors.max_policy_lag=2"])
     assert not make_algorithm(env_spec(lagged.env), lagged, CPU).reuses_acting_values
+
+
+@pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
+def test_on_policy_updates_take_the_transitions_found_on_the_host(recipe, monkeypatch):
+    """`Batch.from_arrays` finds which steps are transitions (not auto-resets) on the host,
+    before the copy to the device; PPO and PQN learn from those indices and call no
+    `nonzero` in the update (its data-dependent size would stall a GPU learner until the
+    batch landed): the same update as finding them from `autoreset` in the update."""
+    import dataclasses
+
+    overrides = ["algo.update_epochs=1", "logging.diag_interval=0"]
+    batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides), CPU)
+    expected_indices = (~batch.autoreset).flatten().nonzero().squeeze(1)
+    assert 0 < len(expected_indices) < batch.num_steps  # CartPole's episodes end within the rollout
+    assert torch.equal(batch.transition_indices, expected_indices)
+
+    found_in_update = _losses_and_weights(_seeded_algorithm(recipe, overrides), dataclasses.replace(batch, transition_indices=None))
+    with monkeypatch.context() as patched:
+        for name in ("nonzero", "argwhere"):
+            patched.setattr(torch.Tensor, name, lambda *_, name=name: pytest.fail(f"the update called Tensor.{name}"))
+            patched.setattr(torch, name, lambda *_, name=name: pytest.fail(f"the update called torch.{name}"))
+        found_on_host = _losses_and_weights(_seeded_algorithm(recipe, overrides), batch)
+    assert_same_update(found_on_host, expected=found_in_update, rel=0)

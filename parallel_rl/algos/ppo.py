@@ -28,11 +28,6 @@ from .paac import PAAC, PAACConfig
 from .returns import gae
 
 
-def valid_indices(batch: Batch) -> torch.Tensor:
-    """Flat [T * N] indices of the steps that are transitions (not auto-resets)."""
-    return (~batch.autoreset).flatten().nonzero().squeeze(1)
-
-
 def acting_values_are_current(cfg: Config) -> bool:
     """Whether every rollout is acted with the weights the update it feeds starts from (no
     policy lag), so the values of its acting pass are the update's own."""
@@ -97,7 +92,7 @@ class PPO(PAAC):
     def update(self, batch: Batch) -> UpdateResult:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
-        valid = valid_indices(batch)
+        valid = batch.transitions()
         if len(valid) == 0:  # every step only reset an env: nothing to learn from
             return UpdateResult()
         obs = batch.obs.flatten(0, 1)

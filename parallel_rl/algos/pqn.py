@@ -32,7 +32,6 @@ from .ppo import (
     EpochsConfig,
     acting_values_are_current,
     minibatches,
-    valid_indices,
     values_before_update,
 )
 from .returns import lambda_returns
@@ -91,7 +90,7 @@ class PQN:
     def update(self, batch: Batch) -> UpdateResult:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
-        valid = valid_indices(batch)
+        valid = batch.transitions()
         if len(valid) == 0:  # every step only reset an env: nothing to learn from
             return UpdateResult()
         obs = batch.obs.flatten(0, 1)

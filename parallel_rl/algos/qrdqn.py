@@ -184,7 +184,7 @@ class QRDQN:
         }
         ready = len(replay) >= algo.warmup_steps and replay.can_sample()
         if ready:
-            self.update_credit += int((~batch.autoreset).sum()) * algo.utd_ratio
+            self.update_credit += batch.transitions().numel() * algo.utd_ratio
         steps = distributed.fewest(int(self.update_credit) if ready else 0)  # replicas step in lockstep
         self.update_credit -= steps
         if steps == 0:
