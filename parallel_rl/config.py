@@ -48,6 +48,10 @@ class EnvConfig:
         "EnvPool, then ALE for Atari where EnvPool is absent.", "auto")
     max_episode_steps: int = setting("Truncate episodes after this many agent steps; 0 keeps the environment's own limit.", 0)
     frame_skip: int = setting("Atari: action repeat, max-pooling the last two frames.", 4)
+    action_repeat: int = setting(
+        "Other tasks: each action is applied this many times, its rewards summed, stopping early where the episode ends "
+        "(the ActionRepeat wrapper of SimbaV2's code, 2 on DMC). An agent step is one decision: max_episode_steps and "
+        "total_steps count decisions. Atari repeats with frame_skip.", 1)
     frame_stack: int = setting("Atari: number of stacked frames in an observation.", 4)
     image_size: int = setting("Atari: observations are image_size x image_size grayscale.", 84)
     noop_max: int = setting("Atari: up to this many no-op actions at the start of an episode.", 30)
@@ -260,6 +264,7 @@ class Config:
             "actors.num_envs": self.actors.num_envs,
             "model.width": self.model.width,
             "env.frame_skip": self.env.frame_skip,
+            "env.action_repeat": self.env.action_repeat,
             "env.frame_stack": self.env.frame_stack,
             "env.image_size": self.env.image_size,
             "logging.return_window": self.logging.return_window,

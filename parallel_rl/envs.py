@@ -16,7 +16,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -160,8 +160,11 @@ class VecEnv:
     """``num_envs`` environments stepped together; numpy in, numpy out."""
 
     def __init__(self, env, spec: EnvSpec, num_envs: int, flatten: ObservationFlattener,
-                 action_bounds: tuple[np.ndarray, np.ndarray] | None = None, episodic_life: bool = False):
+                 action_bounds: tuple[np.ndarray, np.ndarray] | None = None, episodic_life: bool = False,
+                 action_repeat: int = 1):
         self._env = env
+        self._action_repeat = action_repeat  # EnvPool's tasks: repeated here; gymnasium's: by RepeatAction per env
+        self._sent: np.ndarray | None = None
         self._episodic_life = episodic_life  # EnvPool terminates at each life lost; info["terminated"] marks the game's end
         self._flatten = flatten
         self.spec = spec
@@ -194,6 +197,7 @@ class VecEnv:
             actions = (center + half_range * np.clip(actions, -1.0, 1.0)).astype(np.float32)
         if self.spec.backend == "envpool":
             self._env.send(actions, self._env_ids)
+            self._sent = actions
         elif self.spec.backend == "ale":
             self._env.send(actions)
         else:
@@ -220,11 +224,35 @@ class VecEnv:
                 self._lives = lives
         else:
             obs, reward, terminated, truncated, _ = self._env.step(self._pending)
-        reward = np.asarray(reward, np.float32)
+        obs = self._flatten(obs)
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool)
+        if self._action_repeat > 1 and self.spec.backend == "envpool":
+            obs, reward, terminated, truncated = self._repeat(obs, reward, terminated, truncated)
+        reward = np.asarray(reward, np.float32)
         autoreset = self.tracker.update(reward, terminated, truncated, game_over, continuing)
-        return StepResult(self._flatten(obs), reward, terminated, truncated, autoreset)
+        return StepResult(obs, reward, terminated, truncated, autoreset)
+
+    def _repeat(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+                truncated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The rest of an action's repeats after its first step: only envs whose episode goes
+        on step again (EnvPool steps a subset by id), and not those whose step was the reset
+        (a reset takes no action, as ``reset()`` under the wrapper)."""
+        obs, reward = obs.copy(), np.asarray(reward, np.float64).copy()
+        terminated, truncated = terminated.copy(), truncated.copy()
+        going_on = ~(terminated | truncated) & ~self.tracker.resets
+        for _ in range(self._action_repeat - 1):
+            ids = self._env_ids[going_on]
+            if len(ids) == 0:
+                break
+            step_obs, step_reward, step_terminated, step_truncated, info = self._env.step(self._sent[ids], ids)
+            rows = np.asarray(info["env_id"])  # env i is row i
+            obs[rows] = self._flatten(step_obs)
+            reward[rows] += step_reward
+            terminated[rows] = step_terminated
+            truncated[rows] = step_truncated
+            going_on[rows] = ~(np.asarray(step_terminated, bool) | np.asarray(step_truncated, bool))
+        return obs, reward, terminated, truncated
 
     def render(self, index: int = 0) -> np.ndarray:
         """RGB frame [H, W, 3] of env ``index`` as it is now; needs ``make_env(..., render=True)``."""
@@ -409,7 +437,7 @@ def _envpool_kwargs(cfg: EnvConfig) -> tuple[dict, bool]:
             reward_clip=False,
         )
     if cfg.max_episode_steps:
-        kwargs["max_episode_steps"] = cfg.max_episode_steps
+        kwargs["max_episode_steps"] = cfg.max_episode_steps * (1 if is_atari else cfg.action_repeat)
     return kwargs, is_atari
 
 
@@ -428,6 +456,8 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
         import envpool
 
         kwargs, is_atari = _envpool_kwargs(cfg)
+        if is_atari and cfg.action_repeat > 1:
+            raise _atari_action_repeat(cfg)
         if render:
             kwargs["render_mode"] = "rgb_array"
         env = envpool.make(
@@ -441,15 +471,19 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
     elif backend == "ale":
         from ale_py.vector_env import AtariVectorEnv
 
+        if cfg.action_repeat > 1:
+            raise _atari_action_repeat(cfg)
         is_atari = True  # ``render`` needs nothing: videos film the observations (VecEnv.render)
         env = AtariVectorEnv(ale_games()[cfg.id], num_envs, num_threads=num_threads or default_num_threads(num_envs),
                              **_ale_kwargs(cfg))
         env.reset(seed=seed)  # env i is seeded with seed + i, as EnvPool seeds its envs
     else:
         is_atari = False
-        make_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
+        make_kwargs = {"max_episode_steps": cfg.max_episode_steps * cfg.action_repeat} if cfg.max_episode_steps else {}
         if render:
             make_kwargs["render_mode"] = "rgb_array"
+        if cfg.action_repeat > 1:
+            make_kwargs["wrappers"] = [partial(RepeatAction, times=cfg.action_repeat)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # gymnasium's float64 -> float32 precision notes
             env = gym.make_vec(
@@ -468,8 +502,33 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
         env.close()
         raise
     act_space, action_bounds = _unit_action_space(act_space)
-    spec = EnvSpec(cfg.id, backend, flatten.shape, flatten.dtype, act_space, is_atari, _episode_limit(env, cfg, backend))
-    return VecEnv(env, spec, num_envs, flatten, action_bounds, episodic_life=is_atari and cfg.episodic_life)
+    spec = EnvSpec(cfg.id, backend, flatten.shape, flatten.dtype, act_space, is_atari, _episode_limit(env, cfg, backend, is_atari))
+    return VecEnv(env, spec, num_envs, flatten, action_bounds, episodic_life=is_atari and cfg.episodic_life,
+                  action_repeat=1 if is_atari else cfg.action_repeat)
+
+
+class RepeatAction(gym.Wrapper):
+    """Each action ``times`` times, rewards summed, stopping where the episode ends (one env
+    of the gymnasium backend; EnvPool's are repeated in ``VecEnv``)."""
+
+    def __init__(self, env: gym.Env, times: int):
+        super().__init__(env)
+        self.times = times
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.times):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+def _atari_action_repeat(cfg: EnvConfig) -> ConfigError:
+    return ConfigError(f"env.action_repeat = {cfg.action_repeat} is for non-Atari tasks; {cfg.id} repeats each action "
+                       f"env.frame_skip = {cfg.frame_skip} times (max-pooling the last two frames): set env.frame_skip instead "
+                       "and leave env.action_repeat at 1.")
 
 
 def _unit_action_space(space: gym.Space) -> tuple[gym.Space, tuple[np.ndarray, np.ndarray] | None]:
@@ -482,15 +541,17 @@ def _unit_action_space(space: gym.Space) -> tuple[gym.Space, tuple[np.ndarray, n
     return gym.spaces.Box(-unit, unit, dtype=np.float32), bounds
 
 
-def _episode_limit(env, cfg: EnvConfig, backend: str) -> int:
+def _episode_limit(env, cfg: EnvConfig, backend: str, is_atari: bool) -> int:
+    """The time limit in agent steps (decisions: the env's own limit over the action repeat)."""
     if cfg.max_episode_steps:
         return cfg.max_episode_steps
-    if backend == "envpool":
-        return int(env.config.get("max_episode_steps", 0) or 0)
     if backend == "ale":
         return _ale_episode_steps(cfg)
-    spec = gym.spec(cfg.id)
-    return int(spec.max_episode_steps or 0)
+    if backend == "envpool":
+        env_steps = int(env.config.get("max_episode_steps", 0) or 0)
+    else:
+        env_steps = int(gym.spec(cfg.id).max_episode_steps or 0)
+    return env_steps if is_atari else -(-env_steps // cfg.action_repeat)
 
 
 def env_spec(cfg: EnvConfig) -> EnvSpec:

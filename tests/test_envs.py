@@ -200,3 +200,77 @@ def test_a_run_registers_only_the_envpool_families_it_needs():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def _repeated_by_hand(cfg: EnvConfig, seed: int, actions: np.ndarray, times: int) -> list[tuple]:
+    """One env (seed ``seed``) driven by the ActionRepeat wrapper's rule on single steps of the
+    same backend: each decision steps up to ``times`` times, rewards summed, stopping where
+    the episode ends; the decision after an end is the reset step alone."""
+    env = make_env(cfg, 1, seed, 1)
+    env.reset()
+    decisions, ended = [], False
+    for action in actions:
+        if ended:
+            step = env.step(action[None])
+            decisions.append((step.obs[0], 0.0, False, False, True))
+            ended = False
+            continue
+        total = 0.0
+        for _ in range(times):
+            step = env.step(action[None])
+            total += float(step.reward[0])
+            if step.terminated[0] or step.truncated[0]:
+                break
+        ended = bool(step.terminated[0] or step.truncated[0])
+        decisions.append((step.obs[0], total, bool(step.terminated[0]), bool(step.truncated[0]), False))
+    env.close()
+    return decisions
+
+
+@pytest.mark.parametrize("backend", ["envpool", "gymnasium"])
+@pytest.mark.parametrize(("env_id", "times", "decisions"), [("CartPole-v1", 3, 120), ("Pendulum-v1", 2, 230)])
+def test_action_repeat_sums_rewards_and_stops_at_an_episodes_end(backend, env_id, times, decisions):
+    """`env.action_repeat` steps every env of the pool as the wrapper steps one env alone:
+    CartPole's episodes end part-way through a repeat (the env steps no further), Pendulum's
+    200-step limit becomes 100 decisions, and an episode's length counts decisions."""
+    cfg = EnvConfig(id=env_id, backend=backend)
+    envs, seed = 3, 5
+    repeated = make_env(EnvConfig(id=env_id, backend=backend, action_repeat=times), envs, seed, 1)
+    rng = np.random.default_rng(0)
+    if repeated.spec.discrete:
+        actions = rng.integers(0, repeated.spec.num_actions, (decisions, envs))
+    else:
+        actions = rng.uniform(-1, 1, (decisions, envs, *repeated.spec.action_space.shape)).astype(np.float32)
+    repeated.reset()
+    got = []
+    for t in range(decisions):
+        step = repeated.step(actions[t])
+        got.append([(step.obs[i], step.reward[i], step.terminated[i], step.truncated[i], step.autoreset[i]) for i in range(envs)])
+    _, lengths = repeated.tracker.pop()
+    repeated.close()
+    assert repeated.spec.max_episode_steps == -(-(500 if env_id == "CartPole-v1" else 200) // times)
+    for i in range(envs):
+        expected = _repeated_by_hand(cfg, seed + i, actions[:, i], times)
+        for t, (obs, reward, terminated, truncated, autoreset) in enumerate(expected):
+            g_obs, g_reward, g_terminated, g_truncated, g_autoreset = got[t][i]
+            assert (g_terminated, g_truncated, g_autoreset) == (terminated, truncated, autoreset), (i, t)
+            assert np.allclose(g_obs, obs, rtol=1e-5, atol=1e-6) and g_reward == pytest.approx(reward, rel=1e-6, abs=1e-6), (i, t)
+    if env_id == "Pendulum-v1":
+        assert lengths and set(lengths) == {100}
+    else:  # some episode ended part-way through a repeat: its env steps counted not a multiple of 3
+        assert lengths and min(lengths) < 10
+
+
+def test_dmc_action_repeat_two_makes_a_thousand_step_episode_five_hundred_decisions():
+    env = make_env(EnvConfig(id="CheetahRun-v1", action_repeat=2), 2, 1, 1)
+    env.reset()
+    zeros = np.zeros((2, *env.spec.action_space.shape), np.float32)
+    ends = [t for t in range(1, 502) if env.step(zeros).truncated.all()]
+    env.close()
+    assert env.spec.max_episode_steps == 500 and ends == [500]
+
+
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_action_repeat_on_atari_is_refused_for_frame_skip(backend):
+    with pytest.raises(ConfigError, match=r"env.action_repeat = 2 is for non-Atari tasks.*env.frame_skip = 4"):
+        make_env(EnvConfig(id="Pong-v5", backend=backend, action_repeat=2), 1, 0, 1)
