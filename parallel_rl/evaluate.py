@@ -159,7 +159,8 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
             return film is not None and len(film.returns) < video_episodes
 
         while counts.min() < per_env or filming():
-            actions = policy.act(torch.from_numpy(obs).to(torch_device), greedy=greedy)[0].cpu().numpy()
+            with torch.inference_mode():
+                actions = policy.act(torch.from_numpy(obs).to(torch_device), greedy=greedy)[0].cpu().numpy()
             result = env.step(actions)
             obs = result.obs
             done = tracker.game_done.copy()  # whole games: with episodic life a life lost is no episode end

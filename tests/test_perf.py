@@ -210,3 +210,31 @@ def test_on_policy_updates_take_the_transitions_found_on_the_host(recipe, monkey
             patched.setattr(torch, name, lambda *_, name=name: pytest.fail(f"the update called torch.{name}"))
         found_on_host = _losses_and_weights(_seeded_algorithm(recipe, overrides), batch)
     assert_same_update(found_on_host, expected=found_in_update, rel=0)
+
+
+def test_acting_runs_in_inference_mode_and_gives_what_no_grad_gives():
+    """Rollouts act under `torch.inference_mode` (no version counters or view tracking); the
+    actions, log-probabilities and values are those of the same pass under no_grad, and the
+    per-env acting streams, advanced in place, stay ordinary tensors."""
+    import numpy as np
+
+    from parallel_rl.runtime.rollout import NetworkPolicy
+
+    cfg = build_config("ppo_classic", {"actors.num_envs": 4})
+    torch.manual_seed(0)
+    policy = make_policy(env_spec(cfg.env), cfg, CPU)
+    modes = []
+    act_and_value = policy.act_and_value
+    policy.act_and_value = lambda obs: (modes.append(torch.is_inference_mode_enabled()), act_and_value(obs))[1]
+    obs = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    acting = NetworkPolicy(policy, CPU, first_env_seed=1, num_envs=4)
+    actions, log_probs, values = acting(obs, slice(0, 4))
+    assert modes == [True]
+    assert acting.streams.steps.tolist() == [1, 1, 1, 1] and not acting.streams.steps.is_inference()
+
+    with torch.no_grad():
+        replay = NetworkPolicy(policy, CPU, first_env_seed=1, num_envs=4)
+        with replay.streams.acting(slice(0, 4)):
+            expected = act_and_value(torch.from_numpy(obs))
+    for got, want in zip((actions, log_probs, values), expected, strict=True):
+        assert np.array_equal(got, want.numpy())

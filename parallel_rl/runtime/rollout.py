@@ -177,6 +177,8 @@ class NetworkPolicy:
         self.streams = acting_noise.EnvStreams(torch.arange(num_envs, device=device) + first_env_seed)
 
     def __call__(self, obs: np.ndarray, envs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with self.streams.acting(envs):
+        # inference mode, not only no_grad: no version counters or view tracking on any tensor
+        # of the pass; its outputs leave as numpy at once, so none reaches an autograd graph
+        with torch.inference_mode(), self.streams.acting(envs):
             acted = self.policy.act_and_value(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
         return tuple(tensor.cpu().numpy() for tensor in acted)
