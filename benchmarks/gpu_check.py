@@ -1,4 +1,4 @@
-"""Everything a GPU machine must show, in one command (about 6 minutes on 16 cores + 1 GPU):
+"""Everything a GPU machine must show, in one command (7 to 8 minutes on 16 cores + 1 GPU):
 
     python benchmarks/gpu_check.py --out DIR            # on the GPU machine
     python benchmarks/gpu_check.py --smoke --out DIR    # tiny sizes on the CPU (the test suite)
