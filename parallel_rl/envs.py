@@ -527,8 +527,8 @@ class RepeatAction(gym.Wrapper):
 
 def _atari_action_repeat(cfg: EnvConfig) -> ConfigError:
     return ConfigError(f"env.action_repeat = {cfg.action_repeat} is for non-Atari tasks; {cfg.id} repeats each action "
-                       f"env.frame_skip = {cfg.frame_skip} times (max-pooling the last two frames): set env.frame_skip instead "
-                       "and leave env.action_repeat at 1.")
+                       f"env.frame_skip = {cfg.frame_skip} times (max-pooling the last two frames): pass --set env.action_repeat=1, "
+                       "and --set env.frame_skip=N for another repeat.")
 
 
 def _unit_action_space(space: gym.Space) -> tuple[gym.Space, tuple[np.ndarray, np.ndarray] | None]:

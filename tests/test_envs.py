@@ -272,5 +272,5 @@ def test_dmc_action_repeat_two_makes_a_thousand_step_episode_five_hundred_decisi
 
 @pytest.mark.parametrize("backend", ["envpool", "ale"])
 def test_action_repeat_on_atari_is_refused_for_frame_skip(backend):
-    with pytest.raises(ConfigError, match=r"env.action_repeat = 2 is for non-Atari tasks.*env.frame_skip = 4"):
+    with pytest.raises(ConfigError, match=r"env.action_repeat = 2 is for non-Atari tasks.*env.frame_skip = 4.*--set env.action_repeat=1"):
         make_env(EnvConfig(id="Pong-v5", backend=backend, action_repeat=2), 1, 0, 1)
