@@ -55,7 +55,7 @@ class Batch:
         """From numpy arrays or CPU tensors (pinned ones copy without blocking)."""
         non_blocking = device.type == "cuda"
         tensors = {f.name: torch.as_tensor(arrays[f.name]) for f in fields(cls) if f.name != "transition_indices"}
-        transitions = (~tensors["autoreset"]).flatten().nonzero().squeeze(1)
+        transitions = _transition_indices(tensors["autoreset"])
         if non_blocking:
             transitions = transitions.pin_memory()  # a pageable copy would wait for the device's queue
         return cls(**{name: t.to(device, non_blocking=non_blocking) for name, t in tensors.items()},
@@ -65,7 +65,7 @@ class Batch:
         """Flat [T * N] indices of the steps that are transitions (not auto-resets)."""
         if self.transition_indices is not None:
             return self.transition_indices
-        return (~self.autoreset).flatten().nonzero().squeeze(1)
+        return _transition_indices(self.autoreset)
 
     @property
     def num_steps(self) -> int:
@@ -80,6 +80,10 @@ class Batch:
         following = self.obs[stop] if stop < self.horizon else self.next_obs
         parts = {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in ("next_obs", "transition_indices")}
         return Batch(**parts, next_obs=following)
+
+
+def _transition_indices(autoreset: torch.Tensor) -> torch.Tensor:
+    return (~autoreset).flatten().nonzero().squeeze(1)
 
 
 class Policy(nn.Module):

@@ -274,3 +274,10 @@ def test_dmc_action_repeat_two_makes_a_thousand_step_episode_five_hundred_decisi
 def test_action_repeat_on_atari_is_refused_for_frame_skip(backend):
     with pytest.raises(ConfigError, match=r"env.action_repeat = 2 is for non-Atari tasks.*env.frame_skip = 4.*--set env.action_repeat=1"):
         make_env(EnvConfig(id="Pong-v5", backend=backend, action_repeat=2), 1, 0, 1)
+
+
+def test_action_repeat_below_one_is_refused_naming_the_value():
+    from parallel_rl.config import build_config
+
+    with pytest.raises(ConfigError, match=r"env.action_repeat = 0 is invalid: it must be a positive integer"):
+        build_config("simbav2_dmc", {"env.action_repeat": 0})
