@@ -5,15 +5,17 @@
 
 Sections, each timed and recorded even when another fails:
   1. algorithms  -- a few updates of every built-in algorithm on the device, losses finite;
-  2. switches    -- `perf.optimizer_kernel: fused`, `perf.amp: bf16`, `perf.compile` and
-                    compile+bf16 against float32 eager with torch's default Adam: one PPO
-                    update's losses on the same batch within tolerance, compiling really done;
+  2. switches    -- `perf.optimizer_kernel: fused`, `perf.amp: bf16`, `perf.compile`,
+                    compile+bf16 and `perf.cuda_graphs` against float32 eager with torch's
+                    default Adam: one PPO update's losses on the same batch within tolerance,
+                    compiling really done, CUDA graphs really recorded;
   3. checkpoint  -- a run written on the device resumes on the CPU with the same step counter;
   4. bench       -- `parallel-rl bench` figures on Pong-v5 (raw, pipeline, training) for each
                     layout K tried, the fastest named;
   5. nature_cnn  -- inference and update throughput of the Nature CNN actor-critic at batch
                     256/1024/4096: eager, bf16 autocast, torch.compile, CUDA graphs;
-  6. ppo_8_envs  -- `ppo_atari` as it is, 8 envs x 128 steps, for 30 s: agent steps/s;
+  6. ppo_8_envs  -- `ppo_atari` as it is, 8 envs x 128 steps, for 20 s: agent steps/s, and again
+                    with `perf.cuda_graphs`;
   7. ppo_pong    -- PPO on Pong-v5 with 64 envs for at most 100 s: the recent mean return reached;
   8. ranks       -- the same PPO job on 1 rank and on 2 (and 4 where there are 4 GPUs) through
                     `--nproc-per-node`: NCCL between GPUs (gloo where ranks share one), the
@@ -73,14 +75,14 @@ class Sizes:
 # FULL's bench (three phases per layout, each building 256 ALE envs) took 98 s a layout on the
 # H200 machine: two layouts, as K = 4 was within 1% of K = 2 there
 FULL = Sizes("cuda", 8, 256, 5.0, (0, 2), (256, 1024, 4096), 1.0,
-             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 100.0, 30.0, "ppo_atari", 64, 60_000,
-             "ppo_atari", ("fused", "bf16", "compile", "compile+bf16"))
+             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 100.0, 20.0, "ppo_atari", 64, 60_000,
+             "ppo_atari", ("fused", "bf16", "compile", "compile+bf16", "cuda_graphs"))
 SMOKE = Sizes("cpu", 2, 8, 4.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
               "ppo_classic", ("fused", "bf16"))
 # how far a switch's losses may sit from float32 eager's on the same batch, relative, plus an
 # absolute 1e-2 as in tests/test_perf.py (a clip fraction moves in steps of 1/minibatch):
 # compiled code reorders float sums; bfloat16 keeps about 3 significant digits
-SWITCH_TOLERANCE = {"fused": 1e-4, "compile": 1e-3, "bf16": 5e-2, "compile+bf16": 5e-2}
+SWITCH_TOLERANCE = {"fused": 1e-4, "compile": 1e-3, "bf16": 5e-2, "compile+bf16": 5e-2, "cuda_graphs": 1e-3}
 SWITCH_ABSOLUTE = 1e-2
 
 # each built-in algorithm on its smallest recipe (the classic tasks need no EnvPool)
@@ -97,6 +99,12 @@ ALGORITHM_RECIPES = {
 
 def quiet(cfg: Config) -> Config:
     return replace(cfg, logging=replace(cfg.logging, console=False))
+
+
+def default_perf(sizes: Sizes) -> dict:
+    """The recipes' own perf settings on the GPU; eager in the CPU smoke, where ``perf.compile:
+    auto`` would compile the Nature CNN at tens of seconds a section the smoke has no time for."""
+    return {} if sizes.device != "cpu" else {"perf.compile": False}
 
 
 def section_algorithms(sizes: Sizes, work: Path) -> dict:
@@ -146,16 +154,19 @@ def section_switches(sizes: Sizes) -> dict:
     batch = fixed_batch(base, device)
 
     def losses_of(switch: str) -> dict[str, float]:
-        perf = {"perf.compile": "compile" in switch, "perf.amp": "bf16" if "bf16" in switch else "off"}
-        cfg = replace(base, perf=replace(base.perf, compile=perf["perf.compile"], amp=perf["perf.amp"],
-                                         optimizer_kernel="fused" if switch == "fused" else "default"))
+        graphs = switch == "cuda_graphs"
+        cfg = replace(base, perf=replace(base.perf, compile="compile" in switch, amp="bf16" if "bf16" in switch else "off",
+                                         cuda_graphs=graphs, optimizer_kernel="fused" if switch == "fused" else "default"))
         torch.manual_seed(1)  # the same initial weights and minibatch shuffles
         torch._dynamo.reset()
         counters.clear()
         metrics = make_algorithm(spec, cfg, device).update(batch).metrics
-        if "compile" in switch and (counters["stats"]["unique_graphs"] < 1 or counters["graph_break"]):
+        if ("compile" in switch or graphs) and (counters["stats"]["unique_graphs"] < 1 or counters["graph_break"]):
             raise AssertionError(f"{switch}: dynamo captured {counters['stats']['unique_graphs']} graphs, "
                                  f"graph breaks {dict(counters['graph_break'])}")
+        if graphs and (counters["inductor"]["cudagraph_skips"] or not cuda_graphs_recorded(device)):
+            raise AssertionError(f"cuda_graphs: inductor skipped CUDA graphs {counters['inductor']['cudagraph_skips']} "
+                                 "times or recorded none (its log says why)")
         return {tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")}
 
     eager = losses_of("eager")
@@ -169,6 +180,14 @@ def section_switches(sizes: Sizes) -> dict:
         if off:
             raise AssertionError(f"{switch}: losses {losses} differ from eager's {eager} beyond tolerance in {off}")
     return {"recipe": sizes.switches_recipe, "eager_losses": eager, "switches": rows}
+
+
+def cuda_graphs_recorded(device: torch.device) -> bool:
+    """Whether inductor's CUDA graph trees hold a recorded graph on ``device``."""
+    from torch._inductor.cudagraph_trees import get_manager
+
+    manager = get_manager(device.index or 0, create_if_none_exists=False)
+    return manager is not None and any(manager.roots.values())
 
 
 def section_checkpoint(sizes: Sizes, work: Path) -> dict:
@@ -189,7 +208,8 @@ def section_bench(sizes: Sizes, work: Path) -> dict:
 
     layouts = {}
     for procs in sizes.bench_layouts:
-        cfg = build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": sizes.bench_envs, "actors.procs": procs})
+        cfg = build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": sizes.bench_envs, "actors.procs": procs,
+                                          **default_perf(sizes)})
         layouts[procs] = run_bench(cfg, sizes.bench_seconds, repeats=1, progress=False)
     best = max(layouts, key=lambda k: layouts[k]["train_sps_median"])
     return {"layouts": layouts, "best_layout": best}
@@ -251,7 +271,7 @@ def section_nature_cnn(sizes: Sizes, deadline: float) -> dict:
     from parallel_rl.envs import EnvSpec
 
     device = torch.device(sizes.device)
-    cfg = build_config("ppo_atari", {"device": sizes.device})
+    cfg = build_config("ppo_atari", {"device": sizes.device, "perf.compile": False})  # each variant compiles its own
     spec = EnvSpec("Pong-v5", "synthetic", (4, 84, 84), np.dtype(np.uint8), gym.spaces.Discrete(6), True)
     rows = []
     for variant in sizes.cnn_variants:
@@ -268,18 +288,25 @@ def section_nature_cnn(sizes: Sizes, deadline: float) -> dict:
     return {"rows": rows}
 
 
-def ppo_pong_run(sizes: Sizes, work: Path, envs: int, seconds: float) -> dict:
-    cfg = quiet(build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": envs, "total_steps": 10**9},
+def ppo_pong_run(sizes: Sizes, work: Path, envs: int, seconds: float, perf: dict | None = None) -> dict:
+    cfg = quiet(build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": envs, "total_steps": 10**9,
+                                          **default_perf(sizes), **(perf or {})},
                              ["checkpoint.interval_steps=0"]))
-    summary = Runner(cfg, work / f"ppo_pong_{envs}", write_logs=False).run(max_seconds=seconds)
+    summary = Runner(cfg, work / f"ppo_pong_{envs}_{len(perf or {})}", write_logs=False).run(max_seconds=seconds)
     return {"envs": envs, "seconds": round(summary.seconds, 1), "agent_steps": summary.steps,
             "sps": round(summary.sps), "episodes": summary.episodes, "recent_return": summary.recent_return}
 
 
 def section_ppo_8_envs(sizes: Sizes, work: Path) -> dict:
-    """``ppo_atari`` as it stands, 8 envs x 128 steps: the speed LeanRL's compiled, CUDA-graphed
-    PPO reaches on an H100 with these settings is 6,800 agent steps/s."""
-    return ppo_pong_run(sizes, work, 8, sizes.ppo_8_envs_seconds)
+    """``ppo_atari`` as it stands, 8 envs x 128 steps, then with ``perf.cuda_graphs`` (on a GPU):
+    the speed LeanRL's compiled, CUDA-graphed PPO reaches on an H100 with these settings is
+    6,800 agent steps/s."""
+    result = ppo_pong_run(sizes, work, 8, sizes.ppo_8_envs_seconds)
+    if sizes.device == "cuda":
+        graphed = ppo_pong_run(sizes, work, 8, sizes.ppo_8_envs_seconds, {"perf.cuda_graphs": True})
+        result["cuda_graphs_sps"] = graphed["sps"]
+        result["cuda_graphs_speed_up"] = round(graphed["sps"] / max(result["sps"], 1), 2)
+    return result
 
 
 def section_ppo_pong(sizes: Sizes, work: Path) -> dict:
@@ -324,7 +351,10 @@ def markdown(report: dict) -> str:
             lines += ["| K | raw SPS | pipeline SPS | training SPS | training / raw |", "|---:|---:|---:|---:|---:|"]
             lines += [f"| {k} | {r['raw_sps_median']:,.0f} | {r['pipeline_sps_median']:,.0f} | {r['train_sps_median']:,.0f} | "
                       f"{r['end_to_end_efficiency']:.2f} |" for k, r in result["layouts"].items()]
-            lines += ["", f"fastest layout: K = {result['best_layout']}"]
+            lines += ["", f"fastest layout: K = {result['best_layout']}", "",
+                      "wall-clock of each phase, start-up included (s): " + "; ".join(
+                          f"K = {k}: " + ", ".join(f"{phase} {'/'.join(map(str, walls))}" for phase, walls in r["phase_wall_s"].items())
+                          for k, r in result["layouts"].items())]
         elif name == "ranks":
             lines += [f"{result['recipe']}, {result['envs_in_all']} envs in all, {result['steps']:,} steps, {result['gpus']} GPU(s), "
                       f"gradients through {result['backend']}", "",

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -126,7 +127,8 @@ def fixed_batch(cfg: Config, device: torch.device) -> Batch:
 
     cpu, spec, horizon = torch.device("cpu"), env_spec(cfg.env), cfg.algo.rollout_length
     torch.manual_seed(0)
-    acting = make_algorithm(spec, cfg, cpu).policy()
+    # eager: compiling the acting network for one rollout would cost more than the rollout
+    acting = make_algorithm(spec, replace(cfg, perf=replace(cfg.perf, compile=False, cuda_graphs=False)), cpu).policy()
     groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, 1, 1)
     try:
         arrays = RolloutCollector(groups, horizon).collect(NetworkPolicy(acting, cpu, cfg.seed, cfg.actors.num_envs),
@@ -191,12 +193,26 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
     others = other_atari_backends(cfg)
     figures: dict[str, list[float]] = {"raw": [], **{f"raw_{name}": [] for name in others}, "pipeline": [], "train": []}
     live_efficiency: list[float] = []  # the training run's own perf/env_efficiency
+    # each phase's whole wall-clock, start-up included: where a bench's time goes beyond measuring
+    phase_wall: dict[str, list[float]] = {k: [] for k in figures}
+
+    @contextmanager
+    def clocked(phase: str) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        phase_wall[phase].append(round(time.perf_counter() - began, 1))
+
     for i in range(repeats):
-        figures["raw"].append(raw_env_sps(cfg, seconds, threads))
+        with clocked("raw"):
+            figures["raw"].append(raw_env_sps(cfg, seconds, threads))
         for name in others:
-            figures[f"raw_{name}"].append(raw_env_sps(replace(cfg, env=replace(cfg.env, backend=name)), seconds, threads))
-        figures["pipeline"].append(train_sps(transport_config(cfg), seconds))
-        training = train_run(cfg, seconds)
+            with clocked(f"raw_{name}"):
+                figures[f"raw_{name}"].append(raw_env_sps(replace(cfg, env=replace(cfg.env, backend=name)), seconds, threads))
+        with clocked("pipeline"):
+            figures["pipeline"].append(train_sps(transport_config(cfg), seconds))
+        torch._dynamo.reset()  # each training phase compiles (where perf.compile does) afresh, as a new run would
+        with clocked("train"):
+            training = train_run(cfg, seconds)
         figures["train"].append(training.sps)
         live_efficiency.append(training.env_efficiency)
         if progress:
@@ -219,6 +235,7 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
         "seconds": seconds,
         "repeats": repeats,
         **{f"{k}_sps": v for k, v in figures.items()},
+        "phase_wall_s": phase_wall,
         **{f"{k}_sps_median": v for k, v in medians.items()},
         **{f"raw_{name}_ratio": medians[f"raw_{name}"] / medians["raw"] for name in others},
         "transport_efficiency": medians["pipeline"] / medians["raw"],

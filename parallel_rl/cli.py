@@ -110,7 +110,7 @@ def _flags(args: argparse.Namespace) -> dict:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from .envs import choose_backend
-    from .runtime.runner import Runner, new_run_dir, resolve_device
+    from .runtime.runner import Runner, learner_device, new_run_dir
 
     resumption = None
     if args.resume:
@@ -132,8 +132,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
             raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
     ranks = 1 if args.nproc_per_node is None else args.nproc_per_node
     distributed.check_supported(cfg, ranks)  # before any rank starts: a bad config exits 2 here, once
+    learner_device(cfg)
     if args.dry_run:
-        resolve_device(cfg.device)
         print(dump_yaml(cfg), end="")
         return 0
     main_rank = distributed.world_from_env().main  # only rank 0 of a multi-rank run speaks

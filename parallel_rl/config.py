@@ -200,10 +200,18 @@ class CheckpointConfig:
 
 @dataclass
 class PerfConfig:
-    compile: bool = setting(
+    compile: Literal["auto", True, False] = setting(
         "torch.compile the policy's network (the forward pass acting and the learner's losses share), in the learner and "
-        "in actor processes. Measured on 2 CPU cores: 1.31x training speed for ppo_atari's CNN, 0.90x for CartPole's "
-        "MLP (docs/benchmarks.md). Off by default: it needs a C++ compiler on a CPU and costs start-up time.", False)
+        "in actor processes. auto: on where it was measured to win, a convolutional encoder running on a CPU, learning "
+        "from rollouts (PAAC, IMPALA, PPO, PQN; not QR-DQN's replayed minibatches), in a run of at least 1M agent steps "
+        "(start-up costs 10 to 30 s), where inductor can build CPU code (a C++ compiler, Python's headers, OpenMP); off "
+        "for MLPs (0.90x on CartPole) and on GPUs until the GPU check shows a win at the recipes' batch sizes "
+        "(docs/benchmarks.md, perf.compile).", "auto")
+    cuda_graphs: bool = setting(
+        "CUDA graphs: the network compiles with torch.compile's mode reduce-overhead where it runs on CUDA, so that each "
+        "acting step and each minibatch's forward and backward replay as one recorded graph instead of hundreds of "
+        "kernel launches (LeanRL's lever for small batches). Needs the learner on CUDA; acting replicas on a CPU compile "
+        "as perf.compile says. Off by default until the GPU check shows a win (benchmarks/gpu_check.py).", False)
     amp: Literal["off", "bf16"] = setting(
         "bf16: the policy's network runs its forward pass (acting and the learner's losses) under bfloat16 autocast, "
         "its outputs cast back to float32 before any loss, weights and optimizer state kept in float32. For GPUs with "
@@ -400,16 +408,20 @@ def _nearest(name: str, choices: typing.Iterable[str]) -> str:
     return f"{hint} Valid keys: {', '.join(sorted(choices))}."
 
 
+def _as_yaml(choice: Any) -> str:
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's annotation, converting only where lossless."""
     hints = annotation
     origin = typing.get_origin(hints)
     if origin is Literal:
         choices = typing.get_args(hints)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        if not any(type(value) is type(choice) and value == choice for choice in choices):  # 1 is not true
+            close = difflib.get_close_matches(str(value), [_as_yaml(c) for c in choices], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{path} = {value!r} is not a valid choice.{hint} Valid choices: {', '.join(map(str, choices))}.")
+            raise ConfigError(f"{path} = {value!r} is not a valid choice.{hint} Valid choices: {', '.join(map(_as_yaml, choices))}.")
         return value
     if hints is bool:
         if isinstance(value, bool):

@@ -37,6 +37,14 @@ from torch import nn
 DORMANT_TAUS = {"diag/dormant_fraction": 0.0, "diag/dormant_fraction_tau0.1": 0.1}
 
 
+def _eager() -> contextlib.AbstractContextManager:
+    """Runs a compiled network's measured pass eagerly: code compiled before the hooks were
+    added does not call them (dynamo does not guard on hooks added later), so under
+    ``perf.compile`` the hooks would see nothing."""
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
+
+
 class GradientFlow:
     """Measures gradient flow of ``net`` every ``interval`` updates (0 = never).
 
@@ -73,7 +81,8 @@ class GradientFlow:
         if self.features is not None:
             handles.append(self.features.register_forward_hook(self._on_features))
         try:
-            yield
+            with _eager():
+                yield
         finally:
             for handle in handles:
                 handle.remove()

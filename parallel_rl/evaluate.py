@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +130,8 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
 
     state = ckpt.load(path)
     cfg, _ = from_saved(state["config"])
+    # auto judged the training run's length; a few episodes never repay compiling or recording graphs
+    cfg = replace(cfg, perf=replace(cfg.perf, compile=cfg.perf.compile is True, cuda_graphs=False))
     torch_device = resolve_device(device)
     torch.manual_seed(seed)  # sampled actions too: the same seed plays the same episodes
     num_envs = min(episodes, MAX_EVAL_ENVS)

@@ -201,7 +201,7 @@ class Metrics:
             self.print_progress(step, scalars.get(ENV_EFFICIENCY_TAG))
 
     def print_progress(self, step: int, env_efficiency: float | None = None) -> None:
-        eta = (self.total_steps - step) / self.sps if self.sps > 0 else float("inf")
+        eta = max(0, self.total_steps - step) / self.sps if self.sps > 0 else float("inf")  # the last rollout overshoots
         recent = self.recent_mean_return
         ret = f"{recent:8.2f} ({len(self.recent_returns)} ep)" if self.recent_returns else "     n/a"
         env = f" (env {env_efficiency:.2f})" if env_efficiency is not None else ""

@@ -94,6 +94,8 @@ def _bad_checkpoint(tmp_path):
         (["launch", "--actors", "0", "--run-dir", "r"], ["actors.num_envs = 0", "positive"]),
         (["launch", "--config", "no_such_recipe", "--run-dir", "r"], ["no_such_recipe", "paac_atari"]),
         (["launch", "--device", "tpu", "--run-dir", "r"], ["'tpu'", "cuda:N"]),
+        (["launch", "--device", "cpu", "--set", "perf.cuda_graphs=true", "--run-dir", "r"],
+         ["perf.cuda_graphs = true", "learner runs on cpu", "device=cuda", "perf.cuda_graphs=false"]),
         (["launch", "--resume", "MISSING_DIR"], ["MISSING_DIR", "config.yaml"]),
         (["eval", "MISSING_DIR"], ["MISSING_DIR", "does not exist"]),
         (["eval", "r", "--episodes", "0"], ["--episodes 0", "at least 1"]),
@@ -135,3 +137,12 @@ def test_a_listing_whose_reader_stops_early_exits_quietly():
     listing.stdout.close()
     _, stderr = listing.communicate(timeout=120)
     assert listing.returncode == 0 and b"Traceback" not in stderr, stderr.decode()
+
+
+def test_the_last_progress_line_shows_no_time_left_when_the_last_rollout_overshoots(capsys):
+    from parallel_rl.metrics import Metrics
+
+    metrics = Metrics(None, total_steps=2_000_000, interval_s=30.0, return_window=20, console=True)
+    metrics.sps = 450.0
+    metrics.print_progress(2_000_896)  # whole rollouts end past the budget
+    assert "ETA 0:00:00" in capsys.readouterr().out

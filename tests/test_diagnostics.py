@@ -67,6 +67,42 @@ def test_definitions_on_a_known_network():
     assert out["diag/effective_lr"].item() == pytest.approx((update / weights).item(), rel=1e-5)
 
 
+class _ProbeModule(nn.Module):
+    """The probe net as a module of its own class (dynamo compiles such a forward; it leaves
+    torch.nn's own containers to eager)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _probe_net()
+
+    def forward(self, x):
+        return self.inner[2](self.inner[1](self.inner[0](x)))
+
+
+@pytest.mark.slow  # compiling, even a tiny network, takes seconds on 2 cores
+def test_a_compiled_network_is_measured_as_an_eager_one():
+    """Under perf.compile the measured forward pass still calls the hooks, with no recompiling."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)  # the same random bias of the output layer
+        net = _ProbeModule()
+        if compiled:
+            net.compile()
+        flow = GradientFlow(net, interval=2, features=net.inner[1])
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        results[compiled] = [_measured_update(flow, net, optimizer, torch.ones(8, 2)) for _ in range(5)]
+    assert counters["stats"]["unique_graphs"] == 1  # the unmeasured updates compiled once, the measured ran eagerly
+    for eager, compiled in zip(results[False], results[True], strict=True):
+        assert eager.keys() == compiled.keys()
+        for tag, value in eager.items():
+            assert compiled[tag].item() == pytest.approx(value.item(), rel=1e-5), tag
+    assert results[True][0]["diag/dormant_fraction"].item() == pytest.approx(0.25)
+
+
 def test_measures_every_kth_update_and_leaves_no_hooks():
     net = _probe_net()
     flow = GradientFlow(net, interval=3, features=net[1])

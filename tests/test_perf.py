@@ -1,12 +1,14 @@
 """Performance switches change speed, not results: `perf.compile` gives the losses and weights
 of eager execution on a fixed batch, and really compiles (dynamo's counters, no fallback)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from parallel_rl.algos import make_algorithm, make_policy
 from parallel_rl.bench import fixed_batch
-from parallel_rl.config import build_config
+from parallel_rl.config import ConfigError, build_config
 from parallel_rl.envs import env_spec
 
 CPU = torch.device("cpu")
@@ -38,7 +40,7 @@ def assert_same_update(got, expected, rel: float = 1e-5) -> None:
 
 
 @pytest.mark.slow  # compiling forward and backward on 2 cores takes tens of seconds
-@pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
+@pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic", "ppo_atari"])  # ppo_atari: what auto compiles
 def test_compiled_update_equals_eager_and_really_compiles(recipe):
     from torch._dynamo.utils import counters
 
@@ -60,6 +62,52 @@ def test_compiled_update_equals_eager_and_really_compiles(recipe):
     for key, value in eager_weights.items():
         assert torch.allclose(compiled_weights[key], value, rtol=1e-4, atol=1e-6), key
     assert eager_weights.keys() == compiled_weights.keys()  # the state_dict keys of a checkpoint are unchanged
+
+
+def test_compile_auto_compiles_only_a_convolutional_encoder_on_a_cpu_in_a_long_run(monkeypatch):
+    import parallel_rl.algos as algos
+
+    atari, cartpole = build_config("ppo_atari"), build_config("ppo_classic")
+    atari_spec, cartpole_spec = env_spec(atari.env), env_spec(cartpole.env)
+    assert atari.perf.compile == "auto" and atari.total_steps >= algos.COMPILE_AUTO_MIN_STEPS
+    monkeypatch.setattr(algos, "inductor_builds_cpu_code", lambda: True)
+    assert algos.compiles(atari, atari_spec, CPU)
+    assert not algos.compiles(atari, atari_spec, torch.device("cuda"))  # no win measured on a GPU yet
+    assert not algos.compiles(build_config("ppo_atari", {"total_steps": 999_999}), atari_spec, CPU)  # start-up not repaid
+    assert not algos.compiles(replace(cartpole, total_steps=10**7), cartpole_spec, CPU)  # an MLP loses (0.90x)
+    qrdqn = build_config("qrdqn_atari", {"total_steps": 10**7})
+    assert not algos.compiles(qrdqn, atari_spec, CPU)  # replayed minibatches of 32 lose (0.94x)
+    assert algos.compiles(build_config("paac_atari", {"total_steps": 10**7}), atari_spec, CPU)
+    assert algos.compiles(build_config("ppo_classic", {"perf.compile": True}), cartpole_spec, CPU)  # asked for: on
+    assert not algos.compiles(build_config("ppo_atari", {"perf.compile": False}), atari_spec, CPU)
+    monkeypatch.setattr(algos, "inductor_builds_cpu_code", lambda: False)
+    assert not algos.compiles(atari, atari_spec, CPU)  # no C++ compiler, headers or OpenMP: eager, not a failed run
+
+    # and auto really compiles the network the learner and acting share, once an algorithm is built
+    monkeypatch.setattr(algos, "inductor_builds_cpu_code", lambda: True)
+    net = make_algorithm(atari_spec, atari, CPU).policy().net
+    assert net._compiled_call_impl is not None
+    net = make_algorithm(atari_spec, build_config("ppo_atari", {"total_steps": 2048}), CPU).policy().net
+    assert net._compiled_call_impl is None
+
+
+def test_cuda_graphs_compile_the_cuda_network_with_reduce_overhead_and_leave_cpu_replicas_to_perf_compile():
+    from parallel_rl.algos import compile_mode
+
+    cartpole = build_config("ppo_classic", {"perf.cuda_graphs": True})
+    spec = env_spec(cartpole.env)
+    assert compile_mode(cartpole, spec, torch.device("cuda")) == "reduce-overhead"
+    assert compile_mode(cartpole, spec, CPU) is None  # an acting replica on a CPU: perf.compile's choice (auto: an MLP, off)
+    assert compile_mode(replace(cartpole, perf=replace(cartpole.perf, compile=True)), spec, CPU) == "default"
+    assert compile_mode(build_config("ppo_classic"), spec, torch.device("cuda")) is None  # off by default
+    # that the graphs are recorded and give eager's losses is the GPU check's switches section
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", "on"])
+def test_perf_compile_takes_auto_true_or_false_only(value):
+    with pytest.raises(ConfigError, match=r"perf.compile = .*Valid choices: auto, true, false"):
+        build_config("ppo_atari", {"perf.compile": value})
+    assert build_config("ppo_atari", overrides=["perf.compile=true"]).perf.compile is True
 
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "paac_classic"])

@@ -227,3 +227,15 @@ def test_env_groups_default_to_one_inline_on_a_cpu_and_two_with_actor_processes(
     assert resolve_env_groups(cpu, procs=0) == 1  # the learner's threads hold every core: nothing to overlap
     assert resolve_env_groups(cpu, procs=2) == 2  # an actor process infers one group while the other steps
     assert resolve_env_groups(build_config("paac_classic", {"device": "cpu"}, ["actors.env_groups=3"]), procs=0) == 3
+
+
+@pytest.mark.slow  # compiling the network in the actor process takes seconds on 2 cores
+def test_an_actor_process_compiling_its_network_is_not_taken_for_a_stalled_one(tmp_path):
+    """Compiling takes far longer than a heartbeat interval: the actor does it during its
+    start-up grace, before its first heartbeat, and acts from the same streams after."""
+    heartbeat = "actors.heartbeat_timeout_s=1.0"
+    compiled = Runner(_cfg("actors.procs=1", "total_steps=2000", "perf.compile=true", heartbeat), tmp_path / "compiled").run()
+    eager = Runner(_cfg("actors.procs=1", "total_steps=2000", "perf.compile=false", heartbeat), tmp_path / "eager").run()
+    assert compiled.final_step == eager.final_step >= 2000
+    # the warm-up pass rewound the acting streams: the same first episodes, whatever compiling reordered
+    assert compiled.episodes == eager.episodes

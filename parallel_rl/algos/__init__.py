@@ -3,6 +3,7 @@ name used in ``algo.name`` (registry.py); importing this package registers them 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
@@ -11,6 +12,7 @@ from ..config import CONFIG_DIR, Config, ConfigError, algorithm_class, load_yaml
 from ..contracts import Algorithm, Policy
 from ..envs import EnvSpec
 from . import impala, paac, ppo, pqn, qrdqn, sac  # noqa: F401  (each registers its algorithm)
+from .base import ReplayCadenceConfig
 
 IMAGE_ENCODERS = ("nips_cnn", "nature_cnn")
 
@@ -18,7 +20,7 @@ IMAGE_ENCODERS = ("nips_cnn", "nature_cnn")
 def make_algorithm(spec: EnvSpec, cfg: Config, device: torch.device) -> Algorithm:
     check_fit(cfg, spec)
     algo = algorithm_class(cfg.algo.name)(spec, cfg, device)
-    apply_perf(algo.policy(), cfg, device)
+    apply_perf(algo.policy(), spec, cfg, device)
     return algo
 
 
@@ -27,11 +29,11 @@ def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
     check_fit(cfg, spec)
     policy = algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
     # bf16 pays only on a GPU: an acting replica on the CPU (actor processes, evaluation) keeps float32
-    apply_perf(policy, cfg if device.type == "cuda" else replace(cfg, perf=replace(cfg.perf, amp="off")), device)
+    apply_perf(policy, spec, cfg if device.type == "cuda" else replace(cfg, perf=replace(cfg.perf, amp="off")), device)
     return policy
 
 
-def apply_perf(policy: Policy, cfg: Config, device: torch.device) -> None:
+def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device) -> None:
     """The ``perf`` switches, in place on the forward pass of the Policy's network, or of the
     Policy itself where it holds no separate network (SAC's actor); parameters, buffers and
     state_dict keys stay as they are, and the learner's losses call the same network.
@@ -41,8 +43,43 @@ def apply_perf(policy: Policy, cfg: Config, device: torch.device) -> None:
     network = policy.net if isinstance(getattr(policy, "net", None), torch.nn.Module) else policy
     if cfg.perf.amp == "bf16":
         network.forward = AutocastForward(network, device.type)
-    if cfg.perf.compile:
-        network.compile()
+    if (mode := compile_mode(cfg, spec, device)) is not None:
+        network.compile(mode=mode)
+
+
+COMPILE_AUTO_MIN_STEPS = 1_000_000
+
+
+def compiles(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
+    """Whether ``perf.compile`` compiles the network that runs on ``device``. ``auto`` compiles
+    only where it was measured to win (docs/benchmarks.md): a convolutional encoder on a CPU,
+    learning from rollouts (PAAC 1.05x, PQN 1.09x, PPO 1.3-1.5x), not from replayed
+    minibatches of 8 to 32 (QR-DQN 0.94x), in a run long enough to repay the start-up, where
+    inductor can build CPU code."""
+    if cfg.perf.compile != "auto":
+        return bool(cfg.perf.compile)
+    return (device.type == "cpu" and spec.is_image and not isinstance(cfg.algo, ReplayCadenceConfig)
+            and cfg.total_steps >= COMPILE_AUTO_MIN_STEPS and inductor_builds_cpu_code())
+
+
+def compile_mode(cfg: Config, spec: EnvSpec, device: torch.device) -> str | None:
+    """torch.compile's mode for the network on ``device``, or None to run it eagerly."""
+    if cfg.perf.cuda_graphs and device.type == "cuda":
+        return "reduce-overhead"  # inductor's CUDA graph trees: forward and backward recorded per shape
+    return "default" if compiles(cfg, spec, device) else None
+
+
+@functools.cache
+def inductor_builds_cpu_code() -> bool:
+    """Whether inductor can build and run CPU code here: it needs a C++ compiler, Python's
+    headers and OpenMP, and a machine missing one would otherwise fail at the run's first
+    forward pass. A one-line function, compiled once per process (seconds; inductor caches
+    the build on disk)."""
+    try:
+        double = torch.compile(lambda x: x * 2.0 + 1.0, fullgraph=True)
+        return bool(double(torch.ones(4)).eq(3.0).all())
+    except Exception:  # whatever failed (no compiler, no headers, no OpenMP), compiling here would fail too
+        return False
 
 
 class AutocastForward:
@@ -93,4 +130,4 @@ def check_fit(cfg: Config, spec: EnvSpec) -> None:
                           f"Set --set model.encoder=nature_cnn (or nips_cnn), or use a recipe for such environments: {fitting}.")
 
 
-__all__ = ["check_fit", "make_algorithm", "make_policy", "policy_lag_bound"]
+__all__ = ["check_fit", "compile_mode", "compiles", "make_algorithm", "make_policy", "policy_lag_bound"]

@@ -92,7 +92,7 @@ def actor_process_main(args: ActorProcessArgs) -> None:
 
 class ActorProcess:
     def __init__(self, args: ActorProcessArgs, socket: zmq.Socket):
-        from ..algos import make_policy
+        from ..algos import compile_mode, make_policy
 
         self.args = args
         self.socket = socket
@@ -107,10 +107,22 @@ class ActorProcess:
         self.collector = RolloutCollector(groups, cfg.algo.rollout_length)
         self.replica = make_policy(groups[0].spec, cfg, self.device).requires_grad_(False)  # the learner's Policy, published
         self.act = NetworkPolicy(self.replica, self.device, cfg.seed + args.env_start, args.num_envs)
+        if compile_mode(cfg, groups[0].spec, self.device) is not None:
+            self._compile_within_startup_grace()
         # off-policy learning that publishes within a rollout: act with each new version as it appears
         self.refresh_within_rollout = args.updates_per_rollout > 1 and args.lag_bound is None and not cfg.actors.deterministic_lag
         self.held_version = -1
         self._last_beat = 0.0
+
+    def _compile_within_startup_grace(self) -> None:
+        """Acts once on each group's first observations, then rewinds the acting streams:
+        compiling the network (tens of seconds on a CPU) happens here, before the first
+        heartbeat, rather than between two heartbeats of the first rollout, where the runner
+        would take the silence for a stalled actor."""
+        steps = self.act.streams.steps.clone()
+        for obs, columns in zip(self.collector.obs, self.collector.columns, strict=True):
+            self.act(obs, columns)
+        self.act.streams.steps.copy_(steps)
 
     def beat(self) -> bool:
         now = time.monotonic()

@@ -21,7 +21,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..algos import make_algorithm
+from ..algos import compile_mode, make_algorithm
 from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
@@ -39,6 +39,19 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device = {name!r} but CUDA is not available on this machine; use device=cpu or auto.")
+    return device
+
+
+COMPILED = {None: "", "default": ", network compiled (perf.compile)", "reduce-overhead": ", network in CUDA graphs (perf.cuda_graphs)"}
+
+
+def learner_device(cfg: Config) -> torch.device:
+    """The learner's device, refusing the switches that need another."""
+    device = resolve_device(cfg.device)
+    if cfg.perf.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"perf.cuda_graphs = true records CUDA graphs, but the learner runs on {device} (device = "
+                          f"{cfg.device!r}{', and CUDA is not available here' if cfg.device == 'auto' else ''}): "
+                          "use device=cuda on a machine with a GPU, or perf.cuda_graphs=false.")
     return device
 
 
@@ -115,7 +128,7 @@ class Runner:
             return self._run(max_seconds)
 
     def _run(self, max_seconds: float | None) -> RunSummary:
-        device = resolve_device(self.cfg.device)
+        device = learner_device(self.cfg)
         world = distributed.init(self.cfg, device)
         try:
             summary, algo = self._run_rank(distributed.rank_device(device), max_seconds)
@@ -157,7 +170,8 @@ class Runner:
             layout = f"layout: {world.size} ranks x {procs or 'no'} actor processes x {local.actors.num_envs} envs per rank"
         if world.main:
             self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}) in all, {env_threads} env threads "
-                     f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads | "
+                     f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads"
+                     f"{COMPILED[compile_mode(local, spec, device)]} | "
                      f"{os.cpu_count()} cores")
             if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
                 minibatch = cfg.replay.minibatch_size
