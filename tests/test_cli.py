@@ -1,5 +1,6 @@
 """The real CLI: a short Pong run, resume, eval, and every bad input -> exit 2 with a message."""
 
+import os
 import subprocess
 import sys
 
@@ -9,8 +10,9 @@ import torch
 from parallel_rl import checkpoint as ckpt
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "parallel_rl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
 
 
 
@@ -108,6 +110,22 @@ def test_bad_input_exit_2_with_message(tmp_path, args, must_name):
     for text in must_name:
         assert text in out.stderr, (text, out.stderr)
     assert not (tmp_path / "r").exists()  # nothing created for a run that never started
+
+
+def test_compile_asked_for_where_inductor_cannot_build_exits_2_naming_the_way_out(tmp_path):
+    """A machine without a C++ compiler, made real by pointing inductor at a missing one (and
+    at an empty cache, so that nothing built before can stand in for the compiler)."""
+    env = {**os.environ, "CXX": str(tmp_path / "no_such_compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    out = cli("launch", "--config", "paac_classic", "--steps", "2000", "--set", "perf.compile=true", "--run-dir", "r",
+              cwd=tmp_path, env=env)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    for text in ("perf.compile = true", "cannot build cpu code", "C++ compiler", "perf.compile=auto", "perf.compile=false"):
+        assert text in out.stderr, (text, out.stderr)
+    assert not (tmp_path / "r").exists()
+    out = cli("launch", "--config", "paac_classic", "--steps", "2000", "--set", "perf.compile=auto", "--run-dir", "r",
+              "--dry-run", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr  # auto stays eager there instead
 
 
 def test_corrupt_checkpoint_exit_2(tmp_path):

@@ -59,7 +59,18 @@ def compiles(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
     if cfg.perf.compile != "auto":
         return bool(cfg.perf.compile)
     return (device.type == "cpu" and spec.is_image and not isinstance(cfg.algo, ReplayCadenceConfig)
-            and cfg.total_steps >= COMPILE_AUTO_MIN_STEPS and inductor_builds_cpu_code())
+            and cfg.total_steps >= COMPILE_AUTO_MIN_STEPS and inductor_builds_code("cpu"))
+
+
+def refuse_unbuildable_compile(cfg: Config, device: torch.device) -> None:
+    """``perf.compile: true`` where inductor cannot build code for ``device``: a one-paragraph
+    error before anything starts, not inductor's traceback at the first forward pass
+    (``auto`` stays eager there instead)."""
+    if cfg.perf.compile is True and not inductor_builds_code(device.type):
+        needs = "a C++ compiler, Python's headers and OpenMP" + (" and Triton" if device.type == "cuda" else "")
+        raise ConfigError(f"perf.compile = true asks torch.compile for the network on {device.type}, but inductor cannot "
+                          f"build {device.type} code on this machine (it needs {needs}): install what is missing, or "
+                          "use perf.compile=auto (compiles only where it can and wins) or perf.compile=false.")
 
 
 def compile_mode(cfg: Config, spec: EnvSpec, device: torch.device) -> str | None:
@@ -70,15 +81,15 @@ def compile_mode(cfg: Config, spec: EnvSpec, device: torch.device) -> str | None
 
 
 @functools.cache
-def inductor_builds_cpu_code() -> bool:
-    """Whether inductor can build and run CPU code here: it needs a C++ compiler, Python's
-    headers and OpenMP, and a machine missing one would otherwise fail at the run's first
-    forward pass. A one-line function, compiled once per process (seconds; inductor caches
-    the build on disk)."""
+def inductor_builds_code(device_type: str = "cpu") -> bool:
+    """Whether inductor can build and run code for ``device_type`` here: on a CPU it needs a
+    C++ compiler, Python's headers and OpenMP (on CUDA, Triton as well), and a machine missing
+    one would otherwise fail at the run's first forward pass. A one-line function, compiled
+    once per process and device type (seconds; inductor caches the build on disk)."""
     try:
         double = torch.compile(lambda x: x * 2.0 + 1.0, fullgraph=True)
-        return bool(double(torch.ones(4)).eq(3.0).all())
-    except Exception:  # whatever failed (no compiler, no headers, no OpenMP), compiling here would fail too
+        return bool(double(torch.ones(4, device=device_type)).eq(3.0).all())
+    except Exception:  # whatever failed (no compiler, no headers, no OpenMP), compiling the network would fail too
         return False
 
 

@@ -21,7 +21,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..algos import compile_mode, make_algorithm
+from ..algos import compile_mode, make_algorithm, refuse_unbuildable_compile
 from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
@@ -52,6 +52,7 @@ def learner_device(cfg: Config) -> torch.device:
         raise ConfigError(f"perf.cuda_graphs = true records CUDA graphs, but the learner runs on {device} (device = "
                           f"{cfg.device!r}{', and CUDA is not available here' if cfg.device == 'auto' else ''}): "
                           "use device=cuda on a machine with a GPU, or perf.cuda_graphs=false.")
+    refuse_unbuildable_compile(cfg, device)
     return device
 
 
