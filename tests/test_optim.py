@@ -51,7 +51,7 @@ def test_rmsprop_tf_is_chosen_by_name_and_round_trips_its_state():
     (0, 0.5, [0.0224, 0.0168, 0.0112, 0.0112]),      # SimbaV2's decay to half the LR
 ])
 def test_lr_schedule_spans_anneal_steps_and_ends_at_final_scale(anneal_steps, final_scale, expected):
-    cfg = build_config("paac_atari", overrides=["total_steps=1000", f"optim.anneal_steps={anneal_steps}",
+    cfg = build_config("paac_atari_paper", overrides=["total_steps=1000", f"optim.anneal_steps={anneal_steps}",
                                                 f"optim.final_lr_scale={final_scale}"])
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     for fraction, lr in zip([0.0, 0.5, 1.0, 1.5], expected, strict=True):
