@@ -1,6 +1,8 @@
-"""`perf.compile` off vs on: training agent steps/s of a recipe, interleaved rounds, medians.
+"""A perf switch off vs on (`perf.compile` unless `--switch` names another): training agent
+steps/s of a recipe, interleaved rounds, medians.
 
     python benchmarks/compile_cost.py --recipes ppo_classic ppo_atari --seconds 10 --rounds 3
+    python benchmarks/compile_cost.py --switch channels_last --recipes paac_atari --set perf.compile=true
 
 Each speed counts from the first update (`bench`'s training figure), so compilation during
 start-up is not charged there; recompilation later is. The last column is what start-up
@@ -24,19 +26,26 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["ppo_classic", "ppo_atari"])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--switch", choices=("compile", "channels_last"), default="compile",
+                        help="the perf.* switch turned off and on (default: compile)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other setting, the same for both (repeatable)")
     args = parser.parse_args()
-    print("| recipe | eager | compiled | compiled / eager | seconds outside the window, eager / compiled |")
+    off, on = ("eager", "compiled") if args.switch == "compile" else ("off", "on")
+    print(f"perf.{args.switch}{''.join(' --set ' + o for o in args.overrides)}\n")
+    print(f"| recipe | {off} | {on} | {on} / {off} | seconds outside the window, {off} / {on} |")
     print("|---|---:|---:|---:|---:|")
     for recipe in args.recipes:
         figures: dict[bool, list[float]] = {False: [], True: []}
         startup: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
-            for compiled in (False, True):
-                cfg = build_config(recipe, {"total_steps": 10**12, "perf.compile": compiled}, ["logging.console=false"])
+            for switched in (False, True):
+                cfg = build_config(recipe, {"total_steps": 10**12, f"perf.{args.switch}": switched},
+                                   ["logging.console=false", *args.overrides])
                 began = time.perf_counter()
                 summary = train_run(cfg, args.seconds)
-                startup[compiled].append(time.perf_counter() - began - summary.seconds)
-                figures[compiled].append(summary.sps)
+                startup[switched].append(time.perf_counter() - began - summary.seconds)
+                figures[switched].append(summary.sps)
         runs = {k: " / ".join(f"{x:,.0f}" for x in v) for k, v in figures.items()}
         ratio = statistics.median(figures[True]) / statistics.median(figures[False])
         print(f"| {recipe} | {runs[False]} | {runs[True]} | {ratio:.2f} | "

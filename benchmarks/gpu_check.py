@@ -75,14 +75,14 @@ class Sizes:
 # FULL's bench (three phases per layout, each building 256 ALE envs) took 98 s a layout on the
 # H200 machine: two layouts, as K = 4 was within 1% of K = 2 there
 FULL = Sizes("cuda", 8, 256, 5.0, (0, 2), (256, 1024, 4096), 1.0,
-             ("eager", "bf16", "compile", "compile+bf16", "cuda_graphs"), 64, 100.0, 20.0, "ppo_atari", 64, 60_000,
-             "ppo_atari", ("fused", "bf16", "compile", "compile+bf16", "cuda_graphs"))
-SMOKE = Sizes("cpu", 2, 8, 4.0, (0,), (8, 16), 0.2, ("eager", "bf16"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
+             ("eager", "bf16", "bf16+channels_last", "compile", "compile+bf16", "cuda_graphs"), 64, 100.0, 20.0,
+             "ppo_atari", 64, 60_000, "ppo_atari", ("fused", "bf16", "channels_last", "compile", "compile+bf16", "cuda_graphs"))
+SMOKE = Sizes("cpu", 2, 8, 4.0, (0,), (8, 16), 0.2, ("eager", "bf16", "channels_last"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
               "ppo_classic", ("fused", "bf16"))
 # how far a switch's losses may sit from float32 eager's on the same batch, relative, plus an
 # absolute 1e-2 as in tests/test_perf.py (a clip fraction moves in steps of 1/minibatch):
 # compiled code reorders float sums; bfloat16 keeps about 3 significant digits
-SWITCH_TOLERANCE = {"fused": 1e-4, "compile": 1e-3, "bf16": 5e-2, "compile+bf16": 5e-2, "cuda_graphs": 1e-3}
+SWITCH_TOLERANCE = {"fused": 1e-4, "channels_last": 1e-3, "compile": 1e-3, "bf16": 5e-2, "compile+bf16": 5e-2, "cuda_graphs": 1e-3}
 SWITCH_ABSOLUTE = 1e-2
 
 # each built-in algorithm on its smallest recipe (the classic tasks need no EnvPool)
@@ -156,7 +156,8 @@ def section_switches(sizes: Sizes) -> dict:
     def losses_of(switch: str) -> dict[str, float]:
         graphs = switch == "cuda_graphs"
         cfg = replace(base, perf=replace(base.perf, compile="compile" in switch, amp="bf16" if "bf16" in switch else "off",
-                                         cuda_graphs=graphs, optimizer_kernel="fused" if switch == "fused" else "default"))
+                                         cuda_graphs=graphs, optimizer_kernel="fused" if switch == "fused" else "default",
+                                         channels_last=switch == "channels_last"))
         torch.manual_seed(1)  # the same initial weights and minibatch shuffles
         torch._dynamo.reset()
         counters.clear()
@@ -281,7 +282,8 @@ def section_nature_cnn(sizes: Sizes, deadline: float) -> dict:
                 row["skipped"] = "time budget"
             else:
                 try:
-                    row.update(cnn_throughput(make_policy(spec, cfg, device).net, variant, batch, sizes.cnn_seconds, device))
+                    layout = replace(cfg, perf=replace(cfg.perf, channels_last="channels_last" in variant))
+                    row.update(cnn_throughput(make_policy(spec, layout, device).net, variant, batch, sizes.cnn_seconds, device))
                 except Exception as exc:  # a variant this torch or device cannot run is a finding, not a crash
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             rows.append(row)

@@ -202,11 +202,12 @@ class CheckpointConfig:
 class PerfConfig:
     compile: Literal["auto", True, False] = setting(
         "torch.compile the policy's network (the forward pass acting and the learner's losses share), in the learner and "
-        "in actor processes. auto: on where it was measured to win, a convolutional encoder running on a CPU, learning "
-        "from rollouts (PAAC, IMPALA, PPO, PQN; not QR-DQN's replayed minibatches), in a run of at least 1M agent steps "
-        "(start-up costs 10 to 30 s), where inductor can build CPU code (a C++ compiler, Python's headers, OpenMP); off "
-        "for MLPs (0.90x on CartPole) and on GPUs until the GPU check shows a win at the recipes' batch sizes "
-        "(docs/benchmarks.md, perf.compile).", "auto")
+        "in actor processes. auto: on where it was measured to win on top of perf.channels_last, a convolutional encoder "
+        "running on a CPU, learning from each rollout in epochs of minibatches (PPO 1.03x, PQN 1.08x; not PAAC's or "
+        "IMPALA's one update per rollout, 1.00x, nor QR-DQN's replayed minibatches, 0.94x), in a run of at least 1M "
+        "agent steps (start-up costs 10 to 30 s), where inductor can build CPU code (a C++ compiler, Python's headers, "
+        "OpenMP); off for MLPs (0.90x on CartPole) and on GPUs until the GPU check shows a win at the recipes' batch "
+        "sizes (docs/benchmarks.md, perf.compile).", "auto")
     cuda_graphs: bool = setting(
         "CUDA graphs: the network compiles with torch.compile's mode reduce-overhead where it runs on CUDA, so that each "
         "acting step and each minibatch's forward and backward replay as one recorded graph instead of hundreds of "
@@ -216,6 +217,12 @@ class PerfConfig:
         "bf16: the policy's network runs its forward pass (acting and the learner's losses) under bfloat16 autocast, "
         "its outputs cast back to float32 before any loss, weights and optimizer state kept in float32. For GPUs with "
         "bf16 tensor cores; losses equal float32's to about 2 significant digits (tested on the CPU, where it is slower).", "off")
+    channels_last: Literal["auto", True, False] = setting(
+        "Run the convolutional encoder in channels-last memory layout (NHWC: its weights and the frames entering it), "
+        "the layout oneDNN's CPU convolutions prefer. auto: on for a convolutional encoder on a CPU, where it was "
+        "measured to win (training agent steps/s, eager: PAAC 1.15x, PPO 1.25x; compiled: 1.02x, 1.06x); off on GPUs "
+        "until the GPU check measures it (docs/benchmarks.md, perf.channels_last). Results equal the default layout's within float "
+        "rounding; checkpoints hold the same tensors either way.", "auto")
     optimizer_kernel: Literal["auto", "fused", "default"] = setting(
         "fused: optim.name = adam runs torch's fused Adam (one kernel for all parameters), and an optimizer step whose loss "
         "or gradient is NaN/inf is skipped on the device (the kernel's found_inf) with no host sync; every other optimizer "

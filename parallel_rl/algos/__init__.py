@@ -11,8 +11,9 @@ import torch
 from ..config import CONFIG_DIR, Config, ConfigError, algorithm_class, load_yaml
 from ..contracts import Algorithm, Policy
 from ..envs import EnvSpec
+from ..nn.blocks import ConvEncoder
 from . import impala, paac, ppo, pqn, qrdqn, sac  # noqa: F401  (each registers its algorithm)
-from .base import ReplayCadenceConfig
+from .ppo import EpochsConfig
 
 IMAGE_ENCODERS = ("nips_cnn", "nature_cnn")
 
@@ -37,14 +38,30 @@ def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device)
     """The ``perf`` switches, in place on the forward pass of the Policy's network, or of the
     Policy itself where it holds no separate network (SAC's actor); parameters, buffers and
     state_dict keys stay as they are, and the learner's losses call the same network.
-    ``perf.amp`` wraps the forward pass, then ``perf.compile`` compiles it (autocast included).
-    A target network copied before (QR-DQN's, PQN has none) keeps float32 eager: it computes
-    targets only, never a gradient."""
+    ``perf.channels_last`` lays out its convolutions, ``perf.amp`` wraps the forward pass, then
+    ``perf.compile`` compiles it (autocast included). A target network copied before (QR-DQN's,
+    PQN has none) keeps float32 eager in the default layout: it computes targets only, never a
+    gradient."""
     network = policy.net if isinstance(getattr(policy, "net", None), torch.nn.Module) else policy
+    if uses_channels_last(cfg, spec, device):
+        for module in network.modules():
+            if isinstance(module, ConvEncoder):
+                module.to_channels_last()
     if cfg.perf.amp == "bf16":
         network.forward = AutocastForward(network, device.type)
     if (mode := compile_mode(cfg, spec, device)) is not None:
         network.compile(mode=mode)
+
+
+def uses_channels_last(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
+    """Whether ``perf.channels_last`` puts the network's convolutions in NHWC layout on
+    ``device``. ``auto``: on a CPU, where oneDNN's convolutions were measured faster in it
+    (docs/benchmarks.md); a network without convolutions has nothing to change."""
+    if not spec.is_image:
+        return False
+    if cfg.perf.channels_last != "auto":
+        return bool(cfg.perf.channels_last)
+    return device.type == "cpu"
 
 
 COMPILE_AUTO_MIN_STEPS = 1_000_000
@@ -52,13 +69,14 @@ COMPILE_AUTO_MIN_STEPS = 1_000_000
 
 def compiles(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
     """Whether ``perf.compile`` compiles the network that runs on ``device``. ``auto`` compiles
-    only where it was measured to win (docs/benchmarks.md): a convolutional encoder on a CPU,
-    learning from rollouts (PAAC 1.05x, PQN 1.09x, PPO 1.3-1.5x), not from replayed
-    minibatches of 8 to 32 (QR-DQN 0.94x), in a run long enough to repay the start-up, where
+    only where it was measured to win (docs/benchmarks.md), on top of ``perf.channels_last``:
+    a convolutional encoder on a CPU learning from each rollout in epochs of minibatches (PQN
+    1.08x, PPO 1.03x), not PAAC's or IMPALA's one update per rollout (1.00x) nor QR-DQN's
+    replayed minibatches of 8 to 32 (0.94x), in a run long enough to repay the start-up, where
     inductor can build CPU code."""
     if cfg.perf.compile != "auto":
         return bool(cfg.perf.compile)
-    return (device.type == "cpu" and spec.is_image and not isinstance(cfg.algo, ReplayCadenceConfig)
+    return (device.type == "cpu" and spec.is_image and isinstance(cfg.algo, EpochsConfig)
             and cfg.total_steps >= COMPILE_AUTO_MIN_STEPS and inductor_builds_code("cpu"))
 
 

@@ -59,10 +59,19 @@ class ConvEncoder(nn.Module):
         layers.append(nn.Flatten())
         self.net = nn.Sequential(*layers)
         self.out_dim = channels * height * width
+        self.memory_format = torch.contiguous_format
+
+    def to_channels_last(self) -> None:
+        """Weights and frames in NHWC layout from now on (``perf.channels_last``); the
+        parameters stay the same objects, so an optimizer built before keeps them."""
+        self.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # scaled in place on a fresh copy: one pass fewer over the frames, about 2% of an Atari PPO iteration on a CPU
-        return self.net(obs.to(torch.float32, copy=True).mul_(1.0 / 255.0))
+        # scaled in place on a fresh copy (in the convolutions' layout): one pass fewer over the
+        # frames, about 2% of an Atari PPO iteration on a CPU
+        frames = obs.to(torch.float32, memory_format=self.memory_format, copy=True)
+        return self.net(frames.mul_(1.0 / 255.0))
 
 
 class MLP(nn.Module):
