@@ -22,6 +22,7 @@ def test_short_pong_run_writes_tensorboard_and_checkpoint(tmp_path, read_scalars
     out = cli("launch", "--env", "Pong-v5", "--actors", "8", "--steps", "1600", "--run-dir", str(run),
               "--set", "env.max_episode_steps=60", "--set", "logging.interval_s=0")
     assert out.returncode == 0, out.stderr
+    assert "convolutions channels-last (perf.channels_last)" in out.stdout  # auto, on a CPU, said where the layout is
     tags = read_scalars(run)
     for tag in ("charts/episodic_return", "charts/episodic_length", "charts/sps", "losses/policy", "losses/value",
                 "losses/entropy", "diag/grad_norm", "charts/learning_rate"):

@@ -21,7 +21,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..algos import compile_mode, make_algorithm, refuse_unbuildable_compile
+from ..algos import compile_mode, make_algorithm, refuse_unbuildable_compile, uses_channels_last
 from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
@@ -172,7 +172,8 @@ class Runner:
         if world.main:
             self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}) in all, {env_threads} env threads "
                      f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads"
-                     f"{COMPILED[compile_mode(local, spec, device)]} | "
+                     f"{COMPILED[compile_mode(local, spec, device)]}"
+                     f"{', convolutions channels-last (perf.channels_last)' if uses_channels_last(local, spec, device) else ''} | "
                      f"{os.cpu_count()} cores")
             if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
                 minibatch = cfg.replay.minibatch_size
