@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .algos import make_policy
+from .algos import inductor_builds_code, make_policy
 from .config import ConfigError, from_saved
 from .envs import EnvSpec, VecEnv, choose_backend, make_env
 from .runtime import supervision
@@ -130,9 +130,12 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
 
     state = ckpt.load(path)
     cfg, _ = from_saved(state["config"])
-    # auto judged the training run's length; a few episodes never repay compiling or recording graphs
-    cfg = replace(cfg, perf=replace(cfg.perf, compile=cfg.perf.compile is True, cuda_graphs=False))
     torch_device = resolve_device(device)
+    # auto judged the training run's length; a few episodes never repay compiling or recording
+    # graphs, and a run compiled elsewhere is evaluated eagerly (the same actions) on a machine
+    # where inductor cannot build code
+    compiles = cfg.perf.compile is True and inductor_builds_code(torch_device.type)
+    cfg = replace(cfg, perf=replace(cfg.perf, compile=compiles, cuda_graphs=False))
     torch.manual_seed(seed)  # sampled actions too: the same seed plays the same episodes
     num_envs = min(episodes, MAX_EVAL_ENVS)
     per_env = math.ceil(episodes / num_envs)
