@@ -74,6 +74,20 @@ def test_eval_prints_mean_and_std(tmp_path):
     assert "mean return" in out.stdout and "over 3 episodes" in out.stdout
 
 
+def test_eval_of_a_run_compiled_elsewhere_runs_eagerly_where_inductor_cannot_build(tmp_path):
+    run = tmp_path / "ev"
+    assert cli("launch", "--config", "paac_classic", "--steps", "2000", "--run-dir", str(run)).returncode == 0
+    path = ckpt.latest(run / "checkpoints")
+    state = ckpt.load(path)
+    assert state["config"]["perf"]["compile"] == "auto"
+    state["config"]["perf"]["compile"] = True  # as saved by a run launched with --set perf.compile=true
+    ckpt.save_atomic(state, path)
+    env = {**os.environ, "CXX": str(tmp_path / "no_such_compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    out = cli("eval", str(run), "--episodes", "2", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "over 2 episodes" in out.stdout
+
+
 def test_envs_lists_and_filters():
     out = cli("envs", "pong")
     assert out.returncode == 0 and "Pong-v5" in out.stdout and "CartPole" not in out.stdout
