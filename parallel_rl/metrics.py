@@ -8,6 +8,7 @@ import math
 import sys
 import time
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from .config import Config, dump_yaml, flatten
@@ -88,9 +89,15 @@ class EnvEfficiency:
         return min(1.0, self.busy_s / self.wall_s) if self.wall_s > 0 else float("nan")
 
 
+# the largest global gradient norm since the last write: the newest value alone, written every
+# few seconds, samples one update in hundreds and misses a spike that starts a collapse
+GRAD_NORM_MAX_TAG = "diag/grad_norm_max"
+
+
 class UpdateStats:
     """What the learner loop's records add up to between two writes: the newest value of
-    each update tag, time per stage, env efficiency, policy lag and skipped updates."""
+    each update tag, the largest gradient norm, time per stage, env efficiency, policy lag
+    and skipped updates."""
 
     def __init__(self) -> None:
         self.latest: dict[str, float | object] = {}
@@ -99,6 +106,7 @@ class UpdateStats:
         self._stage_seconds: dict[str, float] = {}
         self._env = EnvEfficiency()
         self._lags: list[int] = []
+        self._grad_norm_max: torch.Tensor | None = None
 
     def add(self, record) -> None:
         """One ``runtime.learner.UpdateRecord``."""
@@ -106,6 +114,10 @@ class UpdateStats:
             self.nonfinite_updates += 1
         else:
             self.latest.update(record.result.metrics)  # tags an update skips keep their last value
+            grad_norm = record.result.metrics.get("diag/grad_norm")
+            if grad_norm is not None:  # kept on the update's device: no host sync per update
+                grad_norm = torch.as_tensor(grad_norm)
+                self._grad_norm_max = grad_norm if self._grad_norm_max is None else torch.maximum(self._grad_norm_max, grad_norm)
         self.lr = record.lr
         for stage, seconds in record.delivery.timings.items():
             self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
@@ -117,6 +129,8 @@ class UpdateStats:
         """The tags to write now; time per stage and lag start over."""
         out = {tag: float(value) for tag, value in self.latest.items()}
         out["charts/learning_rate"] = self.lr
+        if self._grad_norm_max is not None:
+            out[GRAD_NORM_MAX_TAG] = float(self._grad_norm_max)
         out.update({f"perf/{stage}_ms": 1e3 * seconds for stage, seconds in self._stage_seconds.items()})
         if self._env.wall_s > 0:
             out[ENV_EFFICIENCY_TAG] = self._env.fraction
@@ -124,7 +138,7 @@ class UpdateStats:
             out["diag/policy_lag"] = sum(self._lags) / len(self._lags)
             out["diag/policy_lag_max"] = max(self._lags)
         out["diag/nonfinite_updates"] = self.nonfinite_updates
-        self._stage_seconds, self._env, self._lags = {}, EnvEfficiency(), []
+        self._stage_seconds, self._env, self._lags, self._grad_norm_max = {}, EnvEfficiency(), [], None
         return out
 
 

@@ -171,3 +171,25 @@ def test_deep_wide_network_with_the_interventions_trains_and_logs_the_diagnostic
     for tag in ("losses/policy", "losses/value", "losses/total", "diag/grad_norm", *layer_norms):
         values = [e.value for e in acc.Scalars(tag)]
         assert values and all(math.isfinite(v) for v in values), tag
+
+
+def test_the_largest_gradient_norm_between_writes_is_logged_beside_the_newest():
+    """A spike between two writes shows in diag/grad_norm_max though the newest value hides
+    it; a skipped (non-finite) update counts in neither, and each write starts over."""
+    from parallel_rl.contracts import Delivery, UpdateResult
+    from parallel_rl.metrics import GRAD_NORM_MAX_TAG, UpdateStats
+    from parallel_rl.runtime.learner import UpdateRecord
+
+    def record(norm, skipped=0.0):
+        result = UpdateResult(metrics={"diag/grad_norm": torch.tensor(norm)}, skipped_steps=torch.tensor(skipped))
+        return UpdateRecord(step=0, updates=0, delivery=Delivery(batch=None), result=result, lr=1e-3, seconds=0.0)
+
+    stats = UpdateStats()
+    for norm in (0.05, 0.9, 0.04):
+        stats.add(record(norm))
+    stats.add(record(float("inf"), skipped=1.0))
+    first = stats.scalars()
+    assert first["diag/grad_norm"] == pytest.approx(0.04)
+    assert first[GRAD_NORM_MAX_TAG] == pytest.approx(0.9)
+    stats.add(record(0.06))
+    assert stats.scalars()[GRAD_NORM_MAX_TAG] == pytest.approx(0.06)
