@@ -73,11 +73,12 @@ class Sizes:
 
 
 # FULL's bench (three phases per layout, each building 256 ALE envs) took 98 s a layout on the
-# H200 machine: two layouts, as K = 4 was within 1% of K = 2 there
-FULL = Sizes("cuda", 8, 256, 5.0, (0, 2), (256, 1024, 4096), 1.0,
+# H200 machine: two layouts, inline and the default's choice (K = 4 on 16 cores, within 1% of
+# K = 2 there), sharing one raw phase
+FULL = Sizes("cuda", 8, 256, 5.0, (0, -1), (256, 1024, 4096), 1.0,
              ("eager", "bf16", "bf16+channels_last", "compile", "compile+bf16", "cuda_graphs"), 64, 100.0, 20.0,
              "ppo_atari", 64, 60_000, "ppo_atari", ("fused", "bf16", "channels_last", "compile", "compile+bf16", "cuda_graphs"))
-SMOKE = Sizes("cpu", 2, 8, 4.0, (0,), (8, 16), 0.2, ("eager", "bf16", "channels_last"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
+SMOKE = Sizes("cpu", 2, 8, 4.0, (0, 1), (8, 16), 0.2, ("eager", "bf16", "channels_last"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
               "ppo_classic", ("fused", "bf16"))
 # how far a switch's losses may sit from float32 eager's on the same batch, relative, plus an
 # absolute 1e-2 as in tests/test_perf.py (a clip fraction moves in steps of 1/minibatch):
@@ -205,15 +206,31 @@ def section_checkpoint(sizes: Sizes, work: Path) -> dict:
 
 
 def section_bench(sizes: Sizes, work: Path) -> dict:
-    from parallel_rl.bench import run_bench
+    """Each layout of ``sizes.bench_layouts`` (-1: the default's choice), raw stepping measured
+    once for all layouts whose actors have the same threads between them."""
+    from parallel_rl.bench import actor_threads, run_bench
+    from parallel_rl.runtime.layout import resolve_procs
 
-    layouts = {}
-    for procs in sizes.bench_layouts:
-        cfg = build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": sizes.bench_envs, "actors.procs": procs,
+    layouts: dict[int, dict] = {}
+    raw_by_threads: dict[int, list[float]] = {}
+    default = None
+    for asked in sizes.bench_layouts:
+        cfg = build_config("ppo_atari", {"device": sizes.device, "actors.num_envs": sizes.bench_envs, "actors.procs": asked,
                                           **default_perf(sizes)})
-        layouts[procs] = run_bench(cfg, sizes.bench_seconds, repeats=1, progress=False)
+        procs = resolve_procs(cfg)
+        if asked < 0:
+            default = procs
+        if procs in layouts:
+            continue
+        threads = actor_threads(cfg)
+        layouts[procs] = run_bench(cfg, sizes.bench_seconds, repeats=1, progress=False, raw_sps=raw_by_threads.get(threads))
+        raw_by_threads.setdefault(threads, layouts[procs]["raw_sps"])
     best = max(layouts, key=lambda k: layouts[k]["train_sps_median"])
-    return {"layouts": layouts, "best_layout": best}
+    result = {"layouts": layouts, "best_layout": best}
+    if default is not None:
+        result["default_layout"] = default
+        result["default_of_best"] = round(layouts[default]["train_sps_median"] / layouts[best]["train_sps_median"], 3)
+    return result
 
 
 def timed(step: Callable[[], object], seconds: float, device: torch.device) -> float:
@@ -354,7 +371,10 @@ def markdown(report: dict) -> str:
             lines += ["| K | raw SPS | pipeline SPS | training SPS | training / raw |", "|---:|---:|---:|---:|---:|"]
             lines += [f"| {k} | {r['raw_sps_median']:,.0f} | {r['pipeline_sps_median']:,.0f} | {r['train_sps_median']:,.0f} | "
                       f"{r['end_to_end_efficiency']:.2f} |" for k, r in result["layouts"].items()]
-            lines += ["", f"fastest layout: K = {result['best_layout']}", "",
+            default = (f"; the default layout, K = {result['default_layout']}, trains at {result['default_of_best']:.2f} of it"
+                       if "default_layout" in result else "")
+            lines += ["", f"fastest layout: K = {result['best_layout']}{default}; raw stepping measured once for layouts "
+                      "whose actors have the same threads", "",
                       "wall-clock of each phase, start-up included (s): " + "; ".join(
                           f"K = {k}: " + ", ".join(f"{phase} {'/'.join(map(str, walls))}" for phase, walls in r["phase_wall_s"].items())
                           for k, r in result["layouts"].items())]

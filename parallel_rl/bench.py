@@ -187,11 +187,18 @@ def other_atari_backends(cfg: Config) -> list[str]:
     return [name for name in able if name != choose_backend(cfg.env)] if len(able) > 1 else []
 
 
-def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) -> dict:
+def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True, raw_sps: list[float] | None = None) -> dict:
+    """Raw stepping, the pipeline and training of ``cfg``, interleaved ``repeats`` times.
+
+    ``raw_sps``: raw stepping's figures (one per repeat) from another layout's bench of the
+    same envs on the same number of threads (its ``raw_sps`` and ``raw_env_threads``), used
+    instead of measuring them again: building hundreds of ALE envs costs more than measuring."""
     from .runtime.layout import resolve_procs
 
     procs = resolve_procs(cfg)
     threads = actor_threads(cfg)
+    if raw_sps is not None and len(raw_sps) != repeats:
+        raise ValueError(f"raw_sps has {len(raw_sps)} figures for {repeats} repeats")
     cfg = replace(cfg, total_steps=10**12)  # the time limit ends each measurement
     backend = choose_backend(cfg.env)
     others = other_atari_backends(cfg)
@@ -207,8 +214,11 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
         phase_wall[phase].append(round(time.perf_counter() - began, 1))
 
     for i in range(repeats):
-        with clocked("raw"):
-            figures["raw"].append(raw_env_sps(cfg, seconds, threads))
+        if raw_sps is not None:
+            figures["raw"].append(raw_sps[i])
+        else:
+            with clocked("raw"):
+                figures["raw"].append(raw_env_sps(cfg, seconds, threads))
         for name in others:
             with clocked(f"raw_{name}"):
                 figures[f"raw_{name}"].append(raw_env_sps(replace(cfg, env=replace(cfg.env, backend=name)), seconds, threads))
@@ -238,6 +248,7 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True) 
         "seconds": seconds,
         "repeats": repeats,
         **{f"{k}_sps": v for k, v in figures.items()},
+        "raw_from_another_layout": raw_sps is not None,
         "phase_wall_s": phase_wall,
         **{f"{k}_sps_median": v for k, v in medians.items()},
         **{f"raw_{name}_ratio": medians[f"raw_{name}"] / medians["raw"] for name in others},

@@ -64,8 +64,13 @@ def test_gpu_check_smoke_runs_every_section_where_envpool_is_absent(tmp_path):
     assert all(section["ok"] for section in report["sections"].values())
     sections = {name: section["result"] for name, section in report["sections"].items()}
     assert all(run["finite"] and run["updates"] >= 2 for run in sections["algorithms"].values())
-    layout = sections["bench"]["layouts"][str(sections["bench"]["best_layout"])]
-    assert layout["backend"] == "ale" and layout["raw_sps_median"] > 0 and layout["train_sps_median"] > 0
+    layouts = sections["bench"]["layouts"]
+    assert set(layouts) == {"0", "1"}
+    for layout in layouts.values():
+        assert layout["backend"] == "ale" and layout["raw_sps_median"] > 0 and layout["train_sps_median"] > 0
+    # the two layouts' actors have 2 threads between them: raw stepping measured once, by the first
+    assert layouts["1"]["raw_from_another_layout"] and not layouts["0"]["raw_from_another_layout"]
+    assert layouts["1"]["raw_sps"] == layouts["0"]["raw_sps"] and layouts["1"]["phase_wall_s"]["raw"] == []
     assert all(row["inference_obs_per_s"] > 0 and row["update_obs_per_s"] > 0 for row in sections["nature_cnn"]["rows"])
     assert all(sections[name]["agent_steps"] > 0 for name in ("ppo_8_envs", "ppo_pong"))
     assert set(sections["switches"]["switches"]) == {"fused", "bf16"} and sections["switches"]["eager_losses"]
