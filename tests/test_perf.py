@@ -372,3 +372,34 @@ def test_acting_runs_in_inference_mode_and_gives_what_no_grad_gives():
             expected = act_and_value(torch.from_numpy(obs))
     for got, want in zip((actions, log_probs, values), expected, strict=True):
         assert np.array_equal(got, want.numpy())
+
+
+def _openmp_settings(extra_env: dict[str, str]) -> dict[str, str]:
+    """What torch's libgomp says it runs with (OMP_DISPLAY_ENV) in a fresh process that imports
+    parallel_rl, then torch, with ``extra_env`` set and the user's OpenMP variables removed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update({"OMP_DISPLAY_ENV": "VERBOSE", **extra_env})
+    out = subprocess.run([sys.executable, "-c", "import parallel_rl, torch; torch.ones(64, 64).sum()"],
+                         capture_output=True, text=True, env=env, timeout=120, check=True)
+    settings = {}
+    for line in out.stderr.splitlines():
+        name, _, value = line.strip().partition(" = ")
+        if name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+            settings[name] = value.strip("'")
+    return settings
+
+
+def test_openmp_threads_spin_briefly_unless_the_user_chose_a_spin_or_a_wait_policy():
+    """Importing the package before torch shortens libgomp's spin after each parallel region
+    (300,000 turns by default) to 10,000, so the env threads get the cores back; libgomp
+    itself reports the value it runs with. A user's GOMP_SPINCOUNT or OMP_WAIT_POLICY wins."""
+    from parallel_rl import OPENMP_SPIN_COUNT
+
+    assert _openmp_settings({})["GOMP_SPINCOUNT"] == OPENMP_SPIN_COUNT == "10000"
+    assert _openmp_settings({"GOMP_SPINCOUNT": "300000"})["GOMP_SPINCOUNT"] == "300000"
+    assert _openmp_settings({"OMP_WAIT_POLICY": "PASSIVE"})["GOMP_SPINCOUNT"] == "0"
+    assert _openmp_settings({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
