@@ -402,4 +402,4 @@ def test_openmp_threads_spin_briefly_unless_the_user_chose_a_spin_or_a_wait_poli
     assert _openmp_settings({})["GOMP_SPINCOUNT"] == OPENMP_SPIN_COUNT == "10000"
     assert _openmp_settings({"GOMP_SPINCOUNT": "300000"})["GOMP_SPINCOUNT"] == "300000"
     assert _openmp_settings({"OMP_WAIT_POLICY": "PASSIVE"})["GOMP_SPINCOUNT"] == "0"
-    assert _openmp_settings({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert _openmp_settings({"OMP_WAIT_POLICY": "ACTIVE"}) == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "30000000000"}
