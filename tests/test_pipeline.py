@@ -1,6 +1,7 @@
 """The asynchronous pipeline: slot protocol, deterministic lag, learning with actor processes."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -30,6 +31,45 @@ def test_fresh_slots_hold_the_sentinel():
     assert torch.isnan(batch["rewards"]).all() and torch.isnan(batch["obs"]).all()
     assert (batch["actions"] == -1).all() and (pool.version == -1).all()
     assert batch["obs"].shape == (4, 5, 4) and batch["next_obs"].shape == (5, 4)
+
+
+def test_slot_j_of_every_actor_is_one_block_of_all_envs_and_other_slots_are_copied_together():
+    cfg = _cfg()
+    pool = SlotPool(env_spec(cfg.env), 4, [3, 2], 2)  # actor 0: slots 0, 1; actor 1: slots 2, 3
+    for slot in range(4):
+        pool.numpy_views(slot)["rewards"][:] = slot
+    block = pool.block([1, 3])
+    assert block["rewards"].untyped_storage().data_ptr() == pool.tensors["rewards"].untyped_storage().data_ptr()
+    assert block["rewards"].tolist() == [[1, 1, 1, 3, 3]] * 4
+    assert pool.block([1, 2]) is None and pool.block([3, 1]) is None  # out of step, or out of process order
+    copied = pool.read([1, 2])["rewards"]
+    assert copied.tolist() == [[1, 1, 1, 2, 2]] * 4
+    assert copied.untyped_storage().data_ptr() != pool.tensors["rewards"].untyped_storage().data_ptr()
+
+
+def test_a_cpu_learner_learns_from_the_slots_in_place_and_holds_them_until_its_next_batch(tmp_path):
+    """No copy of the batch on a CPU learner: it is the actors' slots, which no actor process
+    may refill while the learner learns from them, however far ahead acting may run."""
+    cfg = _cfg("actors.num_envs=6", "actors.procs=2", "actors.slots_per_actor=1", "actors.max_policy_lag=1000000",
+               "algo.rollout_length=3")
+    spec = env_spec(cfg.env)
+    cpu = torch.device("cpu")
+    source = ActorProcessPool(cfg, spec, make_algorithm(spec, cfg, cpu), cpu, 2, tmp_path, env_threads=1, start_version=0,
+                              log=lambda _: None)
+    try:
+        blocks = []
+        for update in range(6):
+            batch = source.next_batch(update, lambda: False).batch
+            assert batch.obs.untyped_storage().data_ptr() == source.pool.tensors["obs"].untyped_storage().data_ptr()
+            blocks.append(batch.obs.data_ptr())
+            learned_from = {name: getattr(batch, name).clone() for name in ("obs", "rewards", "actions", "next_obs")}
+            time.sleep(0.3)  # acting runs on meanwhile: every actor process fills its other slot
+            for name, before in learned_from.items():
+                assert torch.equal(getattr(batch, name), before), f"{name} was overwritten during update {update}"
+            source.published(update + 1)
+        assert len(set(blocks)) == 2 and blocks[0::2] == [blocks[0]] * 3  # the two blocks take turns
+    finally:
+        source.close()
 
 
 @pytest.mark.parametrize("slots_per_actor", [1, 3])

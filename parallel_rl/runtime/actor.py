@@ -177,7 +177,7 @@ class ActorProcess:
                 self.drain(0.1)
             slot = self.free.popleft()
             version = self.held_version = self.fetch_weights(rollout)
-            self.collector.collect(self.policy, pool.numpy_views(slot, args.num_envs))
+            self.collector.collect(self.policy, pool.numpy_views(slot))
             pool.version[slot] = version
             returns, lengths = self.collector.pop_episodes()
             timings = self.collector.pop_timings()

@@ -99,8 +99,13 @@ class ActorProcessPool:
         self.endpoint: control.Endpoint | None = None
         self.context: zmq.Context | None = None
         self.socket: zmq.Socket | None = None
+        # a learner on the CPU learns from the actors' slots in place (SlotPool.block), holding them
+        # until it asks for the next batch: one slot more each keeps actors.slots_per_actor to fill meanwhile
+        self.in_place = device.type == "cpu"
+        self.held: list[int] = []  # the slots the learner's current batch is
         try:
-            self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_process, cfg.actors.slots_per_actor)
+            self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_process,
+                                 cfg.actors.slots_per_actor + self.in_place)
             self.weights = SharedWeights(algo.policy())
             self.weights.publish(algo.policy(), start_version)
             self.endpoint = control.Endpoint(run_dir)
@@ -116,6 +121,9 @@ class ActorProcessPool:
             self.last_seen: list[float | None] = [None] * procs
             self.restarts = 0
             pinned = device.type == "cuda"
+            # the copy to the device out of the staging buffers runs without blocking: the next
+            # batch may be written into them only once the device has read this one
+            self.staging_read: torch.cuda.Event | None = None
             self.staging = {
                 name: torch.from_numpy(np.zeros(shape, dtype)).pin_memory() if pinned else None
                 for name, (shape, dtype) in rollout_arrays(spec, cfg.algo.rollout_length, cfg.actors.num_envs).items()
@@ -148,8 +156,8 @@ class ActorProcessPool:
         process = self.processes[k]
         if process is not None:
             supervision.kill([process])
-        # slots it had filled and sent stay valid; every other slot of its own is free again
-        delivered = {slot for slot, _ in self.ready[k]}
+        # slots it had filled and sent stay valid, the learner's batch too; every other slot of its own is free again
+        delivered = {slot for slot, _ in self.ready[k]} | set(self.held)
         self.restarts += 1
         self._start(k, [s for s in self.pool.slots_of(k) if s not in delivered])
 
@@ -198,6 +206,10 @@ class ActorProcessPool:
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
         self.version = version
+        # the learner asks for a batch once it has learned from the one before
+        for slot in self.held:
+            self._release(slot)
+        self.held = []
         began = time.perf_counter()
         while True:
             if should_stop():  # before supervising: actor processes that die once a stop is under way are no failure
@@ -213,10 +225,19 @@ class ActorProcessPool:
         taken = [self.ready[k].popleft() for k in range(self.procs)]
         slots = [slot for slot, _ in taken]
         began = time.perf_counter()
-        staged = self.pool.read(slots, self.staging if self.device.type == "cuda" else None)
-        for slot in slots:
-            self._release(slot)
+        staged = self.pool.block(slots) if self.in_place else None
+        if staged is not None:
+            self.held = slots
+        else:  # a device learner, or a restarted actor process out of step with the others' slots
+            if self.staging_read is not None:
+                self.staging_read.synchronize()
+            staged = self.pool.read(slots, self.staging if self.device.type == "cuda" else None)
+            for slot in slots:
+                self._release(slot)
         batch = Batch.from_arrays(staged, self.device)
+        if self.device.type == "cuda":
+            self.staging_read = torch.cuda.Event()
+            self.staging_read.record()
         copy_s = time.perf_counter() - began
         delivery = Delivery(batch)
         delivery.timings = {"wait": wait_s, "copy": copy_s, "step": 0.0, "inference": 0.0}
@@ -236,7 +257,7 @@ class ActorProcessPool:
 
     def queue_fill(self) -> float:
         """Fraction of all slots filled and waiting for the learner."""
-        return sum(len(q) for q in self.ready) / (self.procs * self.cfg.actors.slots_per_actor)
+        return min(1.0, sum(len(q) for q in self.ready) / (self.procs * self.cfg.actors.slots_per_actor))
 
     def published(self, version: int) -> None:
         self.version = version

@@ -20,21 +20,24 @@ from .rollout import rollout_arrays
 class SlotPool:
     """``num_processes x slots_per_actor`` rollout slots; actor process k owns slots [k*S, (k+1)*S).
 
-    Each slot holds one rollout of ``horizon`` steps from that actor process's ``envs_per_process[k]``
-    envs (padded to the largest actor), plus the policy version that acted.
+    Slot j of every actor process lies in one block of all the envs' columns (actor k's
+    columns follow actor k - 1's), holding one rollout of ``horizon`` steps, plus the policy
+    version that acted. Actor processes fill their slots in the same order and the learner
+    takes one rollout of each in order, so a batch is normally one whole block
+    (:meth:`block`): learned from where the actors wrote it, with no copy.
     """
 
     def __init__(self, spec: EnvSpec, horizon: int, envs_per_process: list[int], slots_per_actor: int):
         self.envs_per_process = envs_per_process
         self.slots_per_actor = slots_per_actor
-        width = max(envs_per_process)
-        num_slots = len(envs_per_process) * slots_per_actor
+        bounds = np.cumsum([0, *envs_per_process])
+        self.columns = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         self.tensors: dict[str, torch.Tensor] = {}
-        for name, (shape, dtype) in rollout_arrays(spec, horizon, width).items():
-            tensor = torch.from_numpy(np.zeros((num_slots, *shape), dtype)).share_memory_()
+        for name, (shape, dtype) in rollout_arrays(spec, horizon, int(bounds[-1])).items():
+            tensor = torch.from_numpy(np.zeros((slots_per_actor, *shape), dtype)).share_memory_()
             tensor.fill_(sentinel(tensor.dtype))
             self.tensors[name] = tensor
-        self.version = torch.full((num_slots,), -1, dtype=torch.int64).share_memory_()
+        self.version = torch.full((len(envs_per_process) * slots_per_actor,), -1, dtype=torch.int64).share_memory_()
 
     def owner(self, slot: int) -> int:
         return slot // self.slots_per_actor
@@ -42,32 +45,35 @@ class SlotPool:
     def slots_of(self, actor: int) -> list[int]:
         return list(range(actor * self.slots_per_actor, (actor + 1) * self.slots_per_actor))
 
-    def numpy_views(self, slot: int, num_envs: int) -> dict[str, np.ndarray]:
-        """Writable numpy views of one slot, trimmed to the owner's env count."""
-        views = {}
-        for name, tensor in self.tensors.items():
-            array = tensor[slot].numpy()
-            views[name] = array[:num_envs] if name == "next_obs" else array[:, :num_envs]
-        return views
+    def _view(self, name: str, slot: int) -> torch.Tensor:
+        actor, block = divmod(slot, self.slots_per_actor)
+        tensor, columns = self.tensors[name][block], self.columns[actor]
+        return tensor[columns] if name == "next_obs" else tensor[:, columns]
+
+    def numpy_views(self, slot: int) -> dict[str, np.ndarray]:
+        """Writable numpy views of one slot: its owner's columns of its block."""
+        return {name: self._view(name, slot).numpy() for name in self.tensors}
+
+    def block(self, slots: list[int]) -> dict[str, torch.Tensor] | None:
+        """The block that is exactly ``slots`` (slot j of every actor process, in process order),
+        as tensors sharing its memory; None when ``slots`` are not one block (after a restart)."""
+        block = slots[0] % self.slots_per_actor
+        if slots != [k * self.slots_per_actor + block for k in range(len(self.envs_per_process))]:
+            return None
+        return {name: tensor[block] for name, tensor in self.tensors.items()}
 
     def read(self, slots: list[int], out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Concatenate slots along the env axis (into ``out`` when given, e.g. pinned memory)."""
+        """Copy slots, concatenated along the env axis (into ``out`` when given, e.g. pinned memory)."""
         batch = {}
-        for name, tensor in self.tensors.items():
+        for name in self.tensors:
+            parts = [self._view(name, s) for s in slots]
             axis = 0 if name == "next_obs" else 1
-            parts = [tensor[s].narrow(axis, 0, self.envs_per_process[self.owner(s)]) for s in slots]
             if out is not None:
                 torch.cat(parts, dim=axis, out=out[name])
                 batch[name] = out[name]
             else:
                 batch[name] = torch.cat(parts, dim=axis)
         return batch
-
-    def invalidate(self, slot: int) -> None:
-        """Refill a consumed slot with the sentinel (tests use it to catch double reads)."""
-        for tensor in self.tensors.values():
-            tensor[slot].fill_(sentinel(tensor.dtype))
-        self.version[slot] = -1
 
 
 class SharedWeights:
