@@ -1,6 +1,7 @@
 """The asynchronous pipeline: slot protocol, deterministic lag, learning with actor processes."""
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -68,6 +69,33 @@ def test_a_cpu_learner_learns_from_the_slots_in_place_and_holds_them_until_its_n
                 assert torch.equal(getattr(batch, name), before), f"{name} was overwritten during update {update}"
             source.published(update + 1)
         assert len(set(blocks)) == 2 and blocks[0::2] == [blocks[0]] * 3  # the two blocks take turns
+    finally:
+        source.close()
+
+
+def test_a_restarted_actor_process_gets_the_slots_freed_before_it_connected(tmp_path):
+    """The slots a killed actor process had delivered are freed once learned from, often
+    while its replacement is still starting and cannot be reached; they must reach it once
+    it says hello, or the learner would wait for its rollouts for ever."""
+    cfg = _cfg("actors.num_envs=4", "actors.procs=1", "actors.slots_per_actor=1", "actors.max_policy_lag=1000000",
+               "actors.restart_actors=true", "algo.rollout_length=3")
+    spec = env_spec(cfg.env)
+    cpu = torch.device("cpu")
+    source = ActorProcessPool(cfg, spec, make_algorithm(spec, cfg, cpu), cpu, 1, tmp_path, env_threads=1, start_version=0,
+                              log=lambda _: None)
+    try:
+        deadline = time.monotonic() + 60
+        while len(source.ready[0]) < 2 and time.monotonic() < deadline:  # acting ahead fills both its slots
+            source._receive(0.1)
+        assert len(source.ready[0]) == 2
+        os.kill(source.pids()[0], signal.SIGKILL)
+        source.processes[0].join(10)
+        deadline = time.monotonic() + 60
+        for update in range(6):
+            delivery = source.next_batch(update, lambda: time.monotonic() > deadline)
+            assert delivery is not None, f"no batch {update} within 60 s of the restart"
+            source.published(update + 1)
+        assert source.restarts == 1
     finally:
         source.close()
 

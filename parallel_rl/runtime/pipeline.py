@@ -103,6 +103,9 @@ class ActorProcessPool:
         # until it asks for the next batch: one slot more each keeps actors.slots_per_actor to fill meanwhile
         self.in_place = device.type == "cpu"
         self.held: list[int] = []  # the slots the learner's current batch is
+        # slots freed while their actor process could not be reached (a replacement still starting):
+        # sent when it says hello
+        self.unsent_frees: list[list[int]] = [[] for _ in range(procs)]
         try:
             self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_process,
                                  cfg.actors.slots_per_actor + self.in_place)
@@ -156,8 +159,10 @@ class ActorProcessPool:
         process = self.processes[k]
         if process is not None:
             supervision.kill([process])
-        # slots it had filled and sent stay valid, the learner's batch too; every other slot of its own is free again
-        delivered = {slot for slot, _ in self.ready[k]} | set(self.held)
+        # slots it had filled and sent stay valid (the learner holds none here: it freed its batch's
+        # before supervising); every other slot of its own is free again, the unsent frees too
+        delivered = {slot for slot, _ in self.ready[k]}
+        self.unsent_frees[k] = []
         self.restarts += 1
         self._start(k, [s for s in self.pool.slots_of(k) if s not in delivered])
 
@@ -192,7 +197,11 @@ class ActorProcessPool:
             kind = message["type"]
             if kind != "hello":  # building envs comes after hello; the start-up grace covers it
                 self.last_seen[k] = time.monotonic()
-            if kind == "ready":
+            if kind == "hello":
+                unsent, self.unsent_frees[k] = self.unsent_frees[k], []
+                for slot in unsent:
+                    self._release(slot)
+            elif kind == "ready":
                 self.ready[k].append((int(message["slot"]), message))
             elif kind == "error":
                 raise ActorProcessFailure(f"actor process {k} raised an exception:\n{message['traceback'].rstrip()}")
@@ -202,7 +211,9 @@ class ActorProcessPool:
         try:
             control.send(self.socket, {"type": "free", "slot": slot}, control.process_identity(k))
         except zmq.ZMQError:
-            pass  # the actor process is gone; its replacement starts with this slot free
+            # not connected: gone (its replacement starts with this slot free) or a replacement still
+            # starting, which the slot would never reach: sent again when it says hello
+            self.unsent_frees[k].append(slot)
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
         self.version = version
@@ -237,7 +248,7 @@ class ActorProcessPool:
         batch = Batch.from_arrays(staged, self.device)
         if self.device.type == "cuda":
             self.staging_read = torch.cuda.Event()
-            self.staging_read.record()
+            self.staging_read.record(torch.cuda.current_stream(self.device))
         copy_s = time.perf_counter() - began
         delivery = Delivery(batch)
         delivery.timings = {"wait": wait_s, "copy": copy_s, "step": 0.0, "inference": 0.0}
