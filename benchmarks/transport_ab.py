@@ -38,7 +38,9 @@ print(json.dumps({"sps": sps}))
 def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
     environ = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
     command = [sys.executable, "-c", MEASURE, phase, str(args.seconds), args.env, str(args.actors), str(args.actor_procs), *args.set]
-    done = subprocess.run(command, env=environ, capture_output=True, text=True, check=True, cwd=os.path.abspath(checkout))
+    done = subprocess.run(command, env=environ, capture_output=True, text=True, cwd=os.path.abspath(checkout))
+    if done.returncode:
+        sys.exit(f"measuring {phase} with {checkout} failed (exit code {done.returncode}):\n{done.stderr.strip()}")
     return json.loads(done.stdout.strip().splitlines()[-1])["sps"]
 
 
@@ -52,6 +54,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    for checkout in args.checkouts:
+        if not os.path.isfile(os.path.join(checkout, "parallel_rl", "__init__.py")):
+            parser.error(f"checkout {checkout!r} holds no parallel_rl package: give two source trees of this "
+                         "project, e.g. `git worktree add /tmp/before COMMIT` and `.`")
     raw: list[float] = []
     pipeline: dict[str, list[float]] = {c: [] for c in args.checkouts}
     for r in range(args.rounds):

@@ -59,6 +59,12 @@ PROBE_EVERY = 32  # steps between two timings of the bare env step
 PROBES_KEPT = 16
 
 
+def env_columns(sizes: list[int]) -> list[slice]:
+    """Consecutive column ranges of groups of ``sizes`` envs, in order."""
+    bounds = np.cumsum([0, *sizes])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 @dataclass(frozen=True)
 class CollectorTimings:
     step_s: float  # blocked waiting for env steps, beyond what inference hid
@@ -73,9 +79,8 @@ class RolloutCollector:
     def __init__(self, groups: list[VecEnv], horizon: int):
         self.groups = groups
         self.horizon = horizon
-        bounds = np.cumsum([0] + [g.num_envs for g in groups])
-        self.columns = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        self.num_envs = int(bounds[-1])
+        self.columns = env_columns([g.num_envs for g in groups])
+        self.num_envs = self.columns[-1].stop
         self.obs = [g.reset() for g in groups]
         self.step_seconds = 0.0  # waiting for EnvPool beyond what inference hid
         self.policy_seconds = 0.0

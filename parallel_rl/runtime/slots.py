@@ -14,7 +14,7 @@ import torch
 
 from ..envs import EnvSpec
 from ..sentinels import sentinel
-from .rollout import rollout_arrays
+from .rollout import env_columns, rollout_arrays
 
 
 class SlotPool:
@@ -30,10 +30,9 @@ class SlotPool:
     def __init__(self, spec: EnvSpec, horizon: int, envs_per_process: list[int], slots_per_actor: int):
         self.envs_per_process = envs_per_process
         self.slots_per_actor = slots_per_actor
-        bounds = np.cumsum([0, *envs_per_process])
-        self.columns = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.columns = env_columns(envs_per_process)
         self.tensors: dict[str, torch.Tensor] = {}
-        for name, (shape, dtype) in rollout_arrays(spec, horizon, int(bounds[-1])).items():
+        for name, (shape, dtype) in rollout_arrays(spec, horizon, self.columns[-1].stop).items():
             tensor = torch.from_numpy(np.zeros((slots_per_actor, *shape), dtype)).share_memory_()
             tensor.fill_(sentinel(tensor.dtype))
             self.tensors[name] = tensor
