@@ -31,6 +31,7 @@ from .algos.policies import UniformPolicy
 from .config import AlgoConfig, Config, algo_section
 from .contracts import Batch, Policy, UpdateResult
 from .envs import EnvSpec, ale_games, choose_backend, envpool_ids, make_env
+from .runtime import signals
 
 TRANSPORT_PROBE = "parallel_rl.bench:TransportProbe"
 LIVE_TOLERANCE = 0.1  # how far the live env efficiency may sit from the training/raw ratio
@@ -152,6 +153,14 @@ def train_run(cfg: Config, seconds: float, algorithm: Callable | None = None):
     return Runner(quiet, run_dir=os.devnull, write_logs=False, algorithm=algorithm).run(max_seconds=seconds)
 
 
+def stopped_unless_done(summary):
+    """``summary``, unless a stop signal ended that run: then the whole measurement ends (the
+    runner only stops its own run on a signal, and the next phase would start)."""
+    if summary.stop_signal is not None:
+        raise signals.Interrupted(summary.stop_signal)
+    return summary
+
+
 def train_sps(cfg: Config, seconds: float, algorithm: Callable | None = None) -> float:
     """Agent steps/s of :func:`train_run`."""
     return train_run(cfg, seconds, algorithm).sps
@@ -223,9 +232,9 @@ def run_bench(cfg: Config, seconds: float, repeats: int, progress: bool = True, 
             with clocked(f"raw_{name}"):
                 figures[f"raw_{name}"].append(raw_env_sps(replace(cfg, env=replace(cfg.env, backend=name)), seconds, threads))
         with clocked("pipeline"):
-            figures["pipeline"].append(train_sps(transport_config(cfg), seconds))
+            figures["pipeline"].append(stopped_unless_done(train_run(transport_config(cfg), seconds)).sps)
         with clocked("train"):
-            training = train_run(cfg, seconds)
+            training = stopped_unless_done(train_run(cfg, seconds))
         figures["train"].append(training.sps)
         live_efficiency.append(training.env_efficiency)
         if progress:

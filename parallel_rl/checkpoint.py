@@ -67,9 +67,14 @@ def load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
+        # torch's own text may advise loading with weights_only=False, which would run whatever the file holds
+        detail = str(exc).splitlines()[0] if str(exc) and "weights_only" not in str(exc) else "no detail"
+        earlier = [p for p in list_checkpoints(path.parent) if p.name != path.name and _step_of(p) < _step_of(path)]
+        fallback = (f" The one before it, {str(earlier[-1])!r}, may be good: move {path.name} aside and resume again."
+                    if earlier else " Earlier checkpoints in the same folder may still be good.")
         raise CheckpointError(
-            f"Checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); "
-            "it is truncated, corrupt or not a parallel-rl checkpoint. Earlier checkpoints in the same folder may still be good."
+            f"Checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {detail}); "
+            f"it is truncated, corrupt or not a parallel-rl checkpoint.{fallback}"
         ) from None
     if not (isinstance(state, dict) and isinstance(state.get("algo"), dict) and isinstance(state.get("step"), int)
             and isinstance(state.get("config"), dict)):
@@ -89,6 +94,11 @@ def policy_state(algo_state: dict[str, Any], policy: torch.nn.Module) -> dict[st
         return algo_state["policy"]
     expected = set(policy.state_dict())
     return {(key if key in expected else f"net.{key}"): value for key, value in algo_state["net"].items()}
+
+
+def _step_of(path: Path) -> int:
+    match = CHECKPOINT_RE.match(path.name)
+    return int(match.group(1)) if match else -1
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -185,8 +195,21 @@ def training_state(algo, cfg: Config, step: int, updates: int, recent_returns: I
         "updates": updates,
         "config": cfg.to_dict(),
         "torch_rng": torch.get_rng_state(),
+        # the learner's draws on a GPU (SAC's sampling noise, a replay sampled on the device) come
+        # from the CUDA generators, which torch.manual_seed at resume would otherwise rewind
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "recent_returns": list(recent_returns),
     }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """The random number generators as the checkpoint left them; the CUDA ones only where this
+    machine has as many GPUs as the one that wrote it (a GPU run resumed on a CPU keeps its
+    CPU generator's state alone)."""
+    torch.set_rng_state(state["torch_rng"])
+    cuda_states = state.get("cuda_rng")
+    if cuda_states and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_states):
+        torch.cuda.set_rng_state_all(cuda_states)
 
 
 @dataclass
@@ -222,4 +245,11 @@ def resume(run_dir: Path, changes: dict[str, Any], overrides: list[str]) -> Resu
     for assignment in overrides:
         set_override(cfg, assignment)
     cfg.validate()
+    _check_env(state, path, cfg.env.id)
+    trained_with = state["config"].get("algo", {}).get("name")
+    if trained_with is not None and trained_with != cfg.algo.name:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} was trained with algo.name = {trained_with!r}, but {cfg.algo.name!r} was requested: "
+            "a resume continues the run's own algorithm. Start a new run for another one "
+            f"(its weights cannot carry over: --config with --run-dir of a new directory).")
     return Resumption(run_dir, path, state, cfg, notice)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -109,13 +110,27 @@ def _flags(args: argparse.Namespace) -> dict:
     return {key: getattr(args, flag) for flag, key in LAUNCH_FLAGS.items() if getattr(args, flag, None) is not None}
 
 
+def check_before_start(cfg, resumption: ckpt.Resumption | None) -> None:
+    """What a run refuses once it starts, for ``--dry-run``: an algorithm or network that
+    does not fit the env, and on a resume a checkpoint that does not fit the network."""
+    import torch
+
+    from .algos import check_fit, make_algorithm
+    from .envs import env_spec
+
+    spec = env_spec(cfg.env)
+    check_fit(cfg, spec)
+    if resumption is not None:
+        ckpt.restore(make_algorithm(spec, cfg, torch.device("cpu")), resumption.state, resumption.checkpoint, cfg.env.id)
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from .envs import choose_backend
     from .runtime.runner import Runner, learner_device, new_run_dir
 
     resumption = None
     if args.resume:
-        if args.config or args.env or args.actors or args.run_dir or args.actor_procs is not None:
+        if any(value is not None for value in (args.config, args.env, args.actors, args.run_dir, args.actor_procs)):
             raise ConfigError("--resume continues a run with its own saved config: drop --config, --env, --actors, --actor-procs and --run-dir "
                               "(only --steps, --device, --seed and --set may change on resume).")
         changes = {LAUNCH_FLAGS[key]: getattr(args, key) for key in ("steps", "device", "seed") if getattr(args, key) is not None}
@@ -135,6 +150,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     distributed.check_supported(cfg, ranks)  # before any rank starts: a bad config exits 2 here, once
     learner_device(cfg)
     if args.dry_run:
+        check_before_start(cfg, resumption)
         print(dump_yaml(cfg), end="")
         return 0
     main_rank = distributed.world_from_env().main  # only rank 0 of a multi-rank run speaks
@@ -191,6 +207,19 @@ def start_ranks(args: argparse.Namespace, ranks: int, run_dir: Path | None) -> i
     return 0
 
 
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """Refuse before any work a destination whose folder cannot take a new file (tried, not
+    inferred from permission bits: root passes those even on /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what}: a file cannot be written in {str(folder)!r} ({exc.strerror or exc}); "
+                          "give a path in a folder that exists and can be written.") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
@@ -200,6 +229,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--video-episodes {args.video_episodes} is invalid: film at least 1 episode.")
     if args.video and Path(args.video).suffix.lower() != ".mp4":
         raise ConfigError(f"--video {args.video!r}: the video is an MP4 file; give a path ending in .mp4.")
+    if args.video:
+        _check_writable_folder(Path(args.video).resolve().parent, f"--video {args.video!r}")
     path = ckpt.find(Path(args.path))
     result = evaluate(path, args.episodes, greedy=args.greedy, device=args.device, seed=args.seed,
                       video=args.video is not None or args.video_episodes is not None,
@@ -231,8 +262,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_table, run_bench
 
     cfg = build_config(args.config, _flags(args), args.overrides)
-    if args.seconds <= 0 or args.repeats < 1:
-        raise ConfigError(f"--seconds {args.seconds} / --repeats {args.repeats}: both must be positive.")
+    if not math.isfinite(args.seconds) or args.seconds <= 0 or args.repeats < 1:
+        raise ConfigError(f"--seconds {args.seconds} / --repeats {args.repeats}: both must be positive (and the seconds finite).")
     result = run_bench(cfg, args.seconds, args.repeats, progress=not args.json)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
@@ -268,7 +299,7 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ActorProcessFailure as exc:
-        print(f"parallel-rl {args.command}: error: {exc}\nThe run was stopped; its last checkpoint is intact.", file=sys.stderr)
+        print(f"parallel-rl {args.command}: error: {exc}\nThe run was stopped; the checkpoints it had written are intact.", file=sys.stderr)
         return EXIT_FAILURE
     except (NonFiniteUpdates, ckpt.CheckpointWriteError, distributed.ReplicaDivergence) as exc:
         print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)

@@ -631,7 +631,17 @@ def dump_yaml(cfg: Config) -> str:
 
 
 def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(dump_yaml(cfg))
+    """Whole or not at all: ``--resume`` reads it, and a crash mid-write keeps the previous one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(dump_yaml(cfg))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -159,6 +159,12 @@ def rank_config(cfg: Config) -> Config:
                    optim=replace(cfg.optim, lr=lr, lr_per_env=False))
 
 
+def rank_share(total: int) -> int:
+    """This rank's part of a count the config gives for all ranks together (rounded up), such
+    as the warm-up transitions a replay-based rank collects before it learns."""
+    return -(-total // _world.size) if _world.active else total
+
+
 def average_gradients(params) -> None:
     """Replace each parameter's gradient by its mean over the ranks (one all-reduce)."""
     if not _world.active:
@@ -197,6 +203,11 @@ def fewest(count: int) -> int:
     """The smallest of the ranks' ``count``: the gradient steps every replica takes in an
     update (each replay-based rank counts what its own new transitions earned)."""
     return int(_reduced(count, torch.int64, dist.ReduceOp.MIN, "agreeing on the gradient steps")) if _world.active else count
+
+
+def any_rank(flag: bool, what: str) -> bool:
+    """Whether ``flag`` is true on any rank, so every rank takes the same path."""
+    return bool(_reduced(int(flag), torch.int64, dist.ReduceOp.MAX, what)) if _world.active else flag
 
 
 def largest(value: float) -> float:
@@ -241,17 +252,12 @@ def exchange(returns: list[float], lengths: list[int], stopping: bool) -> tuple[
             any(stop for _, _, stop in gathered))
 
 
-# A state_dict key starting with this holds one rank's own state (its envs' running values):
-# neither broadcast from rank 0 nor compared across replicas.
-PER_RANK = "per_rank"
-
-
 def _named_tensors(state, name: str = "") -> list[tuple[str, torch.Tensor]]:
     """The replicated tensors of a nested state (dicts in key order, lists), each with its path."""
     if isinstance(state, torch.Tensor):
         return [(name, state)]
     if isinstance(state, dict):
-        return [item for key in sorted(state, key=str) if not str(key).startswith(PER_RANK)
+        return [item for key in sorted(state, key=str)
                 for item in _named_tensors(state[key], f"{name}.{key}" if name else str(key))]
     if isinstance(state, (list, tuple)):
         return [item for i, value in enumerate(state) for item in _named_tensors(value, f"{name}[{i}]")]

@@ -290,7 +290,10 @@ def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: i
                           "nothing to report. Train longer or with a smaller logging.interval_s.")
     groups = group_runs(runs)
     references = load_references() if paper else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out_dir)!r} cannot be created: {exc.strerror or exc}. Give a folder that can be written.") from None
     rng = np.random.default_rng(seed)
     plots = []
     by_env: dict[str, list[Group]] = defaultdict(list)

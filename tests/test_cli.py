@@ -116,6 +116,12 @@ def _bad_checkpoint(tmp_path):
         (["launch", "--resume", "MISSING_DIR"], ["MISSING_DIR", "config.yaml"]),
         (["eval", "MISSING_DIR"], ["MISSING_DIR", "does not exist"]),
         (["eval", "r", "--episodes", "0"], ["--episodes 0", "at least 1"]),
+        (["bench", "--config", "paac_classic", "--seconds", "nan"], ["--seconds nan", "finite"]),
+        (["launch", "--config", "paac_classic", "--set", "actors.device=cuda", "--actor-procs", "1", "--run-dir", "r"],
+         ["actors.device = 'cuda'", "CUDA is not available", "actors.device=cpu"]),
+        (["launch", "--config", "paac_classic", "--env", "Pendulum-v1", "--dry-run", "--run-dir", "r"],
+         ["needs discrete actions", "Pendulum-v1", "simbav2_pendulum"]),
+        (["eval", "r", "--video", "/proc/v.mp4"], ["--video '/proc/v.mp4'", "cannot be written in '/proc'"]),
     ],
 )
 def test_bad_input_exit_2_with_message(tmp_path, args, must_name):
@@ -143,11 +149,39 @@ def test_compile_asked_for_where_inductor_cannot_build_exits_2_naming_the_way_ou
     assert out.returncode == 0, out.stderr  # auto stays eager there instead
 
 
+def test_a_resume_that_cannot_continue_is_refused_before_anything_runs(tmp_path):
+    """Another algorithm whose state has the same keys (PPO after PAAC), another env or a
+    network of another width: refused with exit 2, with --dry-run too, the run left as it was."""
+    run = tmp_path / "run"
+    assert cli("launch", "--config", "paac_classic", "--steps", "800", "--run-dir", str(run)).returncode == 0
+    saved = (run / "config.yaml").read_text()
+    for change, words in ((["--set", "algo.name=ppo"], ["algo.name = 'paac'", "'ppo' was requested"]),
+                          (["--set", "env.id=Acrobot-v1", "--dry-run"], ["trained on CartPole-v1", "Acrobot-v1"]),
+                          (["--set", "model.width=128", "--dry-run"], ["does not fit the network", "size mismatch"])):
+        out = cli("launch", "--resume", str(run), "--steps", "1600", *change)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (change, out.stderr)
+        for text in words:
+            assert text in out.stderr, (text, out.stderr)
+    assert (run / "config.yaml").read_text() == saved
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["step_800.pt"]
+    out = cli("launch", "--resume", str(run), "--actors", "0")  # a falsy value is a value given
+    assert out.returncode == 2 and "drop --config, --env, --actors" in out.stderr
+    out = cli("report", str(run), "--out", "/proc/no_report")
+    assert out.returncode == 2 and "--out '/proc/no_report' cannot be created" in out.stderr, out.stderr
+
+
 def test_corrupt_checkpoint_exit_2(tmp_path):
     bad = _bad_checkpoint(tmp_path)
     out = cli("eval", str(bad))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert str(bad) in out.stderr and "corrupt" in out.stderr
+    # the newest checkpoint of a run is the corrupt one: the message names the one before it
+    newest = tmp_path / "good" / "checkpoints" / "step_1600.pt"
+    newest.write_bytes(os.urandom(4096))
+    out = cli("launch", "--resume", str(tmp_path / "good"), "--steps", "2400")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(newest) in out.stderr and "step_800.pt" in out.stderr and "move step_1600.pt aside" in out.stderr
+    assert "weights_only" not in out.stderr  # torch's advice to load it unsafely is not passed on
 
 
 def test_bench_reports_three_figures_as_json():

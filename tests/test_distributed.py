@@ -167,6 +167,71 @@ def test_replica_check_names_the_rank_whose_weights_differ(tmp_path):
         assert "rank(s) [1]" in (tmp_path / f"rank{rank}.txt").read_text()
 
 
+def signalled_rank(rank: int, size: int, port: int, out: str, recipe: str, overrides: tuple[str, ...], signal_at: int) -> None:
+    """One rank of a run in which only rank 0 hears SIGTERM: while its algorithm is built
+    (``signal_at`` 0) or inside its ``signal_at``-th update. Writes how the rank ended."""
+    import signal
+    import time
+
+    as_rank(rank, size, port)
+    distributed.TIMEOUT_S = 20.0  # a rank left waiting in a collective shows in seconds, not minutes
+    torch.set_num_threads(1)
+    cfg = build_config(recipe, {"actors.num_envs": 8, "actors.procs": 0, "seed": 3}, ["logging.console=false", *overrides])
+    cfg = replace(cfg, total_steps=cfg.batch_size * 60)
+
+    def make(spec, cfg, device):
+        algo = make_algorithm(spec, cfg, device)
+        if rank == 0 and signal_at == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        update, calls = algo.update, []
+
+        def counted(batch):
+            calls.append(1)
+            if rank == 0 and len(calls) == signal_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return update(batch)
+
+        algo.update = counted
+        return algo
+
+    began = time.monotonic()
+    try:
+        summary = Runner(cfg, Path(out) / "run", algorithm=make).run()
+        outcome = {"updates": summary.updates, "signal": summary.stop_signal}
+    except BaseException as exc:  # the failure is what the test reports
+        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+    outcome["seconds"] = time.monotonic() - began
+    torch.save(outcome, Path(out) / f"rank{rank}.pt")
+    os._exit(0)
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "signal_at"), [
+    ("paac_classic", (), 0),  # during start-up, before the batch source is built
+    ("paac_classic", (), 3),  # between two updates
+    # inside a delivery that QR-DQN learns from in two pieces
+    ("qrdqn_classic", ("algo.warmup_steps=64", "replay.minibatch_size=16"), 21),
+], ids=["start-up", "between-updates", "mid-delivery"])
+def test_a_signal_heard_by_one_rank_stops_every_rank_after_the_same_update(tmp_path, recipe, overrides, signal_at):
+    mp.start_processes(signalled_rank, args=(2, free_port(), str(tmp_path), recipe, overrides, signal_at), nprocs=2,
+                       start_method="spawn")
+    ends = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert not [end["error"] for end in ends if "error" in end]
+    assert ends[0]["signal"] is not None and ends[1]["signal"] is None
+    assert ends[0]["updates"] == ends[1]["updates"] < 60
+    assert ckpt.latest(tmp_path / "run" / "checkpoints") is not None  # the stop's final checkpoint, by rank 0
+
+
+def test_ppo_ranks_agree_on_the_minibatches_when_one_has_fewer_transitions_than_minibatches(tmp_path):
+    """One env per rank, 4 steps a rollout, 4 minibatches: an auto-reset step leaves a rank
+    fewer than 4 transitions to learn from, and the ranks must still take the same steps."""
+    overrides = ("algo.rollout_length=4", "algo.num_minibatches=4", "algo.update_epochs=1")
+    mp.start_processes(signalled_rank, args=(2, free_port(), str(tmp_path), "ppo_classic", overrides + ("actors.num_envs=2",), -1),
+                       nprocs=2, start_method="spawn")
+    ends = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert not [end["error"] for end in ends if "error" in end]
+    assert ends[0]["updates"] == ends[1]["updates"] == 60
+
+
 def cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "parallel_rl", *args], capture_output=True, text=True, timeout=timeout)
 

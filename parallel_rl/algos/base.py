@@ -66,9 +66,10 @@ class ReplayCadenceConfig:
     """Keys of the replay-based algorithms (SAC, QR-DQN): how much data before learning, how much learning per datum."""
 
     utd_ratio: float = setting("Gradient steps per new transition, all actors together (update-to-data ratio; SimbaV2: 2; "
-                               "QR-DQN: 0.25, Dopamine's update every 4 agent steps). Fractions carry over between updates.", 2.0)
-    warmup_steps: int = setting("Transitions collected with uniformly random actions before the first gradient step "
-                                "(SimbaV2: 5000; QR-DQN counts agent steps in its replay, Dopamine: 20000).", 5000)
+                               "QR-DQN: 0.25, Dopamine's update every 4 agent steps). Fractions carry over between updates. "
+                               "With several ranks, per transition of each rank: every step averages the ranks' minibatches.", 2.0)
+    warmup_steps: int = setting("Transitions collected with uniformly random actions before the first gradient step, all ranks "
+                                "together (SimbaV2: 5000; QR-DQN counts agent steps in its replay, Dopamine: 20000).", 5000)
     publish_interval: int = setting(
         "Gradient steps between weight publications to acting: acting collects replay with weights at most about this "
         "many gradient steps old (never less than one agent step of every env; algo.rollout_length stays the transfer size "

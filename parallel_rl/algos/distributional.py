@@ -124,9 +124,10 @@ class RewardScaler:
         return rewards / self.scale
 
     def state_dict(self) -> dict:
-        # the running G of this process's own envs: each rank keeps its own (distributed.PER_RANK)
-        return {"per_rank_returns": self.returns, "count": self.count, "mean": self.mean, "m2": self.m2, "max_abs": self.max_abs}
+        # the statistics only: each env's running G belongs to its episode, and a resumed run's
+        # envs start new ones (older checkpoints also hold it, and it is not read)
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "max_abs": self.max_abs}
 
     def load_state_dict(self, state: dict) -> None:
-        self.returns = state["per_rank_returns"] if "per_rank_returns" in state else state["returns"]  # older checkpoints
+        self.returns = None  # zero for every env at the next observe
         self.count, self.mean, self.m2, self.max_abs = int(state["count"]), float(state["mean"]), float(state["m2"]), float(state["max_abs"])

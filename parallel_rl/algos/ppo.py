@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..config import Config, ConfigError, check_positive_int, check_unit_interval, setting
 from ..contracts import Batch, UpdateResult
 from ..envs import EnvSpec
@@ -48,9 +49,16 @@ def values_before_update(batch: Batch, evaluate, reuse_acting: bool) -> tuple[to
 
 
 def minibatches(indices: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """``indices`` shuffled and split into ``count`` near-equal, non-empty minibatches."""
-    parts = indices[torch.randperm(len(indices), device=indices.device)].tensor_split(count)
-    return [part for part in parts if len(part)]
+    """``indices`` shuffled and split into ``count`` near-equal minibatches (``count`` at most
+    ``len(indices)``: from :func:`minibatch_count`)."""
+    return list(indices[torch.randperm(len(indices), device=indices.device)].tensor_split(count))
+
+
+def minibatch_count(valid: torch.Tensor, wanted: int) -> int:
+    """Minibatches per epoch: ``wanted``, or fewer where fewer transitions are left to learn
+    from (0: none). With several ranks, the fewest of every rank's: each minibatch's
+    gradient is averaged across the ranks, so all of them take the same number of steps."""
+    return distributed.fewest(min(wanted, len(valid)))
 
 
 @dataclass
@@ -93,7 +101,8 @@ class PPO(PAAC):
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
         valid = batch.transitions()
-        if len(valid) == 0:  # every step only reset an env: nothing to learn from
+        count = minibatch_count(valid, algo.num_minibatches)
+        if count == 0:  # every step only reset an env (on some rank): nothing to learn from
             return UpdateResult()
         obs = batch.obs.flatten(0, 1)
         actions = batch.actions.flatten().long()
@@ -109,7 +118,7 @@ class PPO(PAAC):
         totals: dict[str, list[torch.Tensor]] = {}
         skipped = torch.zeros((), device=self.device)
         for _ in range(algo.update_epochs):
-            for idx in minibatches(valid, algo.num_minibatches):
+            for idx in minibatches(valid, count):
                 with self.flow.capture():
                     logits, new_values = self.net(obs[idx])
                 log_probs = F.log_softmax(logits, dim=-1)

@@ -31,6 +31,7 @@ from .policies import EpsilonGreedyPolicy
 from .ppo import (
     EpochsConfig,
     acting_values_are_current,
+    minibatch_count,
     minibatches,
     values_before_update,
 )
@@ -91,7 +92,8 @@ class PQN:
         algo = self.cfg.algo
         horizon, num_envs = batch.rewards.shape
         valid = batch.transitions()
-        if len(valid) == 0:  # every step only reset an env: nothing to learn from
+        count = minibatch_count(valid, algo.num_minibatches)
+        if count == 0:  # every step only reset an env (on some rank): nothing to learn from
             return UpdateResult()
         obs = batch.obs.flatten(0, 1)
         actions = batch.actions.flatten().long()
@@ -106,7 +108,7 @@ class PQN:
         losses, grad_norms = [], []
         skipped = torch.zeros((), device=self.device)
         for _ in range(algo.update_epochs):
-            for idx in minibatches(valid, algo.num_minibatches):
+            for idx in minibatches(valid, count):
                 with self.flow.capture():
                     q = self.net(obs[idx])
                 q_taken = q.gather(1, actions[idx].unsqueeze(1)).squeeze(1)

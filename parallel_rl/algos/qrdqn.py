@@ -182,7 +182,8 @@ class QRDQN:
             "diag/replay_size": torch.tensor(float(len(replay))),
             "diag/replay_breaks": torch.tensor(float(replay.breaks)),
         }
-        ready = len(replay) >= algo.warmup_steps and replay.can_sample()
+        # this rank's replay against its share of the warm-up, which counts all ranks' agent steps (as epsilon's does)
+        ready = len(replay) >= distributed.rank_share(algo.warmup_steps) and replay.can_sample()
         if ready:
             self.update_credit += batch.transitions().numel() * algo.utd_ratio
         steps = distributed.fewest(int(self.update_credit) if ready else 0)  # replicas step in lockstep

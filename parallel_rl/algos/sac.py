@@ -147,7 +147,7 @@ class SAC:
     @property
     def learning_starts(self) -> int:
         """Replay size before gradient steps begin (also after a resume without saved replay)."""
-        return max(self.cfg.replay.minibatch_size, min(self.cfg.algo.warmup_steps, self.cfg.replay.capacity))
+        return max(self.cfg.replay.minibatch_size, min(distributed.rank_share(self.cfg.algo.warmup_steps), self.cfg.replay.capacity))
 
     def ingest(self, batch: Batch) -> int:
         """Store the rollout's transitions and update the running statistics; returns how many
@@ -159,7 +159,7 @@ class SAC:
             self.net.obs_norm.update(transitions.obs)
         if self.reward_scaler is not None:
             self.reward_scaler.observe(batch.rewards, batch.terminated, batch.truncated, batch.autoreset)
-        warmup = self.cfg.algo.warmup_steps
+        warmup = distributed.rank_share(self.cfg.algo.warmup_steps)  # this rank's transitions, the config's all ranks'
         before, self.transitions_seen = self.transitions_seen, self.transitions_seen + count
         self.net.warming_up.fill_(float(self.transitions_seen < warmup))
         return max(0, self.transitions_seen - max(before, warmup))  # those collected after the warm-up

@@ -50,7 +50,7 @@ class ActorProcessArgs:
     pool: SlotPool
     weights: SharedWeights
     free_slots: list[int]
-    address: str
+    endpoint: control.Endpoint
     parent_pid: int
     # the learner consumes this actor process's rollouts in order, each in updates_per_rollout
     # updates: rollout r is consumed from version first_version + r * updates_per_rollout on,
@@ -68,14 +68,18 @@ def actor_process_main(args: ActorProcessArgs) -> None:
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.IDENTITY, control.process_identity(args.index))
     socket.setsockopt(zmq.LINGER, 0)
-    socket.connect(args.address)
+    socket.connect(args.endpoint.address)
     actor = None
     try:
         control.send(socket, {"type": "hello", "process": args.index, "pid": os.getpid()})
         actor = ActorProcess(args, socket)
         actor.run()
-    except (StopRequested, ParentGone):
+    except StopRequested:
         pass
+    except ParentGone:
+        # the runner was killed (kill -9) and cannot remove its socket and folder: the first of
+        # its actor processes to notice does
+        args.endpoint.close()
     except BaseException:
         try:
             control.send(socket, {"type": "error", "process": args.index, "traceback": traceback.format_exc()})

@@ -52,7 +52,9 @@ def learn(algo: Algorithm, source: BatchSource, cfg: Config, step: int, updates:
             return
         delivery.returns, delivery.lengths = returns, lengths
         for index, piece in enumerate(delivery.split(length)):
-            if index and (step >= cfg.total_steps or should_stop()):
+            # several ranks stop only where the exchange agreed on it: a rank stopping here on
+            # its own would leave the others waiting in this piece's gradient average
+            if index and (step >= cfg.total_steps or (ranks == 1 and should_stop())):
                 return  # the rest of the delivery is dropped unlearned, and not counted
             began = time.perf_counter()
             lr = algo.set_progress(step / cfg.total_steps)

@@ -142,7 +142,7 @@ class ActorProcessPool:
         # rollouts it already delivered are consumed first, one per update
         first_version = self.version + len(self.ready[k]) * self.updates_per_rollout
         args = ActorProcessArgs(k, self.cfg.to_dict(), self.env_starts[k], self.envs_per_process[k], self.env_threads,
-                         self.pool, self.weights, free_slots, self.endpoint.address, os.getpid(),
+                         self.pool, self.weights, free_slots, self.endpoint, os.getpid(),
                          first_version, self.oldest_version, self.lag_bound, self.updates_per_rollout)
         supervision.start(actor_process_main, (args,), f"parallel-rl-actor-{k}",
                           on_created=lambda process: self.processes.__setitem__(k, process))

@@ -33,12 +33,12 @@ from .learner import learn
 from .pipeline import ActorProcessPool, InlineSource
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device = {name!r} but CUDA is not available on this machine; use device=cpu or auto.")
+        raise ConfigError(f"{key} = {name!r} but CUDA is not available on this machine; use {key}=cpu or auto.")
     return device
 
 
@@ -46,7 +46,9 @@ COMPILED = {None: "", "default": ", network compiled (perf.compile)", "reduce-ov
 
 
 def learner_device(cfg: Config) -> torch.device:
-    """The learner's device, refusing the switches that need another."""
+    """The learner's device, refusing the switches that need another (and an acting device
+    this machine lacks: actor processes would fail on it only once started)."""
+    resolve_device(cfg.actors.device, "actors.device")
     device = resolve_device(cfg.device)
     if cfg.perf.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"perf.cuda_graphs = true records CUDA graphs, but the learner runs on {device} (device = "
@@ -102,6 +104,7 @@ class Runner:
         self.resumption = resumption
         self.write_logs = write_logs
         self._stop_signal: int | None = None
+        self._stopped_at_start = False
         self._deadline: float | None = None
 
     def _request_stop(self, signum, _frame) -> None:
@@ -133,8 +136,9 @@ class Runner:
         world = distributed.init(self.cfg, device)
         try:
             summary, algo = self._run_rank(distributed.rank_device(device), max_seconds)
-            if summary.stop_signal is None:
-                distributed.check_replicas(algo.state_dict())
+            # on every rank, signalled or not: they stopped after the same update (a signal is
+            # agreed on at the exchange), so the replicas are equal however each one's stop came about
+            distributed.check_replicas(algo.state_dict())
             distributed.barrier()  # no rank leaves the group while another still talks to it
             return summary
         finally:
@@ -156,7 +160,9 @@ class Runner:
         if (resumed := self.resumption) is not None:
             ckpt.restore(algo, resumed.state, resumed.checkpoint, cfg.env.id)
             step, updates = resumed.step, int(resumed.state["updates"])
-            torch.set_rng_state(resumed.state["torch_rng"])
+            ckpt.restore_rng(resumed.state)
+            if not world.main:  # the checkpoint holds rank 0's generators: this rank draws a stream of its own
+                torch.manual_seed(local.seed + step)
         distributed.broadcast_state(algo.state_dict())  # one policy: every replica starts from rank 0's weights
         if self.write_logs:
             try:
@@ -182,7 +188,9 @@ class Runner:
         if self.write_logs:
             self.log(f"run directory: {self.run_dir}")
         source = None
-        if self._stop_signal is None:  # stopped already: no actor processes to start, straight to the checkpoint
+        # stopped already (on any rank: all skip alike): no actor processes to start, straight to the checkpoint
+        self._stopped_at_start = distributed.any_rank(self._stop_signal is not None, "agreeing to start")
+        if not self._stopped_at_start:
             if procs:
                 source = ActorProcessPool(local, spec, algo, device, procs, self.run_dir if self.write_logs else None,
                                           env_threads, start_version=updates, log=self.log)
@@ -246,7 +254,7 @@ class Runner:
                 try:
                     # a run stopped by a signal before its first update still gets a checkpoint (of
                     # its initial state), so the run directory can be resumed rather than being a dead end
-                    wanted = (updates > 0 or self._stop_signal is not None) and not disk_refused
+                    wanted = (updates > 0 or self._stop_signal is not None or self._stopped_at_start) and not disk_refused
                     if checkpoints is not None and wanted and (last_path is None or last_path.name != f"step_{step}.pt"):
                         last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns), step)
                     if self.write_logs and updates > first_update and not disk_refused:

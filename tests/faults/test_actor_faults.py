@@ -73,7 +73,11 @@ def test_kill_9_runner_orphans_exit_and_next_launch_cleans_up(tmp_path):
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if alive(p)], "orphaned actors kept running"
-    assert (tmp_path / "run" / "ipc" / "control.sock").exists()  # what the killed run left
+    socket = tmp_path / "run" / "ipc" / "control.sock"
+    assert not socket.exists(), "the orphaned actors left the killed runner's socket behind"
+    # a kill -9 of the whole process group leaves it: the next launch removes it
+    socket.parent.mkdir(mode=0o700, exist_ok=True)
+    socket.touch()
 
     step = ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))["step"]
     resumed = Launch(tmp_path / "run", "--steps", str(step + 2000), resume=True)
