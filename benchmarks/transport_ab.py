@@ -1,12 +1,20 @@
-"""Transport of two checkouts side by side, each measurement in a fresh process, as a run is.
+"""Transport of one or two checkouts side by side, each measurement in a fresh process, as a run is.
 
     python benchmarks/transport_ab.py OLD_CHECKOUT NEW_CHECKOUT --rounds 4
     python benchmarks/transport_ab.py A B --set actors.num_threads=2 --seconds 15
+    python benchmarks/transport_ab.py . --groups-bare --rounds 4
 
 Each round runs, each in a process of its own: raw stepping of the envs (``bench``'s raw
 figure, the actors' threads), then for each checkout the pipeline (``bench``'s transport
 probe: a uniformly random policy and a learner that learns nothing) for ``--seconds``.
 The checkouts take turns within a round, so drift of a shared machine lands on both.
+
+``--groups-bare`` adds a third figure to each round: the actor process's own env groups
+(the same pools, envs and threads) stepped alternately, as its collector steps them, by a
+loop that does nothing else (no inference, no copies into slots, no messages). What the
+pipeline loses against raw stepping splits into what stepping the envs in alternating
+groups costs by itself (this figure against raw) and what the pipeline adds (the
+pipeline against this figure). Only one actor process (``--actor-procs 1``) has one such loop.
 
 Why not ``bench`` itself: its phases share one process, so what one phase leaves behind
 (the allocator's state after hundreds of envs were built and freed) changes what the next
@@ -30,14 +38,49 @@ from parallel_rl.config import build_config
 phase, seconds, env, actors, procs, *sets = sys.argv[1:]
 cfg = build_config("paac_atari", {"env.id": env, "actors.num_envs": int(actors), "actors.procs": int(procs)}, sets)
 cfg = replace(cfg, total_steps=10**12)
-sps = raw_env_sps(cfg, float(seconds), actor_threads(cfg)) if phase == "raw" else train_sps(transport_config(cfg), float(seconds))
+if phase == "raw":
+    sps = raw_env_sps(cfg, float(seconds), actor_threads(cfg))
+elif phase == "groups_bare":
+    sps = groups_bare_sps(cfg, float(seconds))
+else:
+    sps = train_sps(transport_config(cfg), float(seconds))
 print(json.dumps({"sps": sps}))
+"""
+
+GROUPS_BARE = """
+import time
+import numpy as np
+from parallel_rl.envs import make_env_groups
+from parallel_rl.runtime.layout import resolve_env_groups, thread_layout
+
+def groups_bare_sps(cfg, seconds):
+    groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, thread_layout(cfg, 1)[1], resolve_env_groups(cfg, 1))
+    try:
+        rng = np.random.default_rng(cfg.seed)
+        actions = [rng.integers(g.spec.num_actions, size=(64, g.num_envs)).astype(np.int32) for g in groups]
+        ids = [np.arange(g.num_envs, dtype=np.int32) for g in groups]
+        envpool = groups[0].spec.backend == "envpool"
+        for g in groups:
+            g.reset()
+        raws = [g._env for g in groups]
+        for raw, a, i in zip(raws, actions, ids):
+            raw.send(a[0], i) if envpool else raw.send(a[0])
+        steps, start = 1, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            for raw, a, i in zip(raws, actions, ids):
+                raw.recv()
+                raw.send(a[steps % 64], i) if envpool else raw.send(a[steps % 64])
+            steps += 1
+        return (steps - 1) * cfg.actors.num_envs / elapsed
+    finally:
+        for g in groups:
+            g.close()
 """
 
 
 def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
     environ = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
-    command = [sys.executable, "-c", MEASURE, phase, str(args.seconds), args.env, str(args.actors), str(args.actor_procs), *args.set]
+    command = [sys.executable, "-c", GROUPS_BARE + MEASURE, phase, str(args.seconds), args.env, str(args.actors), str(args.actor_procs), *args.set]
     done = subprocess.run(command, env=environ, capture_output=True, text=True, cwd=os.path.abspath(checkout))
     if done.returncode:
         sys.exit(f"measuring {phase} with {checkout} failed (exit code {done.returncode}):\n{done.stderr.strip()}")
@@ -46,28 +89,40 @@ def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkouts", nargs=2, help="two source trees (each holding parallel_rl/)")
+    parser.add_argument("checkouts", nargs="+", help="one or two source trees (each holding parallel_rl/)")
     parser.add_argument("--env", default="Pong-v5")
     parser.add_argument("--actors", type=int, default=256)
     parser.add_argument("--actor-procs", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--groups-bare", action="store_true",
+                        help="also step the actor process's env groups alternately with nothing else (see above)")
     args = parser.parse_args()
+    if len(args.checkouts) > 2:
+        parser.error(f"give one or two checkouts, not {len(args.checkouts)}")
+    if args.groups_bare and args.actor_procs != 1:
+        parser.error(f"--groups-bare measures one actor process's loop; --actor-procs is {args.actor_procs}, give 1")
     for checkout in args.checkouts:
         if not os.path.isfile(os.path.join(checkout, "parallel_rl", "__init__.py")):
             parser.error(f"checkout {checkout!r} holds no parallel_rl package: give two source trees of this "
                          "project, e.g. `git worktree add /tmp/before COMMIT` and `.`")
     raw: list[float] = []
+    bare: list[float] = []
     pipeline: dict[str, list[float]] = {c: [] for c in args.checkouts}
     for r in range(args.rounds):
         raw.append(measure(args.checkouts[0], "raw", args))
+        if args.groups_bare:
+            bare.append(measure(args.checkouts[0], "groups_bare", args))
         for checkout in args.checkouts:
             pipeline[checkout].append(measure(checkout, "pipeline", args))
-        print(f"round {r + 1}: raw {raw[-1]:,.0f}, " + ", ".join(f"{c} {v[-1]:,.0f}" for c, v in pipeline.items()), flush=True)
+        print(f"round {r + 1}: raw {raw[-1]:,.0f}, " + (f"groups bare {bare[-1]:,.0f}, " if bare else "") +", ".join(f"{c} {v[-1]:,.0f}" for c, v in pipeline.items()), flush=True)
     base = statistics.median(raw)
     print(f"\n| measurement | agent steps/s (median of {args.rounds}) | ratio to raw |\n|---|---:|---:|")
     print(f"| raw stepping | {base:,.0f} | 1.00 |")
+    if bare:
+        print(f"| the actor's env groups stepped bare, alternately ({' / '.join(f'{v:,.0f}' for v in bare)}) | "
+              f"{statistics.median(bare):,.0f} | {statistics.median(bare) / base:.2f} |")
     for checkout, values in pipeline.items():
         print(f"| pipeline, {checkout} ({' / '.join(f'{v:,.0f}' for v in values)}) | {statistics.median(values):,.0f} | "
               f"{statistics.median(values) / base:.2f} |")
