@@ -170,6 +170,15 @@ def test_a_resume_that_cannot_continue_is_refused_before_anything_runs(tmp_path)
     assert out.returncode == 2 and "--out '/proc/no_report' cannot be created" in out.stderr, out.stderr
 
 
+def test_a_run_dir_left_without_a_checkpoint_is_named_as_such(tmp_path):
+    """A run that failed before its first checkpoint cannot be resumed: the refusal says so
+    rather than pointing at --resume."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("seed: 1\n")
+    out = cli("launch", "--config", "paac_classic", "--run-dir", "r", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2 and "holds no checkpoint to resume from" in out.stderr, out.stderr
+
+
 def test_corrupt_checkpoint_exit_2(tmp_path):
     bad = _bad_checkpoint(tmp_path)
     out = cli("eval", str(bad))
