@@ -149,7 +149,9 @@ class Metrics:
     """
 
     def __init__(self, tb_dir, total_steps: int, interval_s: float, return_window: int, console: bool, start_step: int = 0):
-        self.writer = SummaryWriter(str(tb_dir)) if tb_dir is not None else None
+        # a resumed run drops the events its killed predecessor wrote after the checkpoint (TensorBoard's
+        # purge, which the report's reader honours too): otherwise those steps would be read twice
+        self.writer = SummaryWriter(str(tb_dir), purge_step=start_step + 1 if start_step else None) if tb_dir is not None else None
         self.total_steps = total_steps
         self.interval_s = interval_s
         self.console = console
@@ -189,6 +191,20 @@ class Metrics:
     @property
     def recent_mean_return(self) -> float:
         return sum(self.recent_returns) / len(self.recent_returns) if self.recent_returns else float("nan")
+
+    def restart_clock(self, step: int) -> None:
+        """Steps per second from here on (the first update): start-up is not steady state."""
+        self._last_time, self._last_step = time.perf_counter(), step
+
+    def persist_episodes(self) -> None:
+        """Every finished episode's return on disk now (a checkpoint is about to be saved: a
+        crash after it must not lose episodes before it); the averages wait for the next write."""
+        if self.writer is None:
+            return
+        for episode_step, value in self._pending_episodes:
+            self.writer.add_scalar(EPISODE_RETURN_TAG, value, episode_step)
+        self._pending_episodes = []
+        self.writer.flush()
 
     def due(self) -> bool:
         return time.perf_counter() - self._last_time >= self.interval_s

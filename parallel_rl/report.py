@@ -16,6 +16,7 @@ tag existed fall back to the per-write means of ``charts/episodic_return``. With
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +105,26 @@ def load_references() -> list[dict[str, Any]]:
 def reference_for(group: Group, references: list[dict[str, Any]]) -> Reference | None:
     """The most specific reference row for the group's env, algorithm and config, if any."""
     config = group.runs[0].config
-    matching = [row for row in references if row["env"] == group.env and row["algo"] in ("*", group.algo)
-                and all(str(config.get(key)) == str(value) for key, value in (row.get("where") or {}).items())]
-    if not matching:
-        return None
+
+    def fits(row: dict[str, Any], env_matches) -> bool:
+        return (env_matches(row["env"]) and row["algo"] in ("*", group.algo)
+                and all(str(config.get(key)) == str(value) for key, value in (row.get("where") or {}).items()))
+
+    matching = [row for row in references if fits(row, lambda env: env == group.env)]
+    source_note = ""
+    if not matching:  # another version of the same env (the papers report MuJoCo -v4, the sweeps run -v5)
+        matching = [row for row in references if fits(row, lambda env: unversioned(env) == unversioned(group.env))]
+        if not matching:
+            return None
     row = max(matching, key=lambda r: (r["algo"] != "*", len(r.get("where") or {})))
-    return Reference(float(row["score"]), row.get("steps"), str(row["source"]))
+    if row["env"] != group.env:
+        source_note = f" (reported on {row['env']}; this run is on {group.env})"
+    return Reference(float(row["score"]), row.get("steps"), str(row["source"]) + source_note)
+
+
+def unversioned(env_id: str) -> str:
+    """``HalfCheetah-v5`` -> ``HalfCheetah``."""
+    return re.sub(r"-v\d+$", "", env_id)
 
 
 def find_runs(paths: list[Path]) -> list[Path]:

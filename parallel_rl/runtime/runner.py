@@ -231,6 +231,7 @@ class Runner:
                 stats.add(record)
                 if updates == first_update + 1:
                     start, start_step = time.perf_counter(), step
+                    metrics.restart_clock(step)
                 else:
                     env_efficiency.add(record.delivery)
                     # the time limit runs from the first update, but stops only once one more is
@@ -241,6 +242,7 @@ class Runner:
                 if self.write_logs and metrics.due():
                     metrics.write(step, scalars())
                 if checkpoints is not None and next_checkpoint is not None and step >= next_checkpoint:
+                    metrics.persist_episodes()
                     last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns), step)
                     next_checkpoint += interval
         except ckpt.CheckpointWriteError:

@@ -167,4 +167,60 @@ def test_the_most_specific_reference_row_wins():
     assert reference_for(simba, references).score == 10546.0 and "SimbaV2" in reference_for(simba, references).source
     assert reference_for(plain, references).score == 4826.0
     assert reference_for(Group("Pong-v5", "qrdqn", "", [made_up_run("c", 1, **{"algo.name": "qrdqn"})]), references) is None
-    assert reference_for(Group("Pong-v5", "paac", "", [made_up_run("d", 1)]), references).steps == 3_750_000
+    assert reference_for(Group("Pong-v5", "paac", "", [made_up_run("d", 1)]), references).steps == 15_000_000  # global steps
+
+
+def test_a_reference_of_another_version_of_the_env_applies_and_says_so():
+    """The papers report MuJoCo -v4, the sweeps run -v5: the -v4 figure is shown, and its
+    source names both versions; an exact row would win."""
+    references = load_references()
+    on_v5 = Group("Humanoid-v5", "sac", "", [made_up_run("a", 1, **{"env.id": "Humanoid-v5", "algo.name": "sac",
+                                                                     "model.encoder": "simbav2"})])
+    found = reference_for(on_v5, references)
+    assert found.score == 10546.0 and "reported on Humanoid-v4; this run is on Humanoid-v5" in found.source
+    exact = [*references, {"env": "Humanoid-v5", "algo": "sac", "score": 1.0, "steps": None, "source": "exact",
+                           "where": {"model.encoder": "simbav2"}}]
+    assert reference_for(on_v5, exact).source == "exact"
+
+
+def test_a_resume_after_a_crash_replaces_the_steps_logged_after_its_checkpoint(tmp_path):
+    """A killed run logged returns of 10 up to step 1000; its newest checkpoint is at 500, so
+    the resume logs steps 600 to 1000 again (returns of 20). The report reads each step
+    once, the resumed run's, and nothing the killed run logged up to the checkpoint is lost."""
+    from parallel_rl.config import build_config, save_yaml
+    from parallel_rl.metrics import Metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_yaml(build_config("paac_classic"), run / "config.yaml")
+    killed = Metrics(run / "tb", total_steps=1000, interval_s=0.0, return_window=20, console=False)
+    for step in range(100, 1001, 100):
+        killed.add_episodes([10.0], [10], step)
+        killed.write(step, {})
+    killed.writer.flush()  # killed after these reached the disk, before any close
+    resumed = Metrics(run / "tb", total_steps=1000, interval_s=0.0, return_window=20, console=False, start_step=500)
+    for step in range(600, 1001, 100):
+        resumed.add_episodes([20.0], [10], step)
+        resumed.write(step, {})
+    resumed.close()
+    loaded = load_run(run)
+    assert list(loaded.steps) == list(range(100, 1001, 100))
+    assert list(loaded.returns) == [10.0] * 5 + [20.0] * 5
+    assert loaded.final_score == 20.0
+
+
+def test_episodes_finished_before_a_checkpoint_are_on_disk_when_it_is_saved(tmp_path):
+    """Between two writes, finished episodes wait in memory; the runner persists them before
+    it saves a checkpoint, so a crash right after loses none the checkpoint counts."""
+    from parallel_rl.metrics import EPISODE_RETURN_TAG, Metrics
+
+    metrics = Metrics(tmp_path / "tb", total_steps=1000, interval_s=3600.0, return_window=20, console=False)
+    metrics.add_episodes([3.0, 4.0], [10, 12], 200)
+    metrics.persist_episodes()
+    accumulator = EventAccumulator(str(tmp_path / "tb"))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars(EPISODE_RETURN_TAG)] == [(200, 3.0), (200, 4.0)]
+    metrics.write(300, {})  # the next write averages them, and does not write them again
+    metrics.close()
+    accumulator.Reload()
+    assert len(accumulator.Scalars(EPISODE_RETURN_TAG)) == 2 and accumulator.Scalars("charts/episodic_return")[0].value == 3.5
