@@ -31,6 +31,9 @@ def script(name, *args):
                  marks=pytest.mark.slow),
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
+    pytest.param("transport_ab.py", [".", "--groups-bare", "--rounds", "1", "--seconds", "1", "--actors", "8"],
+                 ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . ("],
+                 marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):
     out = script(name, *args)
@@ -90,3 +93,25 @@ def test_cartpole_solve_times_the_whole_launch_and_says_when_a_seed_did_not_solv
     assert not any(r["solved"] for r in rows["recipe"] + rows["against"]) and side_by_side.returncode == 1
     refused = script("cartpole_solve.py", "--seeds", "1", "--set", "optim.lr=-1")
     assert refused.returncode == 2 and "optim.lr" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow  # three short CartPole runs
+def test_a_replayed_stretch_takes_the_same_updates_twice_and_a_placebo_changes_them(tmp_path):
+    """What replay_updates.py rests on: resumed from one checkpoint with one env seed, an
+    inline run takes the same float trajectory every time."""
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "parallel_rl", "launch", "--config", "paac_classic", "--steps", "640", "--run-dir", str(run)]
+    assert subprocess.run(launch, capture_output=True, text=True, timeout=300).returncode == 0
+    records = []
+    for name, extra in (("a", []), ("b", []), ("placebo", ["--perturb-at", "1120"])):
+        copy = tmp_path / name
+        (copy / "checkpoints").mkdir(parents=True)
+        (copy / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+        (copy / "checkpoints" / "step_640.pt").write_bytes((run / "checkpoints" / "step_640.pt").read_bytes())
+        out = script("replay_updates.py", str(copy), "--steps", "2400", "--seed", "5", "--record-from", "0",
+                     "--record-to", "2400", "--out", str(tmp_path / f"{name}.json"), *extra)
+        assert out.returncode == 0, out.stderr
+        records.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    first, second, placebo = ([(r["step"], r["v_before"], r["losses/value"]) for r in rs] for rs in records)
+    assert len(first) == 11 and first == second  # 160 agent steps an update, from 640 to 2400
+    assert placebo[:2] == first[:2] and all(p != f for p, f in zip(placebo[2:], first[2:], strict=True))  # from the perturbed update on
