@@ -288,6 +288,27 @@ def _file_name(env: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in env) + ".png"
 
 
+UNEVEN_LENGTH = 0.9  # a run ending before this fraction of its group's longest is named
+
+
+def pooling_warnings(group: Group) -> list[str]:
+    """What makes a group's runs less than independent seeds of one budget: a seed that
+    appears twice (a relaunch), or a run that stopped well short of the others (its final
+    score is taken at another point of learning)."""
+    out = []
+    seeds = [run.config.get("seed") for run in group.runs]
+    repeated = sorted({str(seed) for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        out.append(f"{group.env} / {group.label}: seed {', '.join(repeated)} appears in more than one run, and each "
+                   "run counts as a seed in the band and the final score.")
+    longest = max(run.steps[-1] for run in group.runs)
+    short = [run for run in group.runs if run.steps[-1] < UNEVEN_LENGTH * longest]
+    if short:
+        out.append(f"{group.env} / {group.label}: " + ", ".join(f"{run.path} ends at {run.steps[-1]:,.0f} steps" for run in short)
+                   + f", against {longest:,.0f} for the longest: its final score is taken earlier in learning.")
+    return out
+
+
 def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: int = 0, paper: bool = False) -> Report:
     """Reads the runs under ``paths``; writes one PNG per env and report.md into ``out_dir``
     (with ``paper``, the reference scores beside the final ones)."""
@@ -304,6 +325,7 @@ def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: i
         raise ConfigError(f"None of the {len(warnings)} runs found has logged a finished episode ({RETURN_TAG}); "
                           "nothing to report. Train longer or with a smaller logging.interval_s.")
     groups = group_runs(runs)
+    warnings += [warning for group in groups for warning in pooling_warnings(group)]
     references = load_references() if paper else None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -224,3 +224,17 @@ def test_episodes_finished_before_a_checkpoint_are_on_disk_when_it_is_saved(tmp_
     metrics.close()
     accumulator.Reload()
     assert len(accumulator.Scalars(EPISODE_RETURN_TAG)) == 2 and accumulator.Scalars("charts/episodic_return")[0].value == 3.5
+
+
+def test_a_group_names_a_repeated_seed_and_a_run_that_stopped_short():
+    from parallel_rl.report import pooling_warnings
+
+    even = group_runs([made_up_run("a", 1), made_up_run("b", 2)])[0]
+    assert pooling_warnings(even) == []
+    relaunched = group_runs([made_up_run("a", 1), made_up_run("b", 1), made_up_run("c", 2)])[0]
+    assert any("seed 1 appears in more than one run" in w for w in pooling_warnings(relaunched))
+    short = made_up_run("s", 3)
+    short.steps = np.array([50.0, 100.0])
+    stopped = group_runs([made_up_run("a", 1), short])[0]
+    assert pooling_warnings(stopped) == ["Pong-v5 / paac: s ends at 100 steps, against 200 for the longest: "
+                                         "its final score is taken earlier in learning."]
