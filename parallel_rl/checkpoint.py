@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,7 +13,15 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, from_saved, load_yaml, set_override, set_override_value
+from .config import (
+    Config,
+    ConfigError,
+    from_saved,
+    load_yaml,
+    set_override,
+    set_override_value,
+    write_atomically,
+)
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -38,26 +45,13 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     write, fsync and rename, with their errno intact (torch's writer would rewrap them).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            code = f" [{errno.errorcode[exc.errno]}]" if exc.errno in errno.errorcode else ""
-            raise CheckpointWriteError(f"Cannot write checkpoint {str(path)!r}: {exc.strerror or exc}{code}.") from None
-        raise
+        write_atomically(path, buffer.getbuffer())
+    except OSError as exc:
+        code = f" [{errno.errorcode[exc.errno]}]" if exc.errno in errno.errorcode else ""
+        raise CheckpointWriteError(f"Cannot write checkpoint {str(path)!r}: {exc.strerror or exc}{code}.") from None
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -69,7 +63,7 @@ def load(path: Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises several types for truncated or foreign files
         # torch's own text may advise loading with weights_only=False, which would run whatever the file holds
         detail = str(exc).splitlines()[0] if str(exc) and "weights_only" not in str(exc) else "no detail"
-        earlier = [p for p in list_checkpoints(path.parent) if p.name != path.name and _step_of(p) < _step_of(path)]
+        earlier = [p for p in list_checkpoints(path.parent) if _step_of(p) < _step_of(path)]
         fallback = (f" The one before it, {str(earlier[-1])!r}, may be good: move {path.name} aside and resume again."
                     if earlier else " Earlier checkpoints in the same folder may still be good.")
         raise CheckpointError(
@@ -97,6 +91,7 @@ def policy_state(algo_state: dict[str, Any], policy: torch.nn.Module) -> dict[st
 
 
 def _step_of(path: Path) -> int:
+    """The step in a periodic checkpoint's name (``step_N.pt``); -1 for any other file."""
     match = CHECKPOINT_RE.match(path.name)
     return int(match.group(1)) if match else -1
 
@@ -105,7 +100,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     """Periodic checkpoints in ``directory``, oldest first."""
     if not Path(directory).is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in Path(directory).iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    found = [(step, p) for p in Path(directory).iterdir() if (step := _step_of(p)) >= 0]
     return [p for _, p in sorted(found)]
 
 

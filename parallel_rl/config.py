@@ -630,18 +630,29 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
-    """Whole or not at all: ``--resume`` reads it, and a crash mid-write keeps the previous one."""
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all: a crash mid-write keeps the previous file
+    (written beside it, synced, renamed over it, the rename synced). OS errors keep their errno."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(dump_yaml(cfg))
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
+    """Atomically: ``--resume`` reads it."""
+    write_atomically(path, dump_yaml(cfg).encode())
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
@@ -681,6 +692,7 @@ __all__ = [
     "from_saved",
     "load_yaml",
     "save_yaml",
+    "write_atomically",
     "set_override",
     "describe",
 ]

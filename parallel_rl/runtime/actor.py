@@ -69,6 +69,7 @@ def actor_process_main(args: ActorProcessArgs) -> None:
     socket.setsockopt(zmq.IDENTITY, control.process_identity(args.index))
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(args.endpoint.address)
+    bound = args.endpoint.socket_identity()  # the runner's socket, bound before its actors start
     actor = None
     try:
         control.send(socket, {"type": "hello", "process": args.index, "pid": os.getpid()})
@@ -78,8 +79,8 @@ def actor_process_main(args: ActorProcessArgs) -> None:
         pass
     except ParentGone:
         # the runner was killed (kill -9) and cannot remove its socket and folder: the first of
-        # its actor processes to notice does
-        args.endpoint.close()
+        # its actor processes to notice does, unless a resumed run already bound its own there
+        args.endpoint.close_if_still(bound)
     except BaseException:
         try:
             control.send(socket, {"type": "error", "process": args.index, "traceback": traceback.format_exc()})

@@ -45,6 +45,21 @@ class Endpoint:
             removed.append(str(self.path))
         return removed
 
+    def socket_identity(self) -> tuple[int, int] | None:
+        """Which socket file is at the path now (inode and creation time: an inode alone may be
+        reused); None: none."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_ctime_ns
+
+    def close_if_still(self, identity: tuple[int, int] | None) -> None:
+        """:meth:`close`, unless the socket file there is no longer ``identity``: a new run
+        (a resume) may have bound its own socket at the same path since."""
+        if identity is not None and self.socket_identity() == identity:
+            self.close()
+
     def close(self) -> None:
         self.path.unlink(missing_ok=True)
         if self._temporary:

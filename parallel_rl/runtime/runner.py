@@ -167,10 +167,10 @@ class Runner:
         if self.write_logs:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_yaml(cfg, self.run_dir / "config.yaml")
             except OSError as exc:
-                raise ConfigError(f"Cannot create the run directory {str(self.run_dir)!r}: {exc.strerror}. "
+                raise ConfigError(f"Cannot create the run directory {str(self.run_dir)!r} and its config.yaml: {exc.strerror}. "
                                   "Choose another with --run-dir or logging.run_root.") from None
-            save_yaml(cfg, self.run_dir / "config.yaml")
         layout = (f"layout: {procs} actor processes x {local.actors.num_envs // max(procs, 1)} envs" if procs
                   else "layout: synchronous (K = 0)")
         if world.active:

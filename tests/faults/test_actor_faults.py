@@ -86,3 +86,25 @@ def test_kill_9_runner_orphans_exit_and_next_launch_cleans_up(tmp_path):
     assert ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))["step"] >= step + 2000
     resumed.assert_nothing_left([])
     assert "stale socket" in resumed.out
+
+
+def test_an_orphan_removes_only_the_socket_its_runner_bound(tmp_path):
+    """An orphaned actor removes its killed runner's socket, but not one a resumed run has
+    bound at the same path since (it may notice its parent's death late)."""
+    import socket as sockets
+
+    from parallel_rl.runtime.control import Endpoint
+
+    endpoint = Endpoint(tmp_path / "run")
+    killed = sockets.socket(sockets.AF_UNIX)
+    killed.bind(str(endpoint.path))
+    seen = endpoint.socket_identity()
+    os.unlink(endpoint.path)  # the resume removes the stale socket and binds its own
+    resumed = sockets.socket(sockets.AF_UNIX)
+    resumed.bind(str(endpoint.path))
+    endpoint.close_if_still(seen)
+    assert endpoint.path.exists(), "the orphan removed the resumed run's socket"
+    endpoint.close_if_still(endpoint.socket_identity())
+    assert not endpoint.path.exists() and not endpoint.folder.exists()
+    killed.close()
+    resumed.close()

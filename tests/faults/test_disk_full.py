@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from parallel_rl import checkpoint as ckpt
+from parallel_rl import config
 from parallel_rl.algos import make_algorithm
 from parallel_rl.cli import main
 from parallel_rl.config import from_dict
@@ -52,8 +53,9 @@ class _FillingFile:
 
 
 def disk_full(room: int, after_files: int = 0):
-    """An ``open`` for the checkpoint module: the first ``after_files`` files written get the
-    whole disk, later ones only ``room`` bytes."""
+    """An ``open`` for the config module, whose ``write_atomically`` writes checkpoints and
+    ``config.yaml``: the first ``after_files`` files written get the whole disk, later ones
+    only ``room`` bytes."""
     opened = 0
 
     def fake_open(path, mode="r", *args, **kwargs):
@@ -78,7 +80,7 @@ def test_enospc_mid_write_names_file_and_cause_and_keeps_previous(tmp_path, monk
     manager = ckpt.CheckpointManager(tmp_path, keep_last=2)
     weights = {"w": torch.arange(20_000, dtype=torch.float32)}
     first = manager.save({"algo": weights, "step": 100, "config": {}}, 100)
-    monkeypatch.setattr(ckpt, "open", disk_full(room=4096), raising=False)
+    monkeypatch.setattr(config, "open", disk_full(room=4096), raising=False)
     with pytest.raises(ckpt.CheckpointWriteError) as caught:
         manager.save({"algo": {"w": torch.zeros(20_000)}, "step": 200, "config": {}}, 200)
     message = str(caught.value)
@@ -90,8 +92,8 @@ def test_enospc_mid_write_names_file_and_cause_and_keeps_previous(tmp_path, monk
 
 def test_run_stops_with_exit_1_when_the_disk_fills(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    # the first file written is the checkpoint at step 800; the one at step 1600 hits a full disk
-    monkeypatch.setattr(ckpt, "open", disk_full(room=1000, after_files=1), raising=False)
+    # the files written are config.yaml, then the checkpoint at step 800; the one at step 1600 hits a full disk
+    monkeypatch.setattr(config, "open", disk_full(room=1000, after_files=2), raising=False)
     code = main(["launch", "--run-dir", str(run_dir), *SHORT_SYNC_RUN])
     err = capsys.readouterr().err
     assert code == 1, err
