@@ -181,7 +181,8 @@ def restore(algo, state: dict[str, Any], path: Path, env_id: str) -> None:
         ) from None
 
 
-def training_state(algo, cfg: Config, step: int, updates: int, recent_returns: Iterable[float]) -> dict[str, Any]:
+def training_state(algo, cfg: Config, step: int, updates: int, recent_returns: Iterable[float],
+                   nonfinite_updates: int = 0) -> dict[str, Any]:
     """Everything a resume needs, in the current format."""
     return {
         "format": FORMAT,
@@ -194,6 +195,7 @@ def training_state(algo, cfg: Config, step: int, updates: int, recent_returns: I
         # from the CUDA generators, which torch.manual_seed at resume would otherwise rewind
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
         "recent_returns": list(recent_returns),
+        "nonfinite_updates": nonfinite_updates,  # diag/nonfinite_updates counts over the whole run
     }
 
 

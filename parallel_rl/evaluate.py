@@ -31,7 +31,9 @@ class Video:
     path: Path
     fps: float
     source: str  # "rendered" (the environment's RGB frames) or "observations" (what the agent sees)
-    frames: int = 0  # = sum(lengths) + len(lengths): every step's result plus each episode's first observation
+    # every step's result plus each episode's first observation: sum(lengths) + len(lengths), and one
+    # more per life lost before the last under EnvPool's episodic life (its reset step, in no length, plays on)
+    frames: int = 0
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     tensorboard: Path | None = None  # the tb/ folder the GIF was logged to

@@ -206,11 +206,12 @@ class Runner:
         cfg = self.cfg
         metrics = Metrics(self.run_dir / "tb" if self.write_logs else None, cfg.total_steps, cfg.logging.interval_s,
                           cfg.logging.return_window, cfg.logging.console and self.write_logs, start_step=step)
+        stats = UpdateStats()
         if self.resumption is not None:
             metrics.recent_returns.extend(self.resumption.state.get("recent_returns", []))
+            stats.nonfinite_updates = int(self.resumption.state.get("nonfinite_updates", 0))
         metrics.log_run_start(cfg, step)
         checkpoints = ckpt.CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last) if self.write_logs else None
-        stats = UpdateStats()
         stats.lr = algo.set_progress(step / cfg.total_steps)
 
         def scalars() -> dict[str, float]:
@@ -243,7 +244,7 @@ class Runner:
                     metrics.write(step, scalars())
                 if checkpoints is not None and next_checkpoint is not None and step >= next_checkpoint:
                     metrics.persist_episodes()
-                    last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns), step)
+                    last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns, stats.nonfinite_updates), step)
                     next_checkpoint += interval
         except ckpt.CheckpointWriteError:
             disk_refused = True
@@ -258,7 +259,7 @@ class Runner:
                     # its initial state), so the run directory can be resumed rather than being a dead end
                     wanted = (updates > 0 or self._stop_signal is not None or self._stopped_at_start) and not disk_refused
                     if checkpoints is not None and wanted and (last_path is None or last_path.name != f"step_{step}.pt"):
-                        last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns), step)
+                        last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns, stats.nonfinite_updates), step)
                     if self.write_logs and updates > first_update and not disk_refused:
                         metrics.write(step, scalars())
                 finally:

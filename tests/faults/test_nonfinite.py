@@ -111,3 +111,14 @@ def test_bad_updates_in_a_row_stop_the_run_with_the_last_good_weights(tmp_path, 
         for key in saved[index]:
             assert torch.equal(saved[index][key], before[index][key]), (index, key)
     assert read_scalars(run_dir)["diag/nonfinite_updates"][-1] == 5
+
+
+def test_the_count_of_skipped_updates_goes_on_across_a_resume(tmp_path, monkeypatch, capsys, read_scalars):
+    run_dir = tmp_path / "run"
+    _poison(monkeypatch, {5, 6})
+    assert main(["launch", "--run-dir", str(run_dir), "--steps", "2400", *SYNC_CARTPOLE]) == 0, capsys.readouterr().err
+    assert ckpt.load(ckpt.latest(run_dir / "checkpoints"))["nonfinite_updates"] == 2
+    _poison(monkeypatch, {3})  # the resumed process counts its updates from 0 again
+    assert main(["launch", "--resume", str(run_dir), "--steps", "4800"]) == 0, capsys.readouterr().err
+    assert read_scalars(run_dir)["diag/nonfinite_updates"][-1] == 3
+    assert ckpt.load(ckpt.latest(run_dir / "checkpoints"))["nonfinite_updates"] == 3
