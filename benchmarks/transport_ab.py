@@ -16,6 +16,11 @@ pipeline loses against raw stepping splits into what stepping the envs in altern
 groups costs by itself (this figure against raw) and what the pipeline adds (the
 pipeline against this figure). Only one actor process (``--actor-procs 1``) has one such loop.
 
+``--thread-cpu`` adds, for each measurement, where the CPU went while it measured: every
+thread of its processes sampled from ``/proc`` over the middle half of the measurement, as
+a share of one core (the Python thread of each process apart from its other threads: env
+threads, ZeroMQ's), and the cores left idle. Printed per measurement, not reduced.
+
 Why not ``bench`` itself: its phases share one process, so what one phase leaves behind
 (the allocator's state after hundreds of envs were built and freed) changes what the next
 costs. A run has no such phases before it.
@@ -24,11 +29,13 @@ costs. A run has no such phases before it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
+import time
 
 MEASURE = """
 import json, sys
@@ -78,13 +85,79 @@ def groups_bare_sps(cfg, seconds):
 """
 
 
+def thread_ticks(root: int, root_label: str) -> dict:
+    """CPU ticks (user + system) of every thread of ``root`` and its child processes, by
+    (process label, tid), and the machine's idle ticks under "idle"."""
+    pids, ticks = [root], {}
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait ...
+    ticks["idle"] = int(fields[4]) + int(fields[5])
+    while pids:
+        pid = pids.pop()
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                if "resource_tracker" in f.read():
+                    continue  # multiprocessing's helper, no part of the pipeline
+            label = root_label if pid == root else f"actor process {pid}"
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                ticks[(label, int(tid) == pid, int(tid))] = int(fields[11]) + int(fields[12])
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                pids += [int(child) for child in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return ticks
+
+
+def cpu_shares(before: dict, after: dict, seconds: float) -> str:
+    """One line: each process's Python thread and its other threads as shares of one core, and
+    the machine's idle time (all processes, in cores)."""
+    per_core = os.sysconf("SC_CLK_TCK") * seconds
+    rows: dict[str, float] = {}
+    for key, ticks in after.items():
+        if key == "idle":
+            continue
+        label, is_python, _ = key
+        role = f"{label} {'Python thread' if is_python else 'other threads'}"
+        rows[role] = rows.get(role, 0.0) + (ticks - before.get(key, ticks)) / per_core
+    idle = (after["idle"] - before["idle"]) / per_core
+    cells = ", ".join(f"{role} {share:.1%}" for role, share in sorted(rows.items()) if share >= 0.0005)
+    return f"{cells}; the machine idle {idle:.1%} of a core"
+
+
 def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
     environ = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
     command = [sys.executable, "-c", GROUPS_BARE + MEASURE, phase, str(args.seconds), args.env, str(args.actors), str(args.actor_procs), *args.set]
-    done = subprocess.run(command, env=environ, capture_output=True, text=True, cwd=os.path.abspath(checkout))
-    if done.returncode:
-        sys.exit(f"measuring {phase} with {checkout} failed (exit code {done.returncode}):\n{done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["sps"]
+    with subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=os.path.abspath(checkout)) as process:
+        if args.thread_cpu:
+            # sampled throughout; the measurement is the last ``seconds`` before the process exits
+            root_label = "learner" if phase == "pipeline" else "the stepping process"
+            samples = [(time.monotonic(), thread_ticks(process.pid, root_label))]
+            while process.poll() is None:
+                time.sleep(0.5)
+                samples.append((time.monotonic(), thread_ticks(process.pid, root_label)))
+        out, err = process.communicate()
+    if process.returncode:
+        sys.exit(f"measuring {phase} with {checkout} failed (exit code {process.returncode}):\n{err.strip()}")
+    sps = json.loads(out.strip().splitlines()[-1])["sps"]
+    if args.thread_cpu:
+        print(f"  {phase} {checkout}: {sps:,.0f} agent steps/s | {middle_half_shares(samples, args.seconds)}", flush=True)
+    return sps
+
+
+def middle_half_shares(samples: list, seconds: float) -> str:
+    """The CPU shares over the middle half of the measurement: it ends where the samples
+    stop growing (the process tears down) and lasted ``seconds``."""
+    busy = [(t, sum(v for k, v in ticks.items() if k != "idle")) for t, ticks in samples]
+    rate_after = [b - a for (_, a), (_, b) in itertools.pairwise(busy)]
+    end = max((i for i, r in enumerate(rate_after) if r > 0), default=len(samples) - 1)
+    end_time = samples[end][0]
+    start_time, stop_time = end_time - 0.75 * seconds, end_time - 0.25 * seconds
+    first = min(samples, key=lambda s: abs(s[0] - start_time))
+    last = min(samples, key=lambda s: abs(s[0] - stop_time))
+    return cpu_shares(first[1], last[1], max(last[0] - first[0], 1e-9))
 
 
 def main() -> None:
@@ -96,6 +169,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--thread-cpu", action="store_true", help="also print where the CPU went in each measurement (see above)")
     parser.add_argument("--groups-bare", action="store_true",
                         help="also step the actor process's env groups alternately with nothing else (see above)")
     args = parser.parse_args()

@@ -189,7 +189,7 @@ class LoggingConfig:
     console: bool = setting("Print a progress line with steps, SPS, recent return and ETA.", True)
     diag_interval: int = setting(
         "Gradient-flow diagnostics (diag/grad_norm/<layer>, diag/feature_norm, diag/dormant_fraction, diag/effective_lr) "
-        "on one minibatch every this many updates; 0 turns them off.", 100)
+        "on one minibatch every this many updates (every algorithm but SAC); 0 turns them off.", 100)
 
 
 @dataclass

@@ -31,8 +31,9 @@ def script(name, *args):
                  marks=pytest.mark.slow),
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
-    pytest.param("transport_ab.py", [".", "--groups-bare", "--rounds", "1", "--seconds", "1", "--actors", "8"],
-                 ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . ("],
+    pytest.param("transport_ab.py", [".", "--groups-bare", "--thread-cpu", "--rounds", "1", "--seconds", "1", "--actors", "8"],
+                 ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . (",
+                  "actor", "Python", "of a core"],
                  marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):

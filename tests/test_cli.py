@@ -222,3 +222,18 @@ def test_the_last_progress_line_shows_no_time_left_when_the_last_rollout_oversho
     metrics.sps = 450.0
     metrics.print_progress(2_000_896)  # whole rollouts end past the budget
     assert "ETA 0:00:00" in capsys.readouterr().out
+
+
+def test_a_gpu_index_the_machine_lacks_is_refused_before_anything_starts(monkeypatch):
+    """``cuda:N`` beyond the GPUs present would otherwise fail only inside an actor process (exit 1)."""
+    from parallel_rl.config import ConfigError
+    from parallel_rl.runtime.runner import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0", "actors.device") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"actors.device = 'cuda:1' but this machine has 1 GPU \(cuda:0\)"):
+        resolve_device("cuda:1", "actors.device")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"device = 'cuda:2' but this machine has 2 GPUs \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")

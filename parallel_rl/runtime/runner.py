@@ -39,6 +39,9 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key} = {name!r} but CUDA is not available on this machine; use {key}=cpu or auto.")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise ConfigError(f"{key} = {name!r} but this machine has {count} GPU{'s' if count > 1 else ''} "
+                          f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); use one of those, cuda, auto or cpu.")
     return device
 
 
