@@ -35,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 MEASURE = """
@@ -129,8 +130,9 @@ def cpu_shares(before: dict, after: dict, seconds: float) -> str:
 def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
     environ = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
     command = [sys.executable, "-c", GROUPS_BARE + MEASURE, phase, str(args.seconds), args.env, str(args.actors), str(args.actor_procs), *args.set]
-    with subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=os.path.abspath(checkout)) as process:
+    # files, not pipes: a child writing more than a pipe holds while it is only polled would block
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr, \
+            subprocess.Popen(command, env=environ, stdout=stdout, stderr=stderr, text=True, cwd=os.path.abspath(checkout)) as process:
         if args.thread_cpu:
             # sampled throughout; the measurement is the last ``seconds`` before the process exits
             root_label = "learner" if phase == "pipeline" else "the stepping process"
@@ -138,7 +140,10 @@ def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
             while process.poll() is None:
                 time.sleep(0.5)
                 samples.append((time.monotonic(), thread_ticks(process.pid, root_label)))
-        out, err = process.communicate()
+        process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
     if process.returncode:
         sys.exit(f"measuring {phase} with {checkout} failed (exit code {process.returncode}):\n{err.strip()}")
     sps = json.loads(out.strip().splitlines()[-1])["sps"]
@@ -148,11 +153,10 @@ def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
 
 
 def middle_half_shares(samples: list, seconds: float) -> str:
-    """The CPU shares over the middle half of the measurement: it ends where the samples
-    stop growing (the process tears down) and lasted ``seconds``."""
-    busy = [(t, sum(v for k, v in ticks.items() if k != "idle")) for t, ticks in samples]
-    rate_after = [b - a for (_, a), (_, b) in itertools.pairwise(busy)]
-    end = max((i for i, r in enumerate(rate_after) if r > 0), default=len(samples) - 1)
+    """The CPU shares over the middle half of the measurement: it ends with the last sample
+    that saw the processes' CPU time grow (after it they only exit) and lasted ``seconds``."""
+    busy = [sum(v for k, v in ticks.items() if k != "idle") for _, ticks in samples]
+    end = max((i + 1 for i, (a, b) in enumerate(itertools.pairwise(busy)) if b > a), default=len(samples) - 1)
     end_time = samples[end][0]
     start_time, stop_time = end_time - 0.75 * seconds, end_time - 0.25 * seconds
     first = min(samples, key=lambda s: abs(s[0] - start_time))

@@ -33,7 +33,7 @@ def script(name, *args):
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
     pytest.param("transport_ab.py", [".", "--groups-bare", "--thread-cpu", "--rounds", "1", "--seconds", "1", "--actors", "8"],
                  ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . (",
-                  "actor", "Python", "of a core"],
+                  "  raw .: ", "the stepping process Python thread", "; the machine idle"],
                  marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):
@@ -116,3 +116,27 @@ def test_a_replayed_stretch_takes_the_same_updates_twice_and_a_placebo_changes_t
     first, second, placebo = ([(r["step"], r["v_before"], r["losses/value"]) for r in rs] for rs in records)
     assert len(first) == 11 and first == second  # 160 agent steps an update, from 640 to 2400
     assert placebo[:2] == first[:2] and all(p != f for p, f in zip(placebo[2:], first[2:], strict=True))  # from the perturbed update on
+
+
+def test_thread_cpu_shares_come_from_the_middle_half_of_the_measurement():
+    """``transport_ab.py --thread-cpu``'s arithmetic on made-up /proc samples every 0.5 s: start-up
+    (the learner busy building envs) until t = 1.75, the measurement until t = 5, then an exit that
+    uses no CPU. With ``seconds`` = 4 the middle half is t = 2 to 4, clear of start-up."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transport_ab", BENCHMARKS / "transport_ab.py")
+    transport_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transport_ab)
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def cpu(t, start_up, measuring):  # cumulative seconds of CPU at a rate per phase
+        return start_up * min(t, 1.75) + measuring * max(0.0, min(t, 5.0) - 1.75)
+
+    samples = [(t, {"idle": round(hz * 0.5 * t),  # the machine idle half a core throughout
+                    ("learner", True, 1): round(hz * cpu(t, 1.0, 0.1)),
+                    ("actor process 2", False, 3): round(hz * cpu(t, 0.0, 0.9)),
+                    ("actor process 2", False, 4): round(hz * cpu(t, 0.0, 0.6))})
+               for t in [0.5 * k for k in range(15)]]
+    line = transport_ab.middle_half_shares(samples, seconds=4.0)
+    assert line == ("actor process 2 other threads 150.0%, learner Python thread 10.0%; "
+                    "the machine idle 50.0% of a core"), line

@@ -217,6 +217,9 @@ class Runner:
         checkpoints = ckpt.CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint.keep_last) if self.write_logs else None
         stats.lr = algo.set_progress(step / cfg.total_steps)
 
+        def training_state() -> dict:
+            return ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns, stats.nonfinite_updates)
+
         def scalars() -> dict[str, float]:
             return {**stats.scalars(), **(source.diagnostics() if source is not None else {})}
 
@@ -247,7 +250,7 @@ class Runner:
                     metrics.write(step, scalars())
                 if checkpoints is not None and next_checkpoint is not None and step >= next_checkpoint:
                     metrics.persist_episodes()
-                    last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns, stats.nonfinite_updates), step)
+                    last_path = checkpoints.save(training_state(), step)
                     next_checkpoint += interval
         except ckpt.CheckpointWriteError:
             disk_refused = True
@@ -262,7 +265,7 @@ class Runner:
                     # its initial state), so the run directory can be resumed rather than being a dead end
                     wanted = (updates > 0 or self._stop_signal is not None or self._stopped_at_start) and not disk_refused
                     if checkpoints is not None and wanted and (last_path is None or last_path.name != f"step_{step}.pt"):
-                        last_path = checkpoints.save(ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns, stats.nonfinite_updates), step)
+                        last_path = checkpoints.save(training_state(), step)
                     if self.write_logs and updates > first_update and not disk_refused:
                         metrics.write(step, scalars())
                 finally:
