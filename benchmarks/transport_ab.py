@@ -10,11 +10,13 @@ probe: a uniformly random policy and a learner that learns nothing) for ``--seco
 The checkouts take turns within a round, so drift of a shared machine lands on both.
 
 ``--groups-bare`` adds a third figure to each round: the actor process's own env groups
-(the same pools, envs and threads) stepped alternately, as its collector steps them, by a
+(the same pools, envs and threads) stepped alternately in a fixed order, by a
 loop that does nothing else (no inference, no copies into slots, no messages). What the
 pipeline loses against raw stepping splits into what stepping the envs in alternating
 groups costs by itself (this figure against raw) and what the pipeline adds (the
 pipeline against this figure). Only one actor process (``--actor-procs 1``) has one such loop.
+The collector takes groups whose steps are long (Pong's) in the order their steps end, not
+in this loop's fixed order: this figure is the fixed order's.
 
 ``--thread-cpu`` adds, for each measurement, where the CPU went while it measured: every
 thread of its processes sampled from ``/proc`` over the middle half of the measurement, as

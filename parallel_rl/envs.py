@@ -177,6 +177,12 @@ class VecEnv:
         self._pending: np.ndarray | None = None
         self._lives: np.ndarray | None = None  # ALE: lives after the last step, to tell a life lost from a game over
 
+    @property
+    def recv_releases_gil(self) -> bool:
+        """Whether ``recv`` waits in C++ without the GIL (EnvPool, ALE), so another thread may
+        wait on it; gymnasium's envs step in Python inside ``recv``."""
+        return self.spec.backend in ("envpool", "ale")
+
     def reset(self) -> np.ndarray:
         obs, info = self._env.reset()
         self.tracker = EpisodeTracker(self.num_envs)

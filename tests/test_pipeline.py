@@ -220,6 +220,7 @@ class _TimedEnvGroup:
 
         self.num_envs, self.step_s, self.tracker = num_envs, step_s, EpisodeTracker(num_envs)
         self._threading, self._worker = threading, None
+        self.recv_releases_gil = True  # recv only joins the stepping thread
 
     def reset(self):
         return np.zeros((self.num_envs, 4), np.float32)
@@ -271,14 +272,101 @@ def test_env_efficiency_is_the_steps_taken_at_the_bare_step_time_over_the_wall_c
     collector = RolloutCollector([_TimedEnvGroup(2, step_s) for _ in range(groups)], horizon)
     arrays = allocate(env_spec(cfg.env), horizon, 2 * groups)
     efficiency = EnvEfficiency()
-    for _ in range(3):
-        began = time.perf_counter()
-        collector.collect(_sleeping_policy(policy_s), arrays)
-        time.sleep(learn_s * (time.perf_counter() - began))  # a learner update of that share
-        timings = collector.pop_timings()
-        efficiency.add(type("Delivery", (), {"env_busy_s": timings.env_busy_s, "env_wall_s": timings.wall_s}))
+    try:
+        for _ in range(3):
+            began = time.perf_counter()
+            collector.collect(_sleeping_policy(policy_s), arrays)
+            time.sleep(learn_s * (time.perf_counter() - began))  # a learner update of that share
+            timings = collector.pop_timings()
+            efficiency.add(type("Delivery", (), {"env_busy_s": timings.env_busy_s, "env_wall_s": timings.wall_s}))
+    finally:
+        collector.close()
     assert efficiency.fraction == pytest.approx(expected, abs=0.12)
     assert collector.probes and min(collector.probes) == pytest.approx(step_s, abs=0.02)
+
+
+class _CountingEnvGroup(_TimedEnvGroup):
+    """A timed group whose observation is how many steps it has taken, and whose reward is
+    that count too, logging ``(name, count)`` as each step ends."""
+
+    def __init__(self, num_envs, step_s, name, log, recv_releases_gil):
+        super().__init__(num_envs, step_s)
+        self.name, self.log, self.count = name, log, 0
+        self.recv_releases_gil = recv_releases_gil
+
+    def recv(self):
+        from parallel_rl.envs import StepResult
+
+        ended = super().recv()
+        self.count += 1
+        self.log.append((self.name, self.count))
+        counts = np.full((self.num_envs, 4), self.count, np.float32)
+        return StepResult(counts, np.full(self.num_envs, self.count, np.float32), ended.terminated, ended.truncated,
+                          ended.autoreset)
+
+
+@pytest.mark.parametrize("recv_releases_gil, min_step_s, order_free", [
+    (True, None, True),    # EnvPool, ALE: a bare step of 0.15 s is long enough to take groups as they end
+    (False, None, False),  # gymnasium: its envs step inside recv, in Python
+    (True, 1.0, False),    # steps shorter than the threshold: handing them between threads would cost more
+])
+def test_each_group_goes_through_the_rollout_at_its_own_pace(monkeypatch, recv_releases_gil, min_step_s, order_free):
+    """Where ``recv`` lets other threads run and a step is long enough, a group whose steps end
+    sooner is stepped again at once rather than after the slower group's step; each group's
+    step t still lands in row t of its own columns. Otherwise the groups take turns. The
+    first rollout always takes turns: its first step is the probe that times a bare step."""
+    from parallel_rl.runtime import rollout
+
+    if min_step_s is not None:
+        monkeypatch.setattr(rollout, "ORDER_FREE_MIN_STEP_S", min_step_s)
+    horizon, log = 8, []
+    slow = _CountingEnvGroup(2, 0.15, "slow", log, recv_releases_gil)
+    fast = _CountingEnvGroup(3, 0.01, "fast", log, recv_releases_gil)
+    collector = rollout.RolloutCollector([slow, fast], horizon)
+    arrays = rollout.allocate(env_spec(_cfg().env), horizon, 5)
+    try:
+        for r in range(2):
+            collector.collect(_sleeping_policy(0.0), arrays)
+            steps = np.arange(r * horizon, (r + 1) * horizon, dtype=np.float32)
+            assert (arrays["obs"][..., 0] == steps[:, None]).all()  # both groups' rows in step
+            assert (arrays["rewards"] == steps[:, None] + 1).all()
+            assert (arrays["next_obs"][:, 0] == (r + 1) * horizon).all()
+            assert collector.order_free == (order_free and r == 1)
+    finally:
+        collector.close()
+    second_rollout = log[2 * horizon:]
+    if order_free:  # the fast group's rollout ended before the slow group's third step did
+        assert second_rollout.index(("fast", 2 * horizon)) < second_rollout.index(("slow", horizon + 3))
+    else:
+        assert [name for name, _ in second_rollout] == ["slow", "fast"] * horizon
+
+
+def test_groups_taken_as_their_steps_end_give_the_trajectory_of_one_group(monkeypatch):
+    """The order in which groups' steps end changes nothing that is written: a seeded random
+    policy's rollouts of 6 EnvPool envs are the same in 2 groups taken as their steps end
+    (CartPole's steps are short: the threshold is lowered for the test) as in 1 group."""
+    from parallel_rl.algos.policies import UniformPolicy
+    from parallel_rl.envs import make_env_groups
+    from parallel_rl.runtime import rollout
+    from parallel_rl.runtime.rollout import NetworkPolicy, RolloutCollector, allocate
+
+    monkeypatch.setattr(rollout, "ORDER_FREE_MIN_STEP_S", 0.0)
+    cfg = _cfg()
+    streams = []
+    for groups in (1, 2):
+        envs = make_env_groups(cfg.env, 6, 11, 1, groups)
+        collector = RolloutCollector(envs, 7)
+        assert (collector.arrivals is not None) == (groups == 2)
+        policy = NetworkPolicy(UniformPolicy(envs[0].spec), torch.device("cpu"), 11, 6)
+        try:
+            streams.append([{k: v.copy() for k, v in collector.collect(policy, allocate(envs[0].spec, 7, 6)).items()}
+                            for _ in range(10)])
+            assert collector.order_free == (groups == 2)
+        finally:
+            collector.close()
+    for one, two in zip(*streams, strict=True):
+        for name in one:
+            np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
 @pytest.mark.parametrize("procs", [0, 1])

@@ -2,24 +2,30 @@
 
 The environments are split into groups (two by default): while one group steps in
 EnvPool's threads, the Python thread runs inference for the other, so stepping and
-inference overlap. With one group everything takes turns. The same collector runs
-inline in synchronous mode and inside each actor process in asynchronous mode; only the
-arrays it writes differ (its own, or a shared-memory slot).
+inference overlap. Each group goes through the rollout's steps at its own pace. Where a
+step takes long enough (``ORDER_FREE_MIN_STEP_S``), the collector takes whichever group's
+step ends first (:class:`StepArrivals`), so within a rollout no group waits for another's;
+else it takes them in the order they were sent. With one group everything takes turns. The same
+collector runs inline in synchronous mode and inside each actor process in asynchronous
+mode; only the arrays it writes differ (its own, or a shared-memory slot).
 
 The collector's own timers also say how close acting runs to the env library's speed.
-Every ``PROBE_EVERY`` steps it infers for every group first and then steps them all at
-once, timing the bare step of all its envs (the actions, and so the trajectory, are the
-same as without the probe; only that one step's overlap is given up). The run's env
-efficiency is the wall-clock the steps taken would need at that speed, over the
-wall-clock they took (learning, waiting for slots or weights included): 1.0 when acting
-is as fast as the env library on these threads. Time blocked in ``recv`` would not do:
-a group whose step ends while the other group's inference runs never blocks, so on
-Pong's default layout that count read 0.08 where training ran at 0.22 of raw stepping.
+Every ``PROBE_EVERY`` steps it waits until every group has reached that step, infers for
+every group and then steps them all at once, timing the bare step of all its envs (the
+actions, and so the trajectory, are the same as without the probe; only that step's
+overlap is given up). The run's env efficiency is the wall-clock the steps
+taken would need at that speed, over the wall-clock they took (learning, waiting for slots
+or weights included): 1.0 when acting is as fast as the env library on these threads.
+Time blocked in ``recv`` would not do: a group whose step ends while the other group's
+inference runs never blocks, so on Pong's default layout that count read 0.08 where
+training ran at 0.22 of raw stepping.
 """
 
 from __future__ import annotations
 
 import collections
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +35,7 @@ import torch
 
 from .. import acting_noise
 from ..contracts import Policy as ActingPolicy
-from ..envs import EnvSpec, VecEnv
+from ..envs import EnvSpec, StepResult, VecEnv
 
 # (obs of the envs in columns ``envs``, envs) -> (actions, log-probability of each action under the
 # acting policy, state value of each observation from the same pass: NaN where the policy has none)
@@ -53,10 +59,14 @@ def rollout_arrays(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, tupl
     }
 
 
-PROBE_EVERY = 32  # steps between two timings of the bare env step
+PROBE_EVERY = 32  # steps between two timings of the bare env step (counted over rollouts)
 # the step time in use is the fastest of the latest probes: the others were slowed by
 # whatever else ran (torch's OpenMP threads spin on the cores for a while after inference)
 PROBES_KEPT = 16
+# Groups are taken as their steps end only where a bare step is at least this long: handing
+# each step between threads costs about 0.1 ms a group step, which cut EnvPool CartPole's
+# transport from 0.21 to 0.16 of raw stepping (0.59 ms a step) and is lost in Pong's 44 ms
+ORDER_FREE_MIN_STEP_S = 0.005
 
 
 def env_columns(sizes: list[int]) -> list[slice]:
@@ -71,6 +81,66 @@ class CollectorTimings:
     inference_s: float
     wall_s: float  # the wall-clock the others are out of
     env_busy_s: float  # the steps taken, at the env library's own speed (the probes')
+
+
+class StepArrivals:
+    """Each group's blocking ``recv`` in a thread of its own, so that the collector takes the
+    groups in the order their steps end, not the order they were sent.
+
+    In a fixed order a group whose step ends first waits, its env threads idle, while the
+    Python thread is still blocked on the other group's ``recv``. Taken as they end, Pong's
+    transport measured a median 2-4% faster on two cores in each of four side-by-side runs,
+    within that machine's noise (docs/benchmarks.md, "Groups taken as their steps end").
+    The threads only wait: EnvPool's and ALE's ``recv`` release the GIL until the step is
+    done.
+    """
+
+    def __init__(self, groups: list[VecEnv]):
+        self.groups = groups
+        self.ended: queue.SimpleQueue[tuple[int, StepResult | BaseException]] = queue.SimpleQueue()
+        self.requests: list[queue.SimpleQueue[bool]] = [queue.SimpleQueue() for _ in groups]
+        self.pending = 0
+        self.threads = [threading.Thread(target=self._receive_each_step, args=(g,), name=f"recv-group-{g}", daemon=True)
+                        for g in range(len(groups))]
+        for thread in self.threads:
+            thread.start()
+
+    def _receive_each_step(self, g: int) -> None:
+        while self.requests[g].get():
+            try:
+                ended = self.groups[g].recv()
+            except BaseException as error:  # handed to the collector's thread, raised there
+                ended = error
+            self.ended.put((g, ended))
+
+    def expect(self, g: int) -> None:
+        """Group ``g`` was sent a step: receive it."""
+        self.pending += 1
+        self.requests[g].put(True)
+
+    def next(self, timeout_s: float | None = None) -> tuple[int, StepResult]:
+        g, ended = self.ended.get(timeout=timeout_s)
+        self.pending -= 1
+        if isinstance(ended, BaseException):
+            raise ended
+        return g, ended
+
+    def close(self, timeout_s: float = 10.0) -> set[int]:
+        """Receives the steps still under way (a collect that raised leaves some), so that no
+        thread is inside ``recv`` when the envs close, then ends the threads. Returns the
+        groups whose thread is still inside ``recv`` after ``timeout_s``."""
+        while self.pending:
+            try:
+                self.next(timeout_s)
+            except queue.Empty:
+                break
+            except Exception:  # a failed step: closing after a failure, which is the caller's to report
+                continue
+        for request in self.requests:
+            request.put(False)
+        for thread in self.threads:
+            thread.join(timeout_s)
+        return {g for g, thread in enumerate(self.threads) if thread.is_alive()}
 
 
 class RolloutCollector:
@@ -88,9 +158,11 @@ class RolloutCollector:
         self.steps_taken = 0  # steps of all envs, over every collect
         self.window_steps = 0
         self.probes: collections.deque[float] = collections.deque(maxlen=PROBES_KEPT)  # seconds of one bare step
+        self.sent: collections.deque[int] = collections.deque()  # groups stepping, in the order sent
+        self.arrivals = StepArrivals(groups) if len(groups) > 1 and all(g.recv_releases_gil for g in groups) else None
+        self.order_free = False  # this rollout takes the groups as their steps end (through ``arrivals``)
 
-    def _receive(self, g: int, t: int, out: dict[str, np.ndarray]) -> None:
-        result = self.groups[g].recv()
+    def _receive(self, g: int, t: int, result: StepResult, out: dict[str, np.ndarray]) -> None:
         cols = self.columns[g]
         out["rewards"][t, cols] = result.reward
         out["terminated"][t, cols] = result.terminated
@@ -98,46 +170,85 @@ class RolloutCollector:
         out["autoreset"][t, cols] = result.autoreset
         self.obs[g] = result.obs
 
+    def _infer(self, g: int, t: int, policy: Policy, out: dict[str, np.ndarray]) -> np.ndarray:
+        cols = self.columns[g]
+        out["obs"][t, cols] = self.obs[g]
+        began = time.perf_counter()
+        actions, log_probs, values = policy(self.obs[g], cols)
+        self.policy_seconds += time.perf_counter() - began
+        out["actions"][t, cols] = actions
+        out["behaviour_log_probs"][t, cols] = log_probs
+        out["behaviour_values"][t, cols] = values
+        return actions
+
+    def _act(self, g: int, t: int, policy: Policy, out: dict[str, np.ndarray]) -> None:
+        self.groups[g].send(self._infer(g, t, policy, out))
+        if self.order_free:
+            self.arrivals.expect(g)
+        else:
+            self.sent.append(g)
+
+    def _next_step_end(self) -> tuple[int, StepResult]:
+        """The group whose step ends next, and its step: the first to end where groups are
+        received order-free, else the first sent."""
+        began = time.perf_counter()
+        if self.order_free:
+            ended = self.arrivals.next()
+        else:
+            g = self.sent.popleft()
+            ended = g, self.groups[g].recv()
+        self.step_seconds += time.perf_counter() - began
+        return ended
+
+    def _probe(self, t: int, policy: Policy, out: dict[str, np.ndarray]) -> None:
+        """Step ``t`` for every group at once, with nothing else running in this process: the
+        bare step's time."""
+        actions = [self._infer(g, t, policy, out) for g in range(len(self.groups))]
+        began = time.perf_counter()
+        for env, group_actions in zip(self.groups, actions, strict=True):
+            env.send(group_actions)
+        for g, env in enumerate(self.groups):
+            self._receive(g, t, env.recv(), out)
+        self.probes.append(time.perf_counter() - began)
+        self.step_seconds += self.probes[-1]
+
     def collect(self, policy: Policy, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        groups, columns = self.groups, self.columns
-        pending = [False] * len(groups)
-        policy_s = wait_s = 0.0
+        """One rollout into ``out``. A collect that raised leaves steps under way: close the
+        collector then, rather than collect again."""
         if self.window_began is None:
             self.window_began = time.perf_counter()
-        for t in range(self.horizon + 1):
-            probe = t < self.horizon and self.steps_taken % PROBE_EVERY == 0
-            for g, (env, cols) in enumerate(zip(groups, columns, strict=True)):
-                if pending[g]:
-                    began = time.perf_counter()
-                    self._receive(g, t - 1, out)
-                    wait_s += time.perf_counter() - began
-                    pending[g] = False
-                if t == self.horizon:
-                    out["next_obs"][cols] = self.obs[g]
-                    continue
-                out["obs"][t, cols] = self.obs[g]
-                began = time.perf_counter()
-                actions, log_probs, values = policy(self.obs[g], cols)
-                policy_s += time.perf_counter() - began
-                out["actions"][t, cols] = actions
-                out["behaviour_log_probs"][t, cols] = log_probs
-                out["behaviour_values"][t, cols] = values
-                if not probe:
-                    env.send(actions)
-                    pending[g] = True
-            if probe:  # every group at once, with nothing else running in this process
-                began = time.perf_counter()
-                for env, cols in zip(groups, columns, strict=True):
-                    env.send(out["actions"][t, cols])
-                for g in range(len(groups)):
-                    self._receive(g, t, out)
-                self.probes.append(time.perf_counter() - began)
-                wait_s += self.probes[-1]
-            if t < self.horizon:
-                self.steps_taken += 1
-                self.window_steps += 1
-        self.policy_seconds += policy_s
-        self.step_seconds += wait_s
+        self.order_free = self.arrivals is not None and min(self.probes, default=0.0) >= ORDER_FREE_MIN_STEP_S
+        step = [0] * len(self.groups)  # each group's next row
+        waiting_for_probe: list[int] = []  # groups at a probe step, until every group is
+        in_flight = 0
+
+        def advance(g: int) -> None:
+            nonlocal in_flight
+            if step[g] == self.horizon:
+                out["next_obs"][self.columns[g]] = self.obs[g]
+            elif (self.steps_taken + step[g]) % PROBE_EVERY == 0:
+                waiting_for_probe.append(g)
+            else:
+                self._act(g, step[g], policy, out)
+                in_flight += 1
+
+        for g in range(len(self.groups)):
+            advance(g)
+        while in_flight or waiting_for_probe:
+            if len(waiting_for_probe) == len(self.groups):  # every group is at the same step
+                self._probe(step[0], policy, out)
+                waiting_for_probe.clear()
+                for g in range(len(self.groups)):
+                    step[g] += 1
+                    advance(g)
+                continue
+            g, result = self._next_step_end()
+            in_flight -= 1
+            self._receive(g, step[g], result, out)
+            step[g] += 1
+            advance(g)
+        self.steps_taken += self.horizon
+        self.window_steps += self.horizon
         return out
 
     def pop_episodes(self) -> tuple[list[float], list[int]]:
@@ -161,8 +272,10 @@ class RolloutCollector:
         return out
 
     def close(self) -> None:
-        for env in self.groups:
-            env.close()
+        still_stepping = self.arrivals.close() if self.arrivals is not None else set()
+        for g, env in enumerate(self.groups):
+            if g not in still_stepping:  # closing an env a thread is inside could crash the process
+                env.close()
 
 
 def allocate(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, np.ndarray]:
