@@ -5,20 +5,20 @@ EnvPool's threads, the Python thread runs inference for the other, so stepping a
 inference overlap. Each group goes through the rollout's steps at its own pace. Where a
 step takes long enough (``ORDER_FREE_MIN_STEP_S``), the collector takes whichever group's
 step ends first (:class:`StepArrivals`), so within a rollout no group waits for another's;
-else it takes them in the order they were sent. With one group everything takes turns. The same
-collector runs inline in synchronous mode and inside each actor process in asynchronous
-mode; only the arrays it writes differ (its own, or a shared-memory slot).
+else it takes them in the order they were sent. With one group everything takes turns.
+The same collector runs inline in synchronous mode and inside each actor process in
+asynchronous mode; only the arrays it writes differ (its own, or a shared-memory slot).
 
 The collector's own timers also say how close acting runs to the env library's speed.
 Every ``PROBE_EVERY`` steps it waits until every group has reached that step, infers for
 every group and then steps them all at once, timing the bare step of all its envs (the
 actions, and so the trajectory, are the same as without the probe; only that step's
-overlap is given up). The run's env efficiency is the wall-clock the steps
-taken would need at that speed, over the wall-clock they took (learning, waiting for slots
-or weights included): 1.0 when acting is as fast as the env library on these threads.
-Time blocked in ``recv`` would not do: a group whose step ends while the other group's
-inference runs never blocks, so on Pong's default layout that count read 0.08 where
-training ran at 0.22 of raw stepping.
+overlap is given up). The run's env efficiency is the wall-clock the steps taken would
+need at that speed, over the wall-clock they took (learning, waiting for slots or weights
+included): 1.0 when acting is as fast as the env library on these threads. Time blocked
+in ``recv`` would not do: a group whose step ends while the other group's inference runs
+never blocks, so on Pong's default layout that count read 0.08 where training ran at
+0.22 of raw stepping.
 """
 
 from __future__ import annotations
