@@ -1,4 +1,4 @@
-"""Everything a GPU machine must show, in one command (7 to 8 minutes on 16 cores + 1 GPU):
+"""Everything a GPU machine must show, in one command (at most 6 minutes on 16 cores + 1 GPU):
 
     python benchmarks/gpu_check.py --out DIR            # on the GPU machine
     python benchmarks/gpu_check.py --smoke --out DIR    # tiny sizes on the CPU (the test suite)
@@ -10,17 +10,24 @@ Sections, each timed and recorded even when another fails:
                     default Adam: one PPO update's losses on the same batch within tolerance,
                     compiling really done, CUDA graphs really recorded;
   3. checkpoint  -- a run written on the device resumes on the CPU with the same step counter;
-  4. bench       -- `parallel-rl bench` figures on Pong-v5 (raw, pipeline, training) for each
-                    layout K tried, the fastest named;
-  5. nature_cnn  -- inference and update throughput of the Nature CNN actor-critic at batch
-                    256/1024/4096: eager, bf16 autocast, torch.compile, CUDA graphs;
-  6. ppo_8_envs  -- `ppo_atari` as it is, 8 envs x 128 steps, for 20 s: agent steps/s, and again
+  4. ppo_8_envs  -- `ppo_atari` as it is, 8 envs x 128 steps, for 15 s: agent steps/s, and again
                     with `perf.cuda_graphs`;
-  7. ppo_pong    -- PPO on Pong-v5 with 64 envs for at most 100 s: the recent mean return reached;
-  8. ranks       -- the same PPO job on 1 rank and on 2 (and 4 where there are 4 GPUs) through
+  5. bench       -- `parallel-rl bench` figures on Pong-v5 (raw, pipeline, training) for each
+                    layout K tried (the full check: the default's), the fastest named;
+  6. nature_cnn  -- inference and update throughput of the Nature CNN actor-critic at batch
+                    256/1024/4096: eager, bf16 autocast, torch.compile, CUDA graphs;
+  7. ranks       -- the same PPO job on 1 rank and on 2 (and 4 where there are 4 GPUs) through
                     `--nproc-per-node`: NCCL between GPUs (gloo where ranks share one), the
-                    steps/s of each and the scaling efficiency per added GPU.
+                    steps/s of each and the scaling efficiency per added GPU;
+  8. ppo_pong    -- PPO on Pong-v5 with 64 envs for what the budget leaves (at most 3 minutes):
+                    the recent mean return reached.
 Writes DIR/gpu_check.json and DIR/gpu_check.md. Exit status 1 when a section failed.
+
+The whole check keeps to a wall-clock budget (`--budget-s`; the full check's default leaves the
+6 minutes a lent machine's session can spare, with room for a rerun): a section starts only
+where the time left covers what it needs at the least, and the two sections whose length can
+stretch, nature_cnn and ppo_pong, take what the others leave. A skipped section is recorded
+as skipped, with the time that was left.
 
 It runs where EnvPool is absent (Python 3.12 machines): Atari then steps on ALE's vector env
 (`env.backend: auto` falls back to it) and the classic tasks on gymnasium. The wheels to
@@ -70,16 +77,55 @@ class Sizes:
     ranks_steps: int
     switches_recipe: str
     switches: tuple[str, ...]
+    budget_s: float  # the whole check's wall-clock, from the script's start
+    needs_s: dict[str, float]  # each section's least useful wall-clock, start-up included, in the order they run
 
 
-# FULL's bench (three phases per layout, each building 256 ALE envs) took 98 s a layout on the
-# H200 machine: two layouts, inline and the default's choice (K = 4 on 16 cores, within 1% of
-# K = 2 there), sharing one raw phase
-FULL = Sizes("cuda", 8, 256, 5.0, (0, -1), (256, 1024, 4096), 1.0,
-             ("eager", "bf16", "bf16+channels_last", "compile", "compile+bf16", "cuda_graphs"), 64, 100.0, 20.0,
-             "ppo_atari", 64, 60_000, "ppo_atari", ("fused", "bf16", "channels_last", "compile", "compile+bf16", "cuda_graphs"))
+# The seconds each section needs at the least on the GPU machine, start-up included, from the
+# H200 run of 2026-12-04: a bench layout costs about 98 s there (three phases, each building
+# 256 ALE envs, about 18 s of it measuring), so the full check benches the default's layout
+# alone (K = 4 on 16 cores, 1.19x inline's training speed that day); ranks, 47 s at 60k steps;
+# ppo_pong, 16 s of start-up before its run. 340 s from the script's start leaves the 6
+# minutes with room for Python's and CUDA's own start-up.
+FULL_NEEDS_S = {"algorithms": 20.0, "switches": 40.0, "checkpoint": 5.0, "ppo_8_envs": 45.0, "bench": 100.0,
+                "nature_cnn": 20.0, "ranks": 50.0, "ppo_pong": 50.0}
+FULL = Sizes("cuda", 8, 256, 5.0, (-1,), (256, 1024, 4096), 0.5,
+             ("eager", "bf16", "bf16+channels_last", "compile", "compile+bf16", "cuda_graphs"), 64, 180.0, 15.0,
+             "ppo_atari", 64, 60_000, "ppo_atari", ("fused", "bf16", "channels_last", "compile", "compile+bf16", "cuda_graphs"),
+             340.0, FULL_NEEDS_S)
+# the smoke's budget is loose: it checks that every section runs, on a CPU that may be busy with other tests
 SMOKE = Sizes("cpu", 2, 8, 4.0, (0, 1), (8, 16), 0.2, ("eager", "bf16", "channels_last"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
-              "ppo_classic", ("fused", "bf16"))
+              "ppo_classic", ("fused", "bf16"), 600.0, dict.fromkeys(FULL_NEEDS_S, 1.0))
+NATURE_CNN_MOST_S = 45.0  # the CNN table's cells past this are skipped even with time to spare
+PPO_PONG_START_UP_S = 20.0  # building 64 ALE envs and the first update, before ppo_pong's run counts its time
+PPO_PONG_LEAST_S = 20.0
+
+
+class Budget:
+    """The check's wall-clock shared out between its sections, in the order of ``needs_s``.
+
+    A section starts only where the time left covers its own least need; what the sections
+    after it need at the least is kept back from the ones whose length stretches."""
+
+    def __init__(self, total_s: float, needs_s: dict[str, float], clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.deadline = clock() + total_s
+        self.needs_s = needs_s
+
+    def left(self) -> float:
+        return self.deadline - self.clock()
+
+    def allows(self, section: str) -> bool:
+        return self.left() >= self.needs_s[section]
+
+    def spare(self, section: str) -> float:
+        """Seconds ``section`` may take, keeping what every later section needs at the least
+        (never below its own least need)."""
+        names = list(self.needs_s)
+        later = sum(self.needs_s[name] for name in names[names.index(section) + 1:])
+        return max(self.needs_s[section], self.left() - later)
+
+
 # how far a switch's losses may sit from float32 eager's on the same batch, relative, plus an
 # absolute 1e-2 as in tests/test_perf.py (a clip fraction moves in steps of 1/minibatch):
 # compiled code reorders float sums; bfloat16 keeps about 3 significant digits
@@ -329,9 +375,14 @@ def section_ppo_8_envs(sizes: Sizes, work: Path) -> dict:
     return result
 
 
-def section_ppo_pong(sizes: Sizes, work: Path) -> dict:
-    result = ppo_pong_run(sizes, work, sizes.pong_envs, sizes.pong_seconds)
+def section_ppo_pong(sizes: Sizes, work: Path, seconds: float) -> dict:
+    result = ppo_pong_run(sizes, work, sizes.pong_envs, seconds)
     return {**result, "reached_20": bool(result["recent_return"] >= 20)}
+
+
+def ppo_pong_seconds(sizes: Sizes, spare: float) -> float:
+    """ppo_pong's run: what the budget leaves after its start-up, at most ``sizes.pong_seconds``."""
+    return min(sizes.pong_seconds, max(PPO_PONG_LEAST_S, spare - PPO_PONG_START_UP_S))
 
 
 def section_ranks(sizes: Sizes, work: Path) -> dict:
@@ -357,8 +408,11 @@ def section_ranks(sizes: Sizes, work: Path) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['mode']})", "", f"- machine: {report['machine']}", ""]
     for name, section in report["sections"].items():
-        status = "ok" if section["ok"] else "FAILED"
+        status = "skipped" if "skipped" in section else "ok" if section["ok"] else "FAILED"
         lines += [f"## {name}: {status} ({section['seconds']:.0f} s)", ""]
+        if "skipped" in section:
+            lines += [section["skipped"], ""]
+            continue
         if not section["ok"]:
             lines += ["```", section["error"].rstrip(), "```", ""]
             continue
@@ -394,8 +448,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, under a minute: the script cannot rot")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"the whole check's wall-clock in seconds (default {FULL.budget_s:.0f}; the smoke's is loose)")
+    parser.add_argument("--pong-seconds", type=float, default=None,
+                        help=f"the longest ppo_pong run (default {FULL.pong_seconds:.0f}); the budget may leave it less")
     args = parser.parse_args()
     sizes = SMOKE if args.smoke else FULL
+    sizes = replace(sizes, budget_s=args.budget_s if args.budget_s is not None else sizes.budget_s,
+                    pong_seconds=args.pong_seconds if args.pong_seconds is not None else sizes.pong_seconds)
     if sizes.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on the GPU machine, or --smoke for the CPU smoke run.", file=sys.stderr)
         return 2
@@ -404,28 +464,37 @@ def main() -> int:
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
     if torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name(0)}"
-    report = {"mode": "smoke (CPU)" if args.smoke else "full", "machine": machine, "sections": {}}
+    report = {"mode": "smoke (CPU)" if args.smoke else "full", "machine": machine, "budget_s": sizes.budget_s, "sections": {}}
+    budget = Budget(sizes.budget_s, sizes.needs_s)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         sections = {
             "algorithms": lambda: section_algorithms(sizes, work),
             "switches": lambda: section_switches(sizes),
             "checkpoint": lambda: section_checkpoint(sizes, work),
-            "bench": lambda: section_bench(sizes, work),
-            "nature_cnn": lambda: section_nature_cnn(sizes, deadline=time.perf_counter() + (60 if args.smoke else 75)),
             "ppo_8_envs": lambda: section_ppo_8_envs(sizes, work),
-            "ppo_pong": lambda: section_ppo_pong(sizes, work),
+            "bench": lambda: section_bench(sizes, work),
+            "nature_cnn": lambda: section_nature_cnn(
+                sizes, deadline=time.perf_counter() + min(NATURE_CNN_MOST_S, budget.spare("nature_cnn"))),
             "ranks": lambda: section_ranks(sizes, work),
+            "ppo_pong": lambda: section_ppo_pong(sizes, work, ppo_pong_seconds(sizes, budget.spare("ppo_pong"))),
         }
+        if list(sections) != list(sizes.needs_s):
+            raise AssertionError(f"the budget's sections {list(sizes.needs_s)} are not the check's {list(sections)}")
         for name, run in sections.items():
             began = time.perf_counter()
-            try:
-                entry = {"ok": True, "result": run()}
-            except Exception:
-                entry = {"ok": False, "error": traceback.format_exc()}
+            if not budget.allows(name):
+                entry = {"ok": True, "skipped": f"skipped: {budget.left():.0f} s of the {sizes.budget_s:.0f}-s budget left, "
+                                                f"under the {sizes.needs_s[name]:.0f} s it needs"}
+            else:
+                try:
+                    entry = {"ok": True, "result": run()}
+                except Exception:
+                    entry = {"ok": False, "error": traceback.format_exc()}
             entry["seconds"] = time.perf_counter() - began
             report["sections"][name] = entry
-            print(f"{name}: {'ok' if entry['ok'] else 'FAILED'} in {entry['seconds']:.1f} s", flush=True)
+            print(f"{name}: {'skipped' if 'skipped' in entry else 'ok' if entry['ok'] else 'FAILED'} in {entry['seconds']:.1f} s",
+                  flush=True)
             (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
             (args.out / "gpu_check.md").write_text(markdown(report))
     print(f"wrote {args.out / 'gpu_check.md'} and gpu_check.json in {time.perf_counter() - started:.0f} s")

@@ -140,3 +140,30 @@ def test_thread_cpu_shares_come_from_the_middle_half_of_the_measurement():
     line = transport_ab.middle_half_shares(samples, seconds=4.0)
     assert line == ("actor process 2 other threads 150.0%, learner Python thread 10.0%; "
                     "the machine idle 50.0% of a core"), line
+
+
+def test_gpu_check_budget_skips_what_cannot_fit_and_stretches_the_last_section_into_what_is_left(monkeypatch):
+    """The GPU check's budget on a made-up clock: a section starts only where the time left
+    covers its own least need, and a stretching section keeps back what the later ones need."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCHMARKS / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    now = [0.0]
+    budget = gpu_check.Budget(300.0, {"first": 50.0, "stretch": 20.0, "last": 60.0}, clock=lambda: now[0])
+    assert budget.allows("first") and budget.spare("first") == 300.0 - 80.0
+    now[0] = 100.0
+    assert budget.spare("stretch") == 200.0 - 60.0  # the last section's 60 s kept back
+    now[0] = 250.0
+    assert budget.spare("stretch") == 20.0  # never below its own need, though the last then may not fit
+    assert not budget.allows("last") and budget.spare("last") == 60.0
+    now[0] = 230.0
+    assert budget.allows("last") and budget.spare("last") == 70.0
+    full = gpu_check.FULL
+    assert gpu_check.ppo_pong_seconds(full, 70.0) == 70.0 - gpu_check.PPO_PONG_START_UP_S
+    assert gpu_check.ppo_pong_seconds(full, 1000.0) == full.pong_seconds == 180.0  # the issue's 3 minutes at most
+    assert gpu_check.ppo_pong_seconds(full, 0.0) == gpu_check.PPO_PONG_LEAST_S
+    # the full check's least needs fit its budget, so on a machine as fast as the H200 nothing is skipped
+    assert sum(full.needs_s.values()) <= full.budget_s <= 360.0 - 15.0
