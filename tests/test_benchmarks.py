@@ -29,6 +29,8 @@ def script(name, *args):
                  ["| paac_classic | **default** (K = 0", "| paac_classic | K = 2,"], marks=pytest.mark.slow),
     pytest.param("ppo_profile.py", ["--only", "ours", "--steps", "2048"], ["| act forward |", "| backward |"],
                  marks=pytest.mark.slow),
+    pytest.param("space_to_depth.py", ["--repeats", "1"], ["| 8x8 stride 4 (plain) |", "| space-to-depth, 2x2 over 64 channels |"],
+                 marks=pytest.mark.slow),
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
     pytest.param("transport_ab.py", [".", "--groups-bare", "--thread-cpu", "--rounds", "1", "--seconds", "1", "--actors", "8"],
@@ -43,7 +45,7 @@ def test_benchmark_script_prints_its_table(name, args, rows):
         assert row in out.stdout, out.stdout
 
 
-@pytest.mark.parametrize("name", ["kron_cost.py", "qrdqn_learner.py", "ranks.py"])
+@pytest.mark.parametrize("name", ["kron_cost.py", "qrdqn_learner.py", "ranks.py", "space_to_depth.py"])
 def test_benchmark_script_refuses_bad_arguments(name):
     out = script(name, "--repeats", "0")
     assert out.returncode == 2

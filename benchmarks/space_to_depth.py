@@ -1,0 +1,117 @@
+"""The Nature CNN's first convolution recast as space-to-depth, against the plain one.
+
+    python benchmarks/space_to_depth.py            # eager
+    python benchmarks/space_to_depth.py --compile  # torch.compile of the whole update
+
+The first convolution (8x8 kernel, stride 4, 4 input channels) is the same arithmetic as a
+2x2 stride-1 convolution over the frame cut into 4x4 blocks stacked as 64 channels. That form
+has a faster weight gradient on oneDNN's CPU kernels, but the rearranged frames are a fresh
+copy every minibatch. This times both for what the update pays: the first convolution's
+weight gradient alone, and a whole update (forward, backward, Adam) of the actor-critic
+network at PPO's minibatch of 256, channels-last as `perf.channels_last: auto` runs it on a
+CPU. Medians of ``--repeats`` calls (12) after 3 warm-ups; both forms are checked to give the
+same outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BATCH, FRAMES, SIDE, BLOCK = 256, 4, 84, 4
+CELLS = SIDE // BLOCK  # 21: the 84x84 frame as 21x21 blocks of 4x4
+
+
+class NatureCNN(nn.Module):
+    """The Nature CNN actor-critic's layers; ``space_to_depth`` runs the first convolution
+    over 4x4 blocks, its 8x8 weights rearranged to 2x2 over 64 channels on every call."""
+
+    def __init__(self, space_to_depth: bool):
+        super().__init__()
+        self.space_to_depth = space_to_depth
+        self.first = nn.Conv2d(FRAMES, 32, 8, 4)
+        self.rest = nn.Sequential(nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(), nn.Conv2d(64, 64, 3, 1), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Linear(512, 7))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        n = frames.shape[0]
+        if not self.space_to_depth:
+            x = frames.to(torch.float32, memory_format=torch.channels_last, copy=True).mul_(1 / 255)
+            return self.rest(self.first(x))
+        # blocks as channels, in one pass over the uint8 frames: (n, 21, 21, frame, dy, dx)
+        blocks = torch.empty((n, CELLS, CELLS, FRAMES, BLOCK, BLOCK), dtype=torch.float32)
+        blocks.copy_(frames.view(n, FRAMES, CELLS, BLOCK, CELLS, BLOCK).permute(0, 2, 4, 1, 3, 5))
+        x = blocks.view(n, CELLS, CELLS, FRAMES * BLOCK * BLOCK).permute(0, 3, 1, 2).mul_(1 / 255)
+        weight = self.first.weight.view(32, FRAMES, 2, BLOCK, 2, BLOCK).permute(0, 1, 3, 5, 2, 4)
+        weight = weight.reshape(32, FRAMES * BLOCK * BLOCK, 2, 2).contiguous(memory_format=torch.channels_last)
+        return self.rest(F.conv2d(x, weight, self.first.bias))
+
+
+def median_ms(call, repeats: int) -> float:
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return 1e3 * statistics.median(times)
+
+
+def first_conv_weight_grad_ms(layout: torch.memory_format, repeats: int) -> float:
+    frames = torch.rand(BATCH, FRAMES, SIDE, SIDE).contiguous(memory_format=layout)
+    weight = torch.randn(32, FRAMES, 8, 8).contiguous(memory_format=layout)
+    grad_out = torch.randn(BATCH, 32, 20, 20).contiguous(memory_format=layout)
+    return median_ms(lambda: torch.ops.aten.convolution_backward(grad_out, frames, weight, [32], [4, 4], [0, 0], [1, 1],
+                                                                  False, [0, 0], 1, [False, True, True]), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the update's forward and backward")
+    parser.add_argument("--repeats", type=int, default=12, help="timed calls per figure, after 3 warm-ups (default 12)")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    frames = torch.randint(0, 256, (BATCH, FRAMES, SIDE, SIDE), dtype=torch.uint8)
+    torch.manual_seed(0)
+    plain = NatureCNN(False).to(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    recast = NatureCNN(True).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        difference = (plain(frames) - recast(frames)).abs().max().item()
+    if difference > 1e-4:
+        raise SystemExit(f"the two forms differ by {difference}: the recast is wrong")
+    print(f"first convolution's weight gradient, batch {BATCH}: NCHW {first_conv_weight_grad_ms(torch.contiguous_format, args.repeats):.1f} ms, "
+          f"NHWC {first_conv_weight_grad_ms(torch.channels_last, args.repeats):.1f} ms")
+    print(f"| first convolution | update, batch {BATCH}{' (compiled)' if args.compile else ''} (ms) | forward alone (ms) |")
+    print("|---|---:|---:|")
+    for name, net in (("8x8 stride 4 (plain)", plain), ("space-to-depth, 2x2 over 64 channels", recast)):
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+        def loss_backward(frames: torch.Tensor, net: nn.Module = net) -> torch.Tensor:
+            loss = net(frames).square().mean()
+            loss.backward()
+            return loss
+
+        step = torch.compile(loss_backward) if args.compile else loss_backward
+
+        def update(step=step, optimizer=optimizer) -> None:
+            optimizer.zero_grad()
+            step(frames)
+            optimizer.step()
+
+        def forward(net: nn.Module = net) -> None:
+            with torch.no_grad():
+                net(frames)
+
+        print(f"| {name} | {median_ms(update, args.repeats):.1f} | {median_ms(forward, args.repeats):.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
