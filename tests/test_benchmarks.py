@@ -156,6 +156,10 @@ def test_gpu_check_budget_skips_what_cannot_fit_and_stretches_the_last_section_i
     now = [0.0]
     budget = gpu_check.Budget(300.0, {"first": 50.0, "stretch": 20.0, "last": 60.0}, clock=lambda: now[0])
     assert budget.allows("first") and budget.spare("first") == 300.0 - 80.0
+    now[0] = 250.0
+    assert budget.allows("first")  # its own 50 s are left, though not the later sections' too
+    now[0] = 250.5
+    assert not budget.allows("first")
     now[0] = 100.0
     assert budget.spare("stretch") == 200.0 - 60.0  # the last section's 60 s kept back
     now[0] = 250.0
@@ -169,3 +173,18 @@ def test_gpu_check_budget_skips_what_cannot_fit_and_stretches_the_last_section_i
     assert gpu_check.ppo_pong_seconds(full, 0.0) == gpu_check.PPO_PONG_LEAST_S
     # the full check's least needs fit its budget, so on a machine as fast as the H200 nothing is skipped
     assert sum(full.needs_s.values()) <= full.budget_s <= 360.0 - 15.0
+
+
+def test_gpu_check_records_the_sections_its_budget_leaves_no_time_for(tmp_path):
+    """With a 1.5-s budget the smoke check runs its first section (its 1-s need is left) and
+    records every later one as skipped, in the JSON, the markdown and the last line, exit 0."""
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--budget-s", "1.5", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sections = json.loads((out / "gpu_check.json").read_text())["sections"]
+    assert sections["algorithms"]["ok"] and "result" in sections["algorithms"]
+    later = [name for name in sections if name != "algorithms"]
+    assert later and all("skipped" in sections[name] and "result" not in sections[name] for name in later)
+    assert "## ppo_pong: skipped" in (out / "gpu_check.md").read_text()
+    assert "skipped for time: " + ", ".join(later) in result.stdout
