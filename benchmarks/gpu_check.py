@@ -462,6 +462,9 @@ def main() -> int:
     parser.add_argument("--pong-seconds", type=float, default=None,
                         help=f"the longest ppo_pong run (default {FULL.pong_seconds:.0f}); the budget may leave it less")
     args = parser.parse_args()
+    for flag, value in (("--budget-s", args.budget_s), ("--pong-seconds", args.pong_seconds)):
+        if value is not None and not value > 0:  # NaN too
+            parser.error(f"{flag} must be a positive number of seconds, not {value}")
     sizes = SMOKE if args.smoke else FULL
     sizes = replace(sizes, budget_s=args.budget_s if args.budget_s is not None else sizes.budget_s,
                     pong_seconds=args.pong_seconds if args.pong_seconds is not None else sizes.pong_seconds)

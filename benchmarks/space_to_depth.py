@@ -7,9 +7,9 @@ The first convolution (8x8 kernel, stride 4, 4 input channels) is the same arith
 2x2 stride-1 convolution over the frame cut into 4x4 blocks stacked as 64 channels. That form
 has a faster weight gradient on oneDNN's CPU kernels, but the rearranged frames are a fresh
 copy every minibatch. This times both for what the update pays: the first convolution's
-weight gradient alone, and a whole update (forward, backward, Adam) of the actor-critic
-network at PPO's minibatch of 256, channels-last as `perf.channels_last: auto` runs it on a
-CPU. Medians of ``--repeats`` calls (12) after 3 warm-ups; both forms are checked to give the
+weight gradient alone, and a whole update (forward, backward, Adam) of `ppo_atari`'s
+actor-critic, built by the package as a run builds it (channels-last, as
+`perf.channels_last: auto` runs it on a CPU), at PPO's minibatch of 256. Medians of ``--repeats`` calls (12) after 3 warm-ups; both forms are checked to give the
 same outputs.
 """
 
@@ -27,29 +27,37 @@ BATCH, FRAMES, SIDE, BLOCK = 256, 4, 84, 4
 CELLS = SIDE // BLOCK  # 21: the 84x84 frame as 21x21 blocks of 4x4
 
 
-class NatureCNN(nn.Module):
-    """The Nature CNN actor-critic's layers; ``space_to_depth`` runs the first convolution
-    over 4x4 blocks, its 8x8 weights rearranged to 2x2 over 64 channels on every call."""
+def ppo_atari_network(space_to_depth: bool) -> nn.Module:
+    """``ppo_atari``'s actor-critic as a run builds it on a CPU (channels-last), seeded; with
+    ``space_to_depth`` its encoder runs the first convolution over 4x4 blocks, the 8x8 weights
+    rearranged to 2x2 over 64 channels on every call."""
+    import gymnasium as gym
+    import numpy as np
 
-    def __init__(self, space_to_depth: bool):
-        super().__init__()
-        self.space_to_depth = space_to_depth
-        self.first = nn.Conv2d(FRAMES, 32, 8, 4)
-        self.rest = nn.Sequential(nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(), nn.Conv2d(64, 64, 3, 1), nn.ReLU(),
-                                  nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(), nn.Linear(512, 7))
+    from parallel_rl.algos import make_policy
+    from parallel_rl.config import build_config
+    from parallel_rl.envs import EnvSpec
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        n = frames.shape[0]
-        if not self.space_to_depth:
-            x = frames.to(torch.float32, memory_format=torch.channels_last, copy=True).mul_(1 / 255)
-            return self.rest(self.first(x))
-        # blocks as channels, in one pass over the uint8 frames: (n, 21, 21, frame, dy, dx)
-        blocks = torch.empty((n, CELLS, CELLS, FRAMES, BLOCK, BLOCK), dtype=torch.float32)
-        blocks.copy_(frames.view(n, FRAMES, CELLS, BLOCK, CELLS, BLOCK).permute(0, 2, 4, 1, 3, 5))
-        x = blocks.view(n, CELLS, CELLS, FRAMES * BLOCK * BLOCK).permute(0, 3, 1, 2).mul_(1 / 255)
-        weight = self.first.weight.view(32, FRAMES, 2, BLOCK, 2, BLOCK).permute(0, 1, 3, 5, 2, 4)
-        weight = weight.reshape(32, FRAMES * BLOCK * BLOCK, 2, 2).contiguous(memory_format=torch.channels_last)
-        return self.rest(F.conv2d(x, weight, self.first.bias))
+    cfg = build_config("ppo_atari", {"device": "cpu", "perf.compile": False})
+    spec = EnvSpec("Pong-v5", "synthetic", (FRAMES, SIDE, SIDE), np.dtype(np.uint8), gym.spaces.Discrete(6), True)
+    torch.manual_seed(0)
+    net = make_policy(spec, cfg, torch.device("cpu")).net
+    if space_to_depth:
+        encoder = net.encoder
+        first, rest = encoder.net[0], encoder.net[1:]
+
+        def forward(frames: torch.Tensor) -> torch.Tensor:
+            n = frames.shape[0]
+            # blocks as channels, in one pass over the uint8 frames: (n, 21, 21, frame, dy, dx)
+            blocks = torch.empty((n, CELLS, CELLS, FRAMES, BLOCK, BLOCK), dtype=torch.float32)
+            blocks.copy_(frames.view(n, FRAMES, CELLS, BLOCK, CELLS, BLOCK).permute(0, 2, 4, 1, 3, 5))
+            x = blocks.view(n, CELLS, CELLS, FRAMES * BLOCK * BLOCK).permute(0, 3, 1, 2).mul_(1 / 255)
+            weight = first.weight.view(first.out_channels, FRAMES, 2, BLOCK, 2, BLOCK).permute(0, 1, 3, 5, 2, 4)
+            weight = weight.reshape(first.out_channels, FRAMES * BLOCK * BLOCK, 2, 2).contiguous(memory_format=torch.channels_last)
+            return rest(F.conv2d(x, weight, first.bias))
+
+        encoder.forward = forward
+    return net
 
 
 def median_ms(call, repeats: int) -> float:
@@ -79,12 +87,9 @@ def main() -> None:
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, not {args.repeats}")
     frames = torch.randint(0, 256, (BATCH, FRAMES, SIDE, SIDE), dtype=torch.uint8)
-    torch.manual_seed(0)
-    plain = NatureCNN(False).to(memory_format=torch.channels_last)
-    torch.manual_seed(0)
-    recast = NatureCNN(True).to(memory_format=torch.channels_last)
+    plain, recast = ppo_atari_network(False), ppo_atari_network(True)
     with torch.no_grad():
-        difference = (plain(frames) - recast(frames)).abs().max().item()
+        difference = max((a - b).abs().max().item() for a, b in zip(plain(frames), recast(frames), strict=True))
     if difference > 1e-4:
         raise SystemExit(f"the two forms differ by {difference}: the recast is wrong")
     print(f"first convolution's weight gradient, batch {BATCH}: NCHW {first_conv_weight_grad_ms(torch.contiguous_format, args.repeats):.1f} ms, "
@@ -95,7 +100,8 @@ def main() -> None:
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
         def loss_backward(frames: torch.Tensor, net: nn.Module = net) -> torch.Tensor:
-            loss = net(frames).square().mean()
+            logits, value = net(frames)
+            loss = logits.logsumexp(-1).mean() + value.square().mean()
             loss.backward()
             return loss
 

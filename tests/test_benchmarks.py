@@ -188,3 +188,10 @@ def test_gpu_check_records_the_sections_its_budget_leaves_no_time_for(tmp_path):
     assert later and all("skipped" in sections[name] and "result" not in sections[name] for name in later)
     assert "## ppo_pong: skipped" in (out / "gpu_check.md").read_text()
     assert "skipped for time: " + ", ".join(later) in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["--budget-s", "--pong-seconds"])
+def test_gpu_check_refuses_a_budget_that_is_not_a_positive_number_of_seconds(tmp_path, flag):
+    out = script("gpu_check.py", "--smoke", flag, "0", "--out", str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"{flag} must be a positive number of seconds, not 0.0" in out.stderr
