@@ -4,10 +4,13 @@ minibatches), whole processes timed in alternation on the same machine.
 
     pip install tyro   # the peer's only extra dependency
     python benchmarks/peer_ppo.py --peer ../shared/peers/cleanrl_ppo_atari_envpool.py --steps 20480 --repeats 2
+    python benchmarks/peer_ppo.py --set perf.compile=true --variant "" --variant "perf.amp=bf16"
 
 Prints, per contender, the median wall-clock of the whole process and the median agent
 steps/s over the steady part (agent steps between the first and last progress report over
-the seconds between them), then the ratio ours / peer.
+the seconds between them), then the ratio ours / peer. ``--set`` applies to every run of
+ours; each ``--variant`` (space-separated KEY=VALUE overrides on top, "" for none) is a
+contender of its own, all of them alternated with the peer within each repeat.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ def run_peer(peer: Path, steps: int) -> tuple[float, float]:
     return wall, float(rates[-1]) if rates else float("nan")  # the peer counts from its own start: its last figure
 
 
-def run_ours(steps: int, extra: list[str]) -> tuple[float, float]:
+def run_ours(steps: int, extra: list[str], config: str = "ppo_atari") -> tuple[float, float]:
+    """(wall-clock of the whole process, steady agent steps/s) of ``parallel-rl launch --config config``."""
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "parallel_rl", "launch", "--config", "ppo_atari", "--steps", str(steps),
+        proc = subprocess.Popen([sys.executable, "-m", "parallel_rl", "launch", "--config", config, "--steps", str(steps),
                                  "--run-dir", f"{tmp}/run", "--set", "logging.interval_s=1", *extra],
                                 stdout=subprocess.PIPE, text=True)
         seen: list[tuple[float, float]] = []
@@ -60,12 +64,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides for our run (e.g. actors.procs=1)")
+    parser.add_argument("--variant", dest="variants", action="append", default=None, metavar='"KEY=VALUE ..."',
+                        help="a contender of ours: overrides on top of --set (repeatable; default: one, with none)")
     args = parser.parse_args()
-    extra = [f for o in args.overrides for f in ("--set", o)]
-    results: dict[str, list[tuple[float, float]]] = {"CleanRL ppo_atari_envpool.py": [], "parallel-rl ppo_atari": []}
-    for i in range(args.repeats):  # alternate, so drift lands on both
-        results["CleanRL ppo_atari_envpool.py"].append(run_peer(args.peer, args.steps))
-        results["parallel-rl ppo_atari"].append(run_ours(args.steps, extra))
+    shared = [f for o in args.overrides for f in ("--set", o)]
+    variants = {f"parallel-rl ppo_atari{', ' + ', '.join(v.split()) if v.split() else ''}": v.split()
+                for v in (args.variants or [""])}
+    peer_name = "CleanRL ppo_atari_envpool.py"
+    results: dict[str, list[tuple[float, float]]] = {peer_name: [], **{name: [] for name in variants}}
+    for i in range(args.repeats):  # alternate, so drift lands on every contender
+        results[peer_name].append(run_peer(args.peer, args.steps))
+        for name, overrides in variants.items():
+            results[name].append(run_ours(args.steps, shared + [f for o in overrides for f in ("--set", o)]))
         print(f"repeat {i + 1}/{args.repeats} done", flush=True)
     print(f"\nPong-v5, {args.steps:,} agent steps each, medians of {args.repeats} alternating runs\n")
     print("| contender | steady agent steps/s | wall-clock (whole process) |")
@@ -75,8 +85,10 @@ def main() -> None:
         wall, sps = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         medians[name] = (wall, sps)
         print(f"| {name} | {sps:,.0f} | {wall:.1f} s |")
-    (peer_wall, peer_sps), (our_wall, our_sps) = medians.values()
-    print(f"\nours / peer: {our_sps / peer_sps:.2f}x steady agent steps/s, {peer_wall / our_wall:.2f}x wall-clock speed")
+    peer_wall, peer_sps = medians.pop(peer_name)
+    print()
+    for name, (our_wall, our_sps) in medians.items():
+        print(f"{name} / peer: {our_sps / peer_sps:.2f}x steady agent steps/s, {peer_wall / our_wall:.2f}x wall-clock speed")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ def script(name, *args):
                  marks=pytest.mark.slow),
     pytest.param("space_to_depth.py", ["--repeats", "1"], ["| 8x8 stride 4 (plain) |", "| space-to-depth, 2x2 over 64 channels |"],
                  marks=pytest.mark.slow),
+    pytest.param("amp_cpu.py", ["--only", "networks", "--eager-only", "--rounds", "1", "--seconds", "0.05"],
+                 ["bf16 units (AVX512_BF16 or AMX", "| ppo_atari | no | update | 256 |", "| paac_atari | no | inference | 8 |"],
+                 marks=pytest.mark.slow),
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
     pytest.param("transport_ab.py", [".", "--groups-bare", "--thread-cpu", "--rounds", "1", "--seconds", "1", "--actors", "8"],
@@ -45,11 +48,12 @@ def test_benchmark_script_prints_its_table(name, args, rows):
         assert row in out.stdout, out.stdout
 
 
-@pytest.mark.parametrize("name", ["kron_cost.py", "qrdqn_learner.py", "ranks.py", "space_to_depth.py"])
-def test_benchmark_script_refuses_bad_arguments(name):
-    out = script(name, "--repeats", "0")
+@pytest.mark.parametrize(("name", "flag"), [("kron_cost.py", "--repeats"), ("qrdqn_learner.py", "--repeats"), ("ranks.py", "--repeats"),
+                                           ("space_to_depth.py", "--repeats"), ("amp_cpu.py", "--rounds")])
+def test_benchmark_script_refuses_bad_arguments(name, flag):
+    out = script(name, flag, "0")
     assert out.returncode == 2
-    assert "Traceback" not in out.stderr and "--repeats" in out.stderr
+    assert "Traceback" not in out.stderr and flag in out.stderr
 
 
 @pytest.mark.slow  # about 40 s on 2 cores

@@ -52,6 +52,20 @@ def test_bad_values_name_value_and_choices(assignment, fragment):
         set_override(Config(), assignment)
 
 
+def test_a_choice_that_yaml_reads_as_a_boolean_is_the_choice_written(tmp_path):
+    """YAML 1.1 reads `off` as false: `--set perf.amp=off` and `amp: off` in a file still mean
+    the choice "off", and the saved config round-trips it."""
+    assert build_config("ppo_atari", overrides=["perf.amp=off"]).perf.amp == "off"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("algo:\n  name: ppo\nperf:\n  amp: off\n")
+    cfg = build_config(str(recipe))
+    assert cfg.perf.amp == "off"
+    save_yaml(cfg, tmp_path / "config.yaml")
+    assert from_dict(load_yaml(tmp_path / "config.yaml")).perf.amp == "off"
+    with pytest.raises(ConfigError, match="perf.amp = True is not a valid choice. Valid choices: off, bf16"):
+        set_override(Config(), "perf.amp=on")  # no choice reads as true
+
+
 def test_validate_shows_arithmetic():
     cfg = Config()
     cfg.total_steps = 10

@@ -198,7 +198,7 @@ def test_perf_compile_takes_auto_true_or_false_only(value):
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "paac_classic"])
 def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe):
-    """`perf.amp: bf16` (for GPUs; CPUs run bf16 autocast too): the network's layers compute
+    """`perf.amp: bf16` (GPUs, and CPUs with bf16 units): the network's layers compute
     in bfloat16, its outputs, the losses, weights and state dict stay float32, and the
     losses of one update on a fixed batch match float32's to bfloat16's precision."""
     overrides = ["algo.update_epochs=1"] if recipe == "ppo_classic" else []
@@ -207,7 +207,6 @@ def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe
     results = {}
     for amp in ("off", "bf16"):
         algo = _seeded_algorithm(recipe, overrides, amp=amp)
-        cfg = algo.cfg
         network = algo.policy().net
         layer_dtypes = []
         first_linear = next(m for m in network.modules() if isinstance(m, torch.nn.Linear))
@@ -219,11 +218,33 @@ def test_bf16_autocast_update_is_close_to_float32_and_really_runs_in_bf16(recipe
         assert all(out.dtype == torch.float32 for out in outputs)
         assert all(v.dtype == torch.float32 for v in network.state_dict().values() if v.is_floating_point())
     assert results["off"].keys() == results["bf16"].keys() and results["off"]
-    # an acting replica on the CPU (actor processes, evaluation) keeps float32: bf16 pays on a GPU only
-    replica = make_policy(env_spec(cfg.env), cfg, CPU)
-    assert "forward" not in vars(replica.net)
     for tag, value in results["off"].items():
         assert results["bf16"][tag] == pytest.approx(value, rel=5e-2, abs=1e-2), tag
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_bf16_acting_replica_autocasts_only_where_the_device_has_bf16_units(monkeypatch, units):
+    """An acting replica (actor processes, evaluation) follows `perf.amp: bf16` on a device with
+    bfloat16 units of its own, and keeps float32 on a CPU that would emulate it (slower); the
+    learner's network follows the setting either way, and the layout line says which it is."""
+    import parallel_rl.algos as algos
+    from parallel_rl.runtime.runner import amp_note
+
+    monkeypatch.setattr(algos, "native_bf16", lambda device_type: units)
+    cfg = build_config("paac_classic", {"actors.num_envs": 4, "perf.amp": "bf16"})
+    spec = env_spec(cfg.env)
+    replica = make_policy(spec, cfg, CPU).net
+    seen = []
+    next(m for m in replica.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(
+        lambda module, args, out: seen.append(out.dtype))
+    with torch.inference_mode():
+        outputs = replica(torch.zeros(2, *spec.obs_shape))
+    assert seen == [torch.bfloat16 if units else torch.float32]
+    assert all(out.dtype == torch.float32 for out in outputs)
+    assert "forward" in vars(make_algorithm(spec, cfg, CPU).policy().net)  # the learner autocasts regardless
+    monkeypatch.setattr("parallel_rl.runtime.runner.native_bf16", lambda device_type: units)
+    assert ("emulated" in amp_note(cfg, CPU)) is not units and "bf16 (perf.amp" in amp_note(cfg, CPU)
+    assert amp_note(build_config("paac_classic"), CPU) == ""
 
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "qrdqn_classic"])

@@ -29,9 +29,25 @@ def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
     """The algorithm's Policy alone (actor processes, evaluation): no critic, optimizer or replay."""
     check_fit(cfg, spec)
     policy = algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
-    # bf16 pays only on a GPU: an acting replica on the CPU (actor processes, evaluation) keeps float32
-    apply_perf(policy, spec, cfg if device.type == "cuda" else replace(cfg, perf=replace(cfg.perf, amp="off")), device)
+    # an acting replica (actor processes, evaluation) follows perf.amp only where bfloat16 has units
+    # of its own: a CPU without them converts every operand and acts slower than in float32
+    acting = cfg if native_bf16(device.type) else replace(cfg, perf=replace(cfg.perf, amp="off"))
+    apply_perf(policy, spec, acting, device)
     return policy
+
+
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bfloat16 in units of its own: CUDA's bf16 tensor cores, or a
+    CPU with AVX512_BF16 or AMX (as oneDNN, which runs the convolutions and matrix products, sees
+    it). There ``perf.amp: bf16`` was measured faster than float32 (docs/benchmarks.md,
+    perf.amp); elsewhere the same arithmetic is emulated, slower than float32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
 
 
 def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device) -> None:

@@ -21,7 +21,13 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from ..algos import compile_mode, make_algorithm, refuse_unbuildable_compile, uses_channels_last
+from ..algos import (
+    compile_mode,
+    make_algorithm,
+    native_bf16,
+    refuse_unbuildable_compile,
+    uses_channels_last,
+)
 from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
@@ -46,6 +52,17 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
 
 
 COMPILED = {None: "", "default": ", network compiled (perf.compile)", "reduce-overhead": ", network in CUDA graphs (perf.cuda_graphs)"}
+
+
+def amp_note(cfg: Config, device: torch.device) -> str:
+    """The layout line's word on ``perf.amp``: where the learner's device has no bfloat16 units of its
+    own, it says so, since the run asked for something slower than float32 there."""
+    if cfg.perf.amp != "bf16":
+        return ""
+    if native_bf16(device.type):
+        return ", forward passes in bf16 (perf.amp)"
+    return (f", forward passes in bf16 (perf.amp; this {device.type} has no bf16 units of its own, so they are emulated "
+            "and slower than float32)")
 
 
 def learner_device(cfg: Config) -> torch.device:
@@ -182,7 +199,8 @@ class Runner:
             self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}) in all, {env_threads} env threads "
                      f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads"
                      f"{COMPILED[compile_mode(local, spec, device)]}"
-                     f"{', convolutions channels-last (perf.channels_last)' if uses_channels_last(local, spec, device) else ''} | "
+                     f"{', convolutions channels-last (perf.channels_last)' if uses_channels_last(local, spec, device) else ''}"
+                     f"{amp_note(local, device)} | "
                      f"{os.cpu_count()} cores")
             if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
                 minibatch = cfg.replay.minibatch_size

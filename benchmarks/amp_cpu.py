@@ -1,0 +1,114 @@
+"""bfloat16 autocast (`perf.amp: bf16`) against float32 on this machine's CPU.
+
+    python benchmarks/amp_cpu.py                  # the networks, then whole runs
+    python benchmarks/amp_cpu.py --only networks  # or --only runs
+
+Two measurements, float32 and bfloat16 alternated in each:
+
+1. The Atari recipes' networks as a run builds them on a CPU (``make_policy``: channels-last
+   convolutions), eager and compiled: observations per second of inference at the acting
+   batches (one per env of 8, 32 and 128 envs) and of an update (forward, backward, Adam) at
+   the learners' batches (PAAC's 32 envs x 5 steps = 160, PPO's minibatch of 256). Each
+   cell is timed by the GPU check's own ``cnn_throughput``.
+2. Whole runs, ``parallel-rl launch --config C --steps N`` against the same with
+   ``--set perf.amp=bf16``, in alternation (compiled where ``perf.compile: auto`` compiles a
+   run of 1M steps: PPO, not PAAC): steady agent steps/s as ``peer_ppo.py`` reads it.
+
+oneDNN computes bfloat16 convolutions and matrix products with the CPU's own bf16 instructions
+(AVX512_BF16, AMX) where it has them, and converts to float32 where it does not (slower than
+float32): the first line printed says which this CPU is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import cnn_throughput  # noqa: E402
+from peer_ppo import run_ours  # noqa: E402
+
+from parallel_rl.algos import make_policy, native_bf16  # noqa: E402
+from parallel_rl.config import build_config  # noqa: E402
+from parallel_rl.envs import EnvSpec  # noqa: E402
+
+CONFIGS = ("ppo_atari", "paac_atari")
+ACTING_BATCHES = (8, 32, 128)
+UPDATE_BATCHES = {"paac_atari": 160, "ppo_atari": 256}
+RUN_STEPS = {"ppo_atari": 20_480, "paac_atari": 60_000}
+# what perf.compile: auto does in a run of 1M agent steps or more (these runs are shorter)
+RUN_COMPILE = {"ppo_atari": "true", "paac_atari": "false"}
+
+
+def network_cells(config: str, compiled: bool, seconds: float, rounds: int) -> list[dict]:
+    spec = EnvSpec("Pong-v5", "synthetic", (4, 84, 84), np.dtype(np.uint8), gym.spaces.Discrete(6), True)
+    cfg = build_config(config, {"device": "cpu", "perf.compile": False})
+    cpu = torch.device("cpu")
+    rows = []
+    for batch in (*ACTING_BATCHES, UPDATE_BATCHES[config]):
+        figures: dict[str, list[dict]] = {"float32": [], "bf16": []}
+        for _ in range(rounds):
+            for amp in figures:
+                variant = ("compile" if compiled else "eager") + ("_bf16" if amp == "bf16" else "")
+                torch.manual_seed(0)
+                net = make_policy(spec, replace(cfg, perf=replace(cfg.perf, amp="off")), cpu).net
+                figures[amp].append(cnn_throughput(net, variant, batch, seconds, cpu))
+        kind = "update_obs_per_s" if batch == UPDATE_BATCHES[config] else "inference_obs_per_s"
+        f32, b16 = (statistics.median(cell[kind] for cell in figures[amp]) for amp in ("float32", "bf16"))
+        rows.append({"config": config, "compiled": compiled, "what": kind.split("_")[0], "batch": batch,
+                     "float32": f32, "bf16": b16, "ratio": b16 / f32})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per network cell")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations per network cell, and whole runs per setting")
+    parser.add_argument("--only", choices=("networks", "runs"), help="one of the two measurements")
+    parser.add_argument("--eager-only", action="store_true", help="network cells without the compiled ones")
+    args = parser.parse_args()
+    if args.rounds < 1 or not args.seconds > 0:
+        parser.error(f"--rounds must be at least 1 and --seconds positive, not {args.rounds} and {args.seconds}")
+    native = native_bf16("cpu")
+    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, bf16 units (AVX512_BF16 or AMX, as oneDNN sees them): {native}, "
+          f"torch threads {torch.get_num_threads()}\n", flush=True)
+    if args.only != "runs":
+        network_table(args.seconds, args.rounds, (False,) if args.eager_only else (False, True))
+    if args.only != "networks":
+        run_table(args.rounds)
+
+
+def network_table(seconds: float, rounds: int, compiled_too: tuple[bool, ...]) -> None:
+    print("| network | compiled | measured | batch | float32 obs/s | bf16 obs/s | bf16 / float32 |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for config in CONFIGS:
+        for compiled in compiled_too:
+            for row in network_cells(config, compiled, seconds, rounds):
+                print(f"| {row['config']} | {'yes' if compiled else 'no'} | {row['what']} | {row['batch']} | "
+                      f"{row['float32']:,.0f} | {row['bf16']:,.0f} | {row['ratio']:.2f} |", flush=True)
+
+
+def run_table(rounds: int) -> None:
+    print(f"\n| run | float32 steady agent steps/s (medians of {rounds}) | bf16 | bf16 / float32 |")
+    print("|---|---:|---:|---:|")
+    for config in CONFIGS:
+        runs: dict[str, list[float]] = {"off": [], "bf16": []}
+        for _ in range(rounds):
+            for amp in runs:
+                overrides = ["--set", f"perf.amp={amp}", "--set", f"perf.compile={RUN_COMPILE[config]}"]
+                runs[amp].append(run_ours(RUN_STEPS[config], overrides, config=config)[1])
+        f32, b16 = statistics.median(runs["off"]), statistics.median(runs["bf16"])
+        print(f"| `parallel-rl launch --config {config} --steps {RUN_STEPS[config]} --set perf.compile={RUN_COMPILE[config]}` "
+              f"({' / '.join(f'{x:,.0f}' for x in runs['off'])} against {' / '.join(f'{x:,.0f}' for x in runs['bf16'])}) "
+              f"| {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
