@@ -15,8 +15,9 @@ Two measurements, float32 and bfloat16 alternated in each:
    run of 1M steps: PPO, not PAAC): steady agent steps/s as ``peer_ppo.py`` reads it.
 
 oneDNN computes bfloat16 convolutions and matrix products with the CPU's own bf16 instructions
-(AVX512_BF16, AMX) where it has them, and converts to float32 where it does not (slower than
-float32): the first line printed says which this CPU is.
+(AVX512_BF16, AMX) where it has them, and emulates them where it does not (slower than
+float32): the first line printed says which this CPU is. The two settings take turns in the
+order float32, bf16 in odd rounds and bf16, float32 in even ones, so drift lands on both.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def network_cells(config: str, compiled: bool, seconds: float, rounds: int) -> l
     rows = []
     for batch in (*ACTING_BATCHES, UPDATE_BATCHES[config]):
         figures: dict[str, list[dict]] = {"float32": [], "bf16": []}
-        for _ in range(rounds):
-            for amp in figures:
+        for round_ in range(rounds):
+            for amp in (("float32", "bf16") if round_ % 2 == 0 else ("bf16", "float32")):
                 variant = ("compile" if compiled else "eager") + ("_bf16" if amp == "bf16" else "")
                 torch.manual_seed(0)
                 net = make_policy(spec, replace(cfg, perf=replace(cfg.perf, amp="off")), cpu).net
@@ -76,8 +77,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or not args.seconds > 0:
         parser.error(f"--rounds must be at least 1 and --seconds positive, not {args.rounds} and {args.seconds}")
-    native = native_bf16("cpu")
-    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, bf16 units (AVX512_BF16 or AMX, as oneDNN sees them): {native}, "
+    native = native_bf16(torch.device("cpu"))
+    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, bf16 units (AVX512_BF16 or AMX): {native}, "
           f"torch threads {torch.get_num_threads()}\n", flush=True)
     if args.only != "runs":
         network_table(args.seconds, args.rounds, (False,) if args.eager_only else (False, True))
@@ -100,8 +101,8 @@ def run_table(rounds: int) -> None:
     print("|---|---:|---:|---:|")
     for config in CONFIGS:
         runs: dict[str, list[float]] = {"off": [], "bf16": []}
-        for _ in range(rounds):
-            for amp in runs:
+        for round_ in range(rounds):
+            for amp in (("off", "bf16") if round_ % 2 == 0 else ("bf16", "off")):
                 overrides = ["--set", f"perf.amp={amp}", "--set", f"perf.compile={RUN_COMPILE[config]}"]
                 runs[amp].append(run_ours(RUN_STEPS[config], overrides, config=config)[1])
         f32, b16 = statistics.median(runs["off"]), statistics.median(runs["bf16"])

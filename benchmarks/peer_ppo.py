@@ -10,7 +10,8 @@ Prints, per contender, the median wall-clock of the whole process and the median
 steps/s over the steady part (agent steps between the first and last progress report over
 the seconds between them), then the ratio ours / peer. ``--set`` applies to every run of
 ours; each ``--variant`` (space-separated KEY=VALUE overrides on top, "" for none) is a
-contender of its own, all of them alternated with the peer within each repeat.
+contender of its own. Within each repeat every contender runs once, and each repeat starts one
+contender later than the one before, so drift of a shared machine lands on all of them.
 """
 
 from __future__ import annotations
@@ -67,15 +68,20 @@ def main() -> None:
     parser.add_argument("--variant", dest="variants", action="append", default=None, metavar='"KEY=VALUE ..."',
                         help="a contender of ours: overrides on top of --set (repeatable; default: one, with none)")
     args = parser.parse_args()
+    if args.variants is not None and len({" ".join(v.split()) for v in args.variants}) < len(args.variants):
+        parser.error(f"--variant given twice with the same overrides: {args.variants}")
     shared = [f for o in args.overrides for f in ("--set", o)]
     variants = {f"parallel-rl ppo_atari{', ' + ', '.join(v.split()) if v.split() else ''}": v.split()
                 for v in (args.variants or [""])}
     peer_name = "CleanRL ppo_atari_envpool.py"
     results: dict[str, list[tuple[float, float]]] = {peer_name: [], **{name: [] for name in variants}}
-    for i in range(args.repeats):  # alternate, so drift lands on every contender
-        results[peer_name].append(run_peer(args.peer, args.steps))
-        for name, overrides in variants.items():
-            results[name].append(run_ours(args.steps, shared + [f for o in overrides for f in ("--set", o)]))
+    contenders = [peer_name, *variants]
+    for i in range(args.repeats):  # alternate, each repeat starting one contender later, so drift lands on all
+        for name in contenders[i % len(contenders):] + contenders[:i % len(contenders)]:
+            if name == peer_name:
+                results[name].append(run_peer(args.peer, args.steps))
+            else:
+                results[name].append(run_ours(args.steps, shared + [f for o in variants[name] for f in ("--set", o)]))
         print(f"repeat {i + 1}/{args.repeats} done", flush=True)
     print(f"\nPong-v5, {args.steps:,} agent steps each, medians of {args.repeats} alternating runs\n")
     print("| contender | steady agent steps/s | wall-clock (whole process) |")

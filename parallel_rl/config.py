@@ -216,10 +216,11 @@ class PerfConfig:
     amp: Literal["off", "bf16"] = setting(
         "bf16: the policy's network runs its forward pass (acting and the learner's losses) under bfloat16 autocast, "
         "its outputs cast back to float32 before any loss, weights and optimizer state kept in float32; losses equal "
-        "float32's to about 2 significant digits. It pays where the device has bf16 units of its own: GPUs with bf16 "
-        "tensor cores, CPUs with AVX512_BF16 or AMX (Pong on 2 such cores: PPO 1.30x, PAAC 1.17x the agent steps/s of float32; "
-        "docs/benchmarks.md, perf.amp). Elsewhere bf16 is emulated, slower than float32: the layout line says so, and "
-        "acting replicas there keep float32. Off by default: the recipes' learning results are float32's.", "off")
+        "float32's to about 2 significant digits. It pays only where the device has bf16 units of its own: CPUs with "
+        "AVX512_BF16 or AMX (Pong on 2 such cores: PPO 1.30x, PAAC 1.17x the agent steps/s of float32), GPUs with bf16 "
+        "tensor cores at large batches (an H200: 1.26x at batch 4096, slower at 256; docs/benchmarks.md, perf.amp). "
+        "Elsewhere bf16 is emulated, slower than float32: the layout line says so, and acting replicas there (actor "
+        "processes, evaluation) keep float32. Off by default: the recipes' learning results are float32's.", "off")
     channels_last: Literal["auto", True, False] = setting(
         "Run the convolutional encoder in channels-last memory layout (NHWC: its weights and the frames entering it), "
         "the layout oneDNN's CPU convolutions prefer. auto: on for a convolutional encoder on a CPU, where it was "
@@ -422,7 +423,7 @@ def _as_yaml(choice: Any) -> str:
     return str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
-YAML_BOOL_WORDS = {False: ("off", "no", "false", "n"), True: ("on", "yes", "true", "y")}
+YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
@@ -438,6 +439,8 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         if not any(type(value) is type(choice) and value == choice for choice in choices):  # 1 is not true
             close = difflib.get_close_matches(str(value), [_as_yaml(c) for c in choices], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
+            if isinstance(value, bool) and not any(type(choice) is bool for choice in choices):
+                hint += " (YAML reads on/off, yes/no and true/false as booleans: write one of the choices.)"
             raise ConfigError(f"{path} = {value!r} is not a valid choice.{hint} Valid choices: {', '.join(map(_as_yaml, choices))}.")
         return value
     if hints is bool:

@@ -242,9 +242,39 @@ def test_bf16_acting_replica_autocasts_only_where_the_device_has_bf16_units(monk
     assert seen == [torch.bfloat16 if units else torch.float32]
     assert all(out.dtype == torch.float32 for out in outputs)
     assert "forward" in vars(make_algorithm(spec, cfg, CPU).policy().net)  # the learner autocasts regardless
-    monkeypatch.setattr("parallel_rl.runtime.runner.native_bf16", lambda device_type: units)
+    monkeypatch.setattr("parallel_rl.runtime.runner.native_bf16", lambda device: units)
     assert ("emulated" in amp_note(cfg, CPU)) is not units and "bf16 (perf.amp" in amp_note(cfg, CPU)
+    assert ("actor processes act in float32" in amp_note(cfg, CPU, actor_device=CPU)) is not units
     assert amp_note(build_config("paac_classic"), CPU) == ""
+
+
+def test_bf16_units_are_the_hardwares_not_what_torch_can_emulate(monkeypatch):
+    """oneDNN and torch.cuda report bf16 as supported where they would emulate it (any AVX-512
+    CPU, GPUs before compute capability 8): `native_bf16` asks for the units themselves."""
+    import platform
+
+    import parallel_rl.algos as algos
+
+    check = algos.native_bf16.__wrapped__  # past the per-process cache
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    flags = {"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert check(CPU) is False  # AVX-512 without bf16 units: emulated, though oneDNN says supported
+    flags["avx512_bf16"] = True
+    assert check(CPU) is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN kept below its bf16 instructions
+    assert check(CPU) is False
+    flags["avx512_bf16"], flags["amx_bf16"] = False, True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert check(CPU) is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check(torch.device("cuda")) is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, units in (((7, 0), False), ((8, 0), True), ((9, 0), True)):  # V100; A100; H100
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert check(torch.device("cuda:0")) is units
 
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "qrdqn_classic"])

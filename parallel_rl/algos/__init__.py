@@ -4,7 +4,11 @@ name used in ``algo.name`` (registry.py); importing this package registers them 
 from __future__ import annotations
 
 import functools
+import os
+import platform
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -31,23 +35,39 @@ def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
     policy = algorithm_class(cfg.algo.name).make_policy(spec, cfg).to(device)
     # an acting replica (actor processes, evaluation) follows perf.amp only where bfloat16 has units
     # of its own: a CPU without them converts every operand and acts slower than in float32
-    acting = cfg if native_bf16(device.type) else replace(cfg, perf=replace(cfg.perf, amp="off"))
+    acting = cfg if native_bf16(device) else replace(cfg, perf=replace(cfg.perf, amp="off"))
     apply_perf(policy, spec, acting, device)
     return policy
 
 
 @functools.cache
-def native_bf16(device_type: str) -> bool:
-    """Whether ``device_type`` computes bfloat16 in units of its own: CUDA's bf16 tensor cores, or a
-    CPU with AVX512_BF16 or AMX (as oneDNN, which runs the convolutions and matrix products, sees
-    it). There ``perf.amp: bf16`` was measured faster than float32 (docs/benchmarks.md,
-    perf.amp); elsewhere the same arithmetic is emulated, slower than float32."""
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in units of its own: a GPU's bf16 tensor cores (compute
+    capability 8 or more), or a CPU with AVX512_BF16 or AMX. There ``perf.amp: bf16`` was measured
+    faster than float32 (docs/benchmarks.md, perf.amp). Elsewhere torch and oneDNN emulate it, slower
+    than float32, while still reporting bf16 as supported: so this asks the hardware, not them."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cpu":
         return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        try:  # on Arm, oneDNN's answer is whether the CPU has the BF16 extension
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch built without oneDNN
+            return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return False  # oneDNN told to keep below the instructions that compute bf16
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # newer torch only
+    if capabilities is not None:
+        flags = capabilities()
+        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    try:
+        return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        return False
+
+
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device) -> None:

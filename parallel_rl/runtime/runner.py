@@ -54,15 +54,18 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
 COMPILED = {None: "", "default": ", network compiled (perf.compile)", "reduce-overhead": ", network in CUDA graphs (perf.cuda_graphs)"}
 
 
-def amp_note(cfg: Config, device: torch.device) -> str:
-    """The layout line's word on ``perf.amp``: where the learner's device has no bfloat16 units of its
-    own, it says so, since the run asked for something slower than float32 there."""
+def amp_note(cfg: Config, device: torch.device, actor_device: torch.device | None = None) -> str:
+    """The layout line's word on ``perf.amp``: which forward passes run in bfloat16, and where a
+    device has no bf16 units of its own, what that means (the learner: emulated, slower than
+    float32; actor processes, ``actor_device``: they keep float32)."""
     if cfg.perf.amp != "bf16":
         return ""
-    if native_bf16(device.type):
-        return ", forward passes in bf16 (perf.amp)"
-    return (f", forward passes in bf16 (perf.amp; this {device.type} has no bf16 units of its own, so they are emulated "
-            "and slower than float32)")
+    note = ", forward passes in bf16 (perf.amp"
+    if not native_bf16(device):
+        note += f"; this {device.type} has no bf16 units of its own, so the learner's are emulated, slower than float32"
+    if actor_device is not None and not native_bf16(actor_device):
+        note += f"; actor processes act in float32: their {actor_device.type} has no bf16 units"
+    return note + ")"
 
 
 def learner_device(cfg: Config) -> torch.device:
@@ -200,7 +203,7 @@ class Runner:
                      f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads"
                      f"{COMPILED[compile_mode(local, spec, device)]}"
                      f"{', convolutions channels-last (perf.channels_last)' if uses_channels_last(local, spec, device) else ''}"
-                     f"{amp_note(local, device)} | "
+                     f"{amp_note(local, device, resolve_device(local.actors.device, 'actors.device') if procs else None)} | "
                      f"{os.cpu_count()} cores")
             if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
                 minibatch = cfg.replay.minibatch_size
