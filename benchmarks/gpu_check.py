@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from parallel_rl import checkpoint as ckpt
-from parallel_rl.algos import make_algorithm
+from parallel_rl.algos import make_algorithm, native_bf16
 from parallel_rl.config import Config, build_config
 from parallel_rl.runtime.runner import Runner
 
@@ -476,6 +476,9 @@ def main() -> int:
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
     if torch.cuda.is_available():
         machine += f", {torch.cuda.get_device_name(0)}"
+    # whether perf.amp: bf16 could pay on each device here (actor processes act on the CPU)
+    machine += ", bf16 units: " + ", ".join(f"{kind} {'yes' if native_bf16(torch.device(kind)) else 'no'}"
+                                            for kind in ("cpu", "cuda") if kind == "cpu" or torch.cuda.is_available())
     report = {"mode": "smoke (CPU)" if args.smoke else "full", "machine": machine, "budget_s": sizes.budget_s, "sections": {}}
     budget = Budget(sizes.budget_s, sizes.needs_s)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
