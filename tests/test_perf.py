@@ -230,7 +230,7 @@ def test_bf16_acting_replica_autocasts_only_where_the_device_has_bf16_units(monk
     import parallel_rl.algos as algos
     from parallel_rl.runtime.runner import amp_note
 
-    monkeypatch.setattr(algos, "native_bf16", lambda device_type: units)
+    monkeypatch.setattr(algos, "native_bf16", lambda device: units)
     cfg = build_config("paac_classic", {"actors.num_envs": 4, "perf.amp": "bf16"})
     spec = env_spec(cfg.env)
     replica = make_policy(spec, cfg, CPU).net

@@ -40,6 +40,10 @@ def make_policy(spec: EnvSpec, cfg: Config, device: torch.device) -> Policy:
     return policy
 
 
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) that stop short of computing bf16
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 @functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in units of its own: a GPU's bf16 tensor cores (compute
@@ -66,8 +70,6 @@ def native_bf16(device: torch.device) -> bool:
     except OSError:
         return False
 
-
-ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device) -> None:
