@@ -39,19 +39,56 @@ class EnvStreams:
         keys = env_seeds.to(torch.int64)
         self.keys = _mix(_mix(keys & _MASK) ^ ((keys >> 32) & _MASK))
         self.steps = torch.zeros_like(keys)
+        # host copies, so seeding torch's generator for a call needs no device sync
+        self.host_keys, self.host_steps = self.keys.to("cpu", copy=True), self.steps.to("cpu", copy=True)
 
     @contextmanager
     def acting(self, envs: slice) -> Iterator[None]:
         """The envs ``envs`` act once: every draw inside comes from their streams, at their
-        current step; the step advances after."""
+        current step; the step advances after.
+
+        A policy that draws from torch's generator instead (``Categorical.sample`` in an
+        algorithm written outside the package) gets a generator seeded from the call's first
+        env and step and the call's size, and the caller's generator is restored after: a
+        seeded run then still reproduces, in actor processes as inline, and acting never
+        shifts the learner's draws. Only ``acting_noise``'s draws are also the same however
+        the envs are split into calls."""
         global _active
         outer = _active
         _active = _Draws(_mix(_mix(self.keys[envs] ^ (self.steps[envs] & _MASK)) ^ (self.steps[envs] >> 32)))
         try:
-            yield
+            with _torch_generator_seeded(self._call_seed(envs), self.keys.device):
+                yield
         finally:
             _active = outer
             self.steps[envs] += 1
+            self.host_steps[envs] += 1
+
+    @contextmanager
+    def rewound_after(self) -> Iterator[None]:
+        """Acting inside leaves every env's step where it was (acting once to compile)."""
+        steps = self.steps.clone()
+        try:
+            yield
+        finally:
+            self.steps.copy_(steps)
+            self.host_steps.copy_(steps)
+
+    def _call_seed(self, envs: slice) -> int:
+        keys, steps = self.host_keys[envs], self.host_steps[envs]
+        first = _mix(_mix(keys[0] ^ (steps[0] & _MASK)) ^ (steps[0] >> 32))
+        return int(_mix(first ^ len(keys))) | (len(keys) << 32)
+
+
+@contextmanager
+def _torch_generator_seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's generator for ``device`` (and the CPU's) seeded with ``seed`` inside, as it was after."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 class _Draws:

@@ -99,9 +99,11 @@ class Policy(nn.Module):
     def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions for a batch of observations and their log-probabilities (or log-densities)
         under the acting policy; ``greedy`` takes the most probable action (log-probability
-        as the policy defines it, 0 where it is deterministic). Random numbers come from
-        ``acting_noise`` (row i from the stream of the call's i-th env), never from torch's
-        generator directly."""
+        as the policy defines it, 0 where it is deterministic). Random numbers should come
+        from ``acting_noise`` (row i from the stream of the call's i-th env): then an env
+        acts the same however envs are split among calls, processes and ranks. Draws from
+        torch's generator (``Categorical.sample``) still reproduce a seeded run, since acting
+        seeds that generator per call, but change when the split does."""
         raise NotImplementedError
 
     def act_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -66,3 +66,37 @@ def test_a_call_must_draw_one_row_per_env():
     streams = acting_noise.EnvStreams(torch.arange(4))
     with streams.acting(slice(0, 2)), pytest.raises(ValueError, match="3 rows .* 2 envs"):
         acting_noise.uniform(3, device=torch.device("cpu"))
+
+
+def test_torchs_generator_inside_acting_is_seeded_by_the_call_and_the_callers_is_restored():
+    """An algorithm written outside the package may sample with torch.distributions: inside
+    acting that draws from a generator seeded by the call's envs and step, so two runs of one
+    seed act alike in any process, and the caller's generator (the learner's) moves not at all."""
+
+    def sampled(streams, envs):
+        with streams.acting(envs):
+            return torch.rand(envs.stop - envs.start, 3)
+
+    torch.manual_seed(7)
+    expected_next = torch.rand(2)
+    torch.manual_seed(7)
+    first, second = acting_noise.EnvStreams(torch.arange(4)), acting_noise.EnvStreams(torch.arange(4))
+    run_a = [sampled(first, slice(0, 2)), sampled(first, slice(2, 4)), sampled(first, slice(0, 2))]
+    assert torch.equal(torch.rand(2), expected_next)
+    torch.manual_seed(123)  # another process's generator state
+    run_b = [sampled(second, slice(0, 2)), sampled(second, slice(2, 4)), sampled(second, slice(0, 2))]
+    assert all(torch.equal(a, b) for a, b in zip(run_a, run_b, strict=True))
+    assert not torch.equal(run_a[0], run_a[1]) and not torch.equal(run_a[0], run_a[2])  # other envs, next step
+
+
+def test_rewound_acting_leaves_the_steps_and_the_seeds_as_they_were():
+    streams, fresh = acting_noise.EnvStreams(torch.arange(4)), acting_noise.EnvStreams(torch.arange(4))
+    with streams.rewound_after(), streams.acting(slice(0, 4)):
+        acting_noise.uniform(4, device=torch.device("cpu"))
+    for envs in (slice(0, 4), slice(0, 4)):
+        with streams.acting(envs):
+            ours = (acting_noise.uniform(4, device=torch.device("cpu")), torch.rand(4))
+        with fresh.acting(envs):
+            theirs = (acting_noise.uniform(4, device=torch.device("cpu")), torch.rand(4))
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert streams.steps.tolist() == streams.host_steps.tolist() == [2] * 4

@@ -66,10 +66,9 @@ def test_update_reports_skipped_steps_apart_from_its_metrics():
 def test_an_algorithm_outside_the_package_trains_through_the_cli_with_an_actor_process(tmp_path):
     """tests/plugins/toy_a2c.py declares its config section and Policy and is named by its
     import path; the actor process builds its Policy from that path too. A random policy scores
-    about 22. With an actor process the run is not bit-reproducible (the lag stays 0, but two
-    runs of one seed end apart), so the recipe runs 150k steps: runs of seeds 1-3 there ended at
-    226 to 376 (default and AVX2 kernels, two runs at a time as CI runs them), where at 100k one
-    run ended at 93.6."""
+    about 22. The toy samples from torch's generator, which acting seeds per call, so a run with
+    an actor process reproduces: seeds 1, 2 and 3 ended at 163.3, 175.0 and 270.6, twice for
+    seed 1, the same under default and AVX2 kernels."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
     run_dir = tmp_path / "run"
     launch = subprocess.run(

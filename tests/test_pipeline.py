@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from parallel_rl.runtime.slots import SlotPool
 
 # IMPALA's CartPole test: paac_classic at its earlier settings, for which benchmarks/seed_robustness.py's
 # impala_2procs case (the same overrides) was measured
+PLUGINS = Path(__file__).parent / "plugins"
 IMPALA_CARTPOLE = ("actors.num_envs=16", "optim.lr=0.001", "algo.entropy_coef=0.01", "total_steps=400000")
 
 
@@ -160,13 +162,18 @@ def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
 
 
 @pytest.mark.parametrize("recipe", ["paac_classic", pytest.param("ppo_classic", marks=pytest.mark.slow),
-                                    pytest.param("pqn_classic", marks=pytest.mark.slow)])
-def test_zero_lag_actor_process_is_the_synchronous_algorithm(tmp_path, recipe):
+                                    pytest.param("pqn_classic", marks=pytest.mark.slow), "toy_a2c"])
+def test_zero_lag_actor_process_is_the_synchronous_algorithm(tmp_path, recipe, monkeypatch):
     """By default PAAC, PPO and PQN act with the newest weights in actor processes too: a
     seeded K = 1 run makes exactly the updates K = 0 makes, from batches the actor process
     stepped (PPO's minibatch shuffles draw from the learner's stream, not the acting one).
     Both act in one env group: the group's size is the acting pass's batch, and auto picks
-    one group inline but two in an actor process; batches of 2 and of 4 round differently."""
+    one group inline but two in an actor process; batches of 2 and of 4 round differently.
+    The algorithm written outside the package samples with torch.distributions, from torch's
+    generator, which acting seeds per call: its K = 1 run is its K = 0 run too."""
+    if recipe == "toy_a2c":
+        monkeypatch.syspath_prepend(str(PLUGINS))  # the actor process is spawned with this sys.path
+        recipe = str(PLUGINS / "toy_a2c.yaml")
     cfg = _cfg("actors.num_envs=4", "actors.env_groups=1", "torch_threads=1", recipe=recipe)
     inline, inline_producers, _, _ = _first_updates(cfg, 0, tmp_path / "k0")
     pooled, pooled_producers, lags, actor_pids = _first_updates(cfg, 1, tmp_path / "k1")

@@ -124,10 +124,9 @@ class ActorProcess:
         compiling the network (tens of seconds on a CPU) happens here, before the first
         heartbeat, rather than between two heartbeats of the first rollout, where the runner
         would take the silence for a stalled actor."""
-        steps = self.act.streams.steps.clone()
-        for obs, columns in zip(self.collector.obs, self.collector.columns, strict=True):
-            self.act(obs, columns)
-        self.act.streams.steps.copy_(steps)
+        with self.act.streams.rewound_after():
+            for obs, columns in zip(self.collector.obs, self.collector.columns, strict=True):
+                self.act(obs, columns)
 
     def beat(self) -> bool:
         now = time.monotonic()

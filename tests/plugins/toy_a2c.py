@@ -4,7 +4,10 @@ path, ``algo.name: toy_a2c:ToyA2C`` (with this folder on PYTHONPATH).
 
 The algorithm is the plainest advantage actor-critic: discounted returns bootstrapped from
 the value of the observation after the rollout, cut at episode ends, and one Adam step on
-``-log pi(a|s) A + 0.5 (G - V)^2 - beta H`` per rollout.
+``-log pi(a|s) A + 0.5 (G - V)^2 - beta H`` per rollout. It samples its actions with
+``torch.distributions``, as code written without this package in mind does; acting seeds
+torch's generator per call, so its seeded runs reproduce (``parallel_rl.acting_noise``'s
+samplers would also keep them when the envs are grouped differently).
 """
 
 from __future__ import annotations
