@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 _MASK = 0xFFFFFFFF
@@ -39,8 +40,9 @@ class EnvStreams:
         keys = env_seeds.to(torch.int64)
         self.keys = _mix(_mix(keys & _MASK) ^ ((keys >> 32) & _MASK))
         self.steps = torch.zeros_like(keys)
-        # host copies, so seeding torch's generator for a call needs no device sync
-        self.host_keys, self.host_steps = self.keys.to("cpu", copy=True), self.steps.to("cpu", copy=True)
+        # the same on the host, to seed torch's generator for a call without a device sync
+        self._host_keys = [int(key) for key in self.keys.cpu()]
+        self._host_steps = np.zeros(len(self._host_keys), np.int64)
 
     @contextmanager
     def acting(self, envs: slice) -> Iterator[None]:
@@ -48,11 +50,12 @@ class EnvStreams:
         current step; the step advances after.
 
         A policy that draws from torch's generator instead (``Categorical.sample`` in an
-        algorithm written outside the package) gets a generator seeded from the call's first
-        env and step and the call's size, and the caller's generator is restored after: a
-        seeded run then still reproduces, in actor processes as inline, and acting never
-        shifts the learner's draws. Only ``acting_noise``'s draws are also the same however
-        the envs are split into calls."""
+        algorithm written outside the package) finds it seeded from the call's first env, its
+        step and the call's size, and the caller's generator is as it was after: a seeded run
+        then still reproduces, in actor processes as inline, and acting never shifts the
+        learner's draws. Only ``acting_noise``'s draws are also the same however the envs are
+        split into calls (torch's CPU generator takes a 32-bit seed: two calls of a long run
+        may share one, harmless for sampling)."""
         global _active
         outer = _active
         _active = _Draws(_mix(_mix(self.keys[envs] ^ (self.steps[envs] & _MASK)) ^ (self.steps[envs] >> 32)))
@@ -62,33 +65,46 @@ class EnvStreams:
         finally:
             _active = outer
             self.steps[envs] += 1
-            self.host_steps[envs] += 1
+            self._host_steps[envs] += 1
 
     @contextmanager
     def rewound_after(self) -> Iterator[None]:
         """Acting inside leaves every env's step where it was (acting once to compile)."""
-        steps = self.steps.clone()
+        steps, host_steps = self.steps.clone(), self._host_steps.copy()
         try:
             yield
         finally:
             self.steps.copy_(steps)
-            self.host_steps.copy_(steps)
+            self._host_steps[:] = host_steps
 
     def _call_seed(self, envs: slice) -> int:
-        keys, steps = self.host_keys[envs], self.host_steps[envs]
-        first = _mix(_mix(keys[0] ^ (steps[0] & _MASK)) ^ (steps[0] >> 32))
-        return int(_mix(first ^ len(keys))) | (len(keys) << 32)
+        called = range(len(self._host_keys))[envs]
+        step = int(self._host_steps[called[0]])
+        return _mix_int(_mix_int(_mix_int(self._host_keys[called[0]] ^ (step & _MASK)) ^ (step >> 32)) ^ len(called))
+
+
+def _mix_int(x: int) -> int:
+    """:func:`_mix` on one Python int (cheaper than a tensor op for a single value)."""
+    x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
+    x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
+    return (x >> 16) ^ x
 
 
 @contextmanager
 def _torch_generator_seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Torch's generator for ``device`` (and the CPU's) seeded with ``seed`` inside, as it was after."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
+    """Torch's CPU generator, and ``device``'s where it is a GPU, seeded with ``seed`` inside and
+    as they were after."""
+    generators = [torch.default_generator]
+    if device.type == "cuda":
+        generators.append(torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()])
+    states = [generator.get_state() for generator in generators]
+    for generator in generators:
+        generator.manual_seed(seed)
+    try:
         yield
+    finally:
+        for generator, state in zip(generators, states, strict=True):
+            generator.set_state(state)
 
 
 class _Draws:

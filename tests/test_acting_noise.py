@@ -99,4 +99,4 @@ def test_rewound_acting_leaves_the_steps_and_the_seeds_as_they_were():
         with fresh.acting(envs):
             theirs = (acting_noise.uniform(4, device=torch.device("cpu")), torch.rand(4))
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
-    assert streams.steps.tolist() == streams.host_steps.tolist() == [2] * 4
+    assert streams.steps.tolist() == streams._host_steps.tolist() == [2] * 4

@@ -285,8 +285,10 @@ def allocate(spec: EnvSpec, horizon: int, num_envs: int) -> dict[str, np.ndarray
 class NetworkPolicy:
     """A ``contracts.Policy``'s ``act`` as a rollout :data:`Policy`: the collector's env i,
     whose environment has seed ``first_env_seed + i``, draws its actions from that seed's
-    stream (``acting_noise``), never from torch's generator, so acting is the same whichever
-    process or rank steps the env, and however many random numbers an update draws.
+    stream (``acting_noise``), never from the learner's generator, so acting is the same
+    whichever process or rank steps the env, and however many random numbers an update draws
+    (a policy that samples from torch's generator finds it seeded per call:
+    ``EnvStreams.acting``).
     """
 
     def __init__(self, policy: ActingPolicy, device: torch.device, first_env_seed: int, num_envs: int):
