@@ -338,7 +338,7 @@ def section_nature_cnn(sizes: Sizes, deadline: float) -> dict:
     from parallel_rl.envs import EnvSpec
 
     device = torch.device(sizes.device)
-    cfg = build_config("ppo_atari", {"device": sizes.device, "perf.compile": False})  # each variant compiles its own
+    cfg = build_config("ppo_atari", {"device": sizes.device, "perf.compile": False, "perf.amp": "off"})  # each variant compiles and casts its own
     spec = EnvSpec("Pong-v5", "synthetic", (4, 84, 84), np.dtype(np.uint8), gym.spaces.Discrete(6), True)
     rows = []
     cell_s: dict[str, float] = {}  # each variant's last cell, compiling included: what its next one will take

@@ -149,7 +149,7 @@ def ceiling(repeats: int) -> dict:
     from parallel_rl.envs import EnvSpec
 
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = build_config("ppo_atari", {"device": "cpu", "perf.compile": False})  # the eager arithmetic both programs run
+    cfg = build_config("ppo_atari", {"device": "cpu", "perf.compile": False, "perf.amp": "off"})  # the eager float32 arithmetic both programs run
     spec = EnvSpec("Pong-v5", "synthetic", (4, 84, 84), np.dtype(np.uint8), gym.spaces.Discrete(6), True)
     agent = make_policy(spec, cfg, torch.device("cpu")).net
     optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)

@@ -38,7 +38,7 @@ def ppo_atari_network(space_to_depth: bool) -> nn.Module:
     from parallel_rl.config import build_config
     from parallel_rl.envs import EnvSpec
 
-    cfg = build_config("ppo_atari", {"device": "cpu", "perf.compile": False})
+    cfg = build_config("ppo_atari", {"device": "cpu", "perf.compile": False, "perf.amp": "off"})  # float32: the forms must agree exactly
     spec = EnvSpec("Pong-v5", "synthetic", (FRAMES, SIDE, SIDE), np.dtype(np.uint8), gym.spaces.Discrete(6), True)
     torch.manual_seed(0)
     net = make_policy(spec, cfg, torch.device("cpu")).net

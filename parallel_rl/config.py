@@ -213,14 +213,16 @@ class PerfConfig:
         "acting step and each minibatch's forward and backward replay as one recorded graph instead of hundreds of "
         "kernel launches (LeanRL's lever for small batches). Needs the learner on CUDA; acting replicas on a CPU compile "
         "as perf.compile says. Off by default until the GPU check shows a win (benchmarks/gpu_check.py).", False)
-    amp: Literal["off", "bf16"] = setting(
+    amp: Literal["auto", "off", "bf16"] = setting(
         "bf16: the policy's network runs its forward pass (acting and the learner's losses) under bfloat16 autocast, "
         "its outputs cast back to float32 before any loss, weights and optimizer state kept in float32; losses equal "
         "float32's to about 2 significant digits. It pays only where the device has bf16 units of its own: CPUs with "
         "AVX512_BF16 or AMX (Pong on 2 such cores: PPO 1.30x, PAAC 1.17x the agent steps/s of float32), GPUs with bf16 "
         "tensor cores at large batches (an H200: 1.26x at batch 4096, slower at 256; docs/benchmarks.md, perf.amp). "
         "Elsewhere bf16 is emulated, slower than float32: the layout line says so, and acting replicas there (actor "
-        "processes, evaluation) keep float32. Off by default: the recipes' learning results are float32's.", "off")
+        "processes, evaluation) keep float32. auto: bf16 for a convolutional encoder on a CPU with bf16 units (where "
+        "PPO and PAAC learn Pong with it: docs/results.md), float32 for MLPs, on other CPUs and on GPUs. off: float32.",
+        "auto")
     channels_last: Literal["auto", True, False] = setting(
         "Run the convolutional encoder in channels-last memory layout (NHWC: its weights and the frames entering it), "
         "the layout oneDNN's CPU convolutions prefer. auto: on for a convolutional encoder on a CPU, where it was "

@@ -62,7 +62,7 @@ def test_a_choice_that_yaml_reads_as_a_boolean_is_the_choice_written(tmp_path):
     assert cfg.perf.amp == "off"
     save_yaml(cfg, tmp_path / "config.yaml")
     assert from_dict(load_yaml(tmp_path / "config.yaml")).perf.amp == "off"
-    with pytest.raises(ConfigError, match=r"perf.amp = True is not a valid choice. \(YAML reads on/off.*Valid choices: off, bf16"):
+    with pytest.raises(ConfigError, match=r"perf.amp = True is not a valid choice. \(YAML reads on/off.*Valid choices: auto, off, bf16"):
         set_override(Config(), "perf.amp=on")  # no choice reads as true
     # where a boolean is itself a choice, YAML's reading stands
     assert build_config("ppo_atari", overrides=["perf.channels_last=off", "perf.compile=no"]).perf.channels_last is False

@@ -16,7 +16,10 @@ CPU = torch.device("cpu")
 
 def _seeded_algorithm(recipe: str, overrides: list[str], **perf):
     """``recipe``'s algorithm with 4 envs and the given ``perf.*`` settings, from the same
-    initial weights and minibatch shuffles as every other variant compared."""
+    initial weights and minibatch shuffles as every other variant compared; float32 unless
+    ``amp`` is given (``perf.amp: auto`` would pick bf16 for an Atari network on a CPU with bf16
+    units, and the other switches are compared in float32)."""
+    perf = {"amp": "off", **perf}
     cfg = build_config(recipe, {"actors.num_envs": 4, **{f"perf.{k}": v for k, v in perf.items()}}, overrides)
     torch.manual_seed(1)
     return make_algorithm(env_spec(cfg.env), cfg, CPU)
@@ -243,9 +246,38 @@ def test_bf16_acting_replica_autocasts_only_where_the_device_has_bf16_units(monk
     assert all(out.dtype == torch.float32 for out in outputs)
     assert "forward" in vars(make_algorithm(spec, cfg, CPU).policy().net)  # the learner autocasts regardless
     monkeypatch.setattr("parallel_rl.runtime.runner.native_bf16", lambda device: units)
-    assert ("emulated" in amp_note(cfg, CPU)) is not units and "bf16 (perf.amp" in amp_note(cfg, CPU)
-    assert ("actor processes act in float32" in amp_note(cfg, CPU, actor_device=CPU)) is not units
-    assert amp_note(build_config("paac_classic"), CPU) == ""
+    assert ("emulated" in amp_note(cfg, spec, CPU)) is not units and "bf16 (perf.amp" in amp_note(cfg, spec, CPU)
+    assert ("actor processes act in float32" in amp_note(cfg, spec, CPU, actor_device=CPU)) is not units
+    assert amp_note(build_config("paac_classic", {"perf.amp": "off"}), spec, CPU) == ""
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_bf16_auto_is_for_convolutional_networks_on_cpus_with_bf16_units(monkeypatch, units):
+    """`perf.amp: auto` (the default) autocasts where bf16 was measured to win and to learn: a
+    convolutional encoder on a CPU with bf16 units; an MLP, a CPU that would emulate bf16 and a GPU
+    (slower at the recipes' batches) keep float32. The layout line says when auto chose bf16."""
+    import parallel_rl.algos as algos
+    from parallel_rl.runtime.runner import amp_note
+
+    monkeypatch.setattr(algos, "native_bf16", lambda device: units)
+    monkeypatch.setattr("parallel_rl.runtime.runner.native_bf16", lambda device: units)
+    atari, classic = build_config("paac_atari"), build_config("paac_classic")
+    assert atari.perf.amp == classic.perf.amp == "auto"
+    atari_spec, classic_spec = env_spec(atari.env), env_spec(classic.env)
+    assert algos.uses_bf16(atari, atari_spec, CPU) is units
+    assert not algos.uses_bf16(classic, classic_spec, CPU)
+    assert not algos.uses_bf16(atari, atari_spec, torch.device("cuda"))
+    assert algos.uses_bf16(replace(atari, perf=replace(atari.perf, amp="bf16")), classic_spec, CPU)
+    assert not algos.uses_bf16(replace(atari, perf=replace(atari.perf, amp="off")), atari_spec, CPU)
+    assert ("perf.amp: auto, this CPU has bf16 units" in amp_note(atari, atari_spec, CPU)) is units
+    assert amp_note(classic, classic_spec, CPU) == ""
+    seen = []
+    network = make_policy(atari_spec, atari, CPU).net
+    next(m for m in network.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(
+        lambda module, args, out: seen.append(out.dtype))
+    with torch.inference_mode():
+        network(torch.zeros(1, *atari_spec.obs_shape, dtype=torch.uint8))
+    assert seen == [torch.bfloat16 if units else torch.float32]
 
 
 def test_bf16_units_are_the_hardwares_not_what_torch_can_emulate(monkeypatch):

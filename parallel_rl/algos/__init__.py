@@ -85,10 +85,20 @@ def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device)
         for module in network.modules():
             if isinstance(module, ConvEncoder):
                 module.to_channels_last()
-    if cfg.perf.amp == "bf16":
+    if uses_bf16(cfg, spec, device):
         network.forward = AutocastForward(network, device.type)
     if (mode := compile_mode(cfg, spec, device)) is not None:
         network.compile(mode=mode)
+
+
+def uses_bf16(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
+    """Whether ``perf.amp`` runs the network's forward pass under bfloat16 autocast on ``device``.
+    ``auto``: for a convolutional encoder on a CPU with bf16 units of its own, where it was measured
+    to win (docs/benchmarks.md, perf.amp); float32 for MLPs, on CPUs that would emulate bf16, and on
+    GPUs, where it was slower at the recipes' batch sizes."""
+    if cfg.perf.amp != "auto":
+        return cfg.perf.amp == "bf16"
+    return spec.is_image and device.type == "cpu" and native_bf16(device)
 
 
 def uses_channels_last(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
