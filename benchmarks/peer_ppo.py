@@ -4,7 +4,7 @@ minibatches), whole processes timed in alternation on the same machine.
 
     pip install tyro   # the peer's only extra dependency
     python benchmarks/peer_ppo.py --peer ../shared/peers/cleanrl_ppo_atari_envpool.py --steps 20480 --repeats 2
-    python benchmarks/peer_ppo.py --set perf.compile=true --variant "" --variant "perf.amp=bf16"
+    python benchmarks/peer_ppo.py --set perf.compile=true --variant "" --variant "perf.amp=off"
 
 Prints, per contender, the median wall-clock of the whole process and the median agent
 steps/s over the steady part (agent steps between the first and last progress report over

@@ -131,7 +131,8 @@ def child(which: str, peer: Path, steps: int, out: Path, overrides: list[str]) -
             from parallel_rl.cli import main as cli_main
             with tempfile.TemporaryDirectory() as tmp:
                 code = cli_main(["launch", "--config", "ppo_atari", "--actor-procs", "0", "--steps", str(steps),
-                                 "--run-dir", f"{tmp}/run", *[arg for item in overrides for arg in ("--set", item)]])
+                                 "--run-dir", f"{tmp}/run", "--set", "perf.amp=off",  # the peer's float32 arithmetic
+                                 *[arg for item in overrides for arg in ("--set", item)]])
             if code:
                 raise SystemExit(f"parallel-rl exited with {code}")
     finally:

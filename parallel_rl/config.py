@@ -220,8 +220,9 @@ class PerfConfig:
         "AVX512_BF16 or AMX (Pong on 2 such cores: PPO 1.30x, PAAC 1.17x the agent steps/s of float32), GPUs with bf16 "
         "tensor cores at large batches (an H200: 1.26x at batch 4096, slower at 256; docs/benchmarks.md, perf.amp). "
         "Elsewhere bf16 is emulated, slower than float32: the layout line says so, and acting replicas there (actor "
-        "processes, evaluation) keep float32. auto: bf16 for a convolutional encoder on a CPU with bf16 units (where "
-        "PPO and PAAC learn Pong with it: docs/results.md), float32 for MLPs, on other CPUs and on GPUs. off: float32.",
+        "processes, evaluation) keep float32. auto: bf16 for PAAC's and PPO's convolutional encoder where the learner "
+        "runs on a CPU with bf16 units (both learn Pong with it: docs/results.md), and its actor processes follow; float32 "
+        "for the other algorithms, MLPs, other CPUs and GPUs. off: float32.",
         "auto")
     channels_last: Literal["auto", True, False] = setting(
         "Run the convolutional encoder in channels-last memory layout (NHWC: its weights and the frames entering it), "

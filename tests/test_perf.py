@@ -175,11 +175,12 @@ def test_weights_published_from_an_nhwc_network_load_into_one_in_the_default_lay
     and the state_dict are the same tensors whatever the layout."""
     from parallel_rl.runtime.slots import SharedWeights
 
+    float32 = {"perf.compile": False, "perf.amp": "off"}  # bf16 would round the two layouts apart
     cfg = build_config("paac_atari", {"actors.num_envs": 4})
     spec = env_spec(cfg.env)
     torch.manual_seed(3)
-    nhwc = make_policy(spec, build_config("paac_atari", {"perf.channels_last": True, "perf.compile": False}), CPU)
-    nchw = make_policy(spec, build_config("paac_atari", {"perf.channels_last": False, "perf.compile": False}), CPU)
+    nhwc = make_policy(spec, build_config("paac_atari", {"perf.channels_last": True, **float32}), CPU)
+    nchw = make_policy(spec, build_config("paac_atari", {"perf.channels_last": False, **float32}), CPU)
     obs = torch.randint(0, 256, (3, *spec.obs_shape), dtype=torch.uint8)
     slots = SharedWeights(nhwc.net)
     slots.publish(nhwc.net, 1)
@@ -187,7 +188,7 @@ def test_weights_published_from_an_nhwc_network_load_into_one_in_the_default_lay
     with torch.no_grad():
         for got, expected in zip(nchw.net(obs), nhwc.net(obs), strict=True):
             assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
-    fresh = make_policy(spec, build_config("paac_atari", {"perf.channels_last": False, "perf.compile": False}), CPU)
+    fresh = make_policy(spec, build_config("paac_atari", {"perf.channels_last": False, **float32}), CPU)
     fresh.load_state_dict(nhwc.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), nhwc.state_dict().values(), strict=True))
 
@@ -253,9 +254,11 @@ def test_bf16_acting_replica_autocasts_only_where_the_device_has_bf16_units(monk
 
 @pytest.mark.parametrize("units", [True, False])
 def test_bf16_auto_is_for_convolutional_networks_on_cpus_with_bf16_units(monkeypatch, units):
-    """`perf.amp: auto` (the default) autocasts where bf16 was measured to win and to learn: a
-    convolutional encoder on a CPU with bf16 units; an MLP, a CPU that would emulate bf16 and a GPU
-    (slower at the recipes' batches) keep float32. The layout line says when auto chose bf16."""
+    """`perf.amp: auto` (the default) autocasts where bf16 was measured to win and to learn: PAAC's
+    and PPO's convolutional encoder on a CPU with bf16 units; other algorithms, an MLP, a CPU that
+    would emulate bf16 and a GPU (slower at the recipes' batches) keep float32. The learner's choice
+    is what its actor processes follow, whatever their own device. The layout line says when auto
+    chose bf16."""
     import parallel_rl.algos as algos
     from parallel_rl.runtime.runner import amp_note
 
@@ -269,8 +272,16 @@ def test_bf16_auto_is_for_convolutional_networks_on_cpus_with_bf16_units(monkeyp
     assert not algos.uses_bf16(atari, atari_spec, torch.device("cuda"))
     assert algos.uses_bf16(replace(atari, perf=replace(atari.perf, amp="bf16")), classic_spec, CPU)
     assert not algos.uses_bf16(replace(atari, perf=replace(atari.perf, amp="off")), atari_spec, CPU)
-    assert ("perf.amp: auto, this CPU has bf16 units" in amp_note(atari, atari_spec, CPU)) is units
-    assert amp_note(classic, classic_spec, CPU) == ""
+    assert algos.uses_bf16(build_config("ppo_atari"), atari_spec, CPU) is units
+    for other in ("pqn_atari", "qrdqn_atari"):
+        assert not algos.uses_bf16(build_config(other), atari_spec, CPU), other
+    assert not algos.uses_bf16(build_config("paac_atari", {"algo.name": "impala"}), atari_spec, CPU)
+    gpu_learner = algos.with_amp_resolved(atari, atari_spec, torch.device("cuda"))
+    assert gpu_learner.perf.amp == "off" and not algos.uses_bf16(gpu_learner, atari_spec, CPU)  # its CPU actors too
+    cpu_learner = algos.with_amp_resolved(atari, atari_spec, CPU)
+    assert cpu_learner.perf.amp == ("bf16" if units else "off")
+    assert ("perf.amp: auto, this CPU has bf16 units" in amp_note(cpu_learner, atari_spec, CPU, auto=True)) is units
+    assert amp_note(algos.with_amp_resolved(classic, classic_spec, CPU), classic_spec, CPU, auto=True) == ""
     seen = []
     network = make_policy(atari_spec, atari, CPU).net
     next(m for m in network.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(

@@ -91,14 +91,28 @@ def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device)
         network.compile(mode=mode)
 
 
+# where perf.amp: auto picks bf16: measured faster (docs/benchmarks.md, perf.amp) and seen to learn Pong
+# with it (docs/results.md); IMPALA, PQN, QR-DQN and SAC keep float32 until they are too
+AMP_AUTO_ALGORITHMS = ("paac", "ppo")
+
+
 def uses_bf16(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
     """Whether ``perf.amp`` runs the network's forward pass under bfloat16 autocast on ``device``.
-    ``auto``: for a convolutional encoder on a CPU with bf16 units of its own, where it was measured
-    to win (docs/benchmarks.md, perf.amp); float32 for MLPs, on CPUs that would emulate bf16, and on
-    GPUs, where it was slower at the recipes' batch sizes."""
+    ``auto``: PAAC's and PPO's convolutional encoder on a CPU with bf16 units of its own; float32
+    for other algorithms, MLPs, CPUs that would emulate bf16, and GPUs (slower at the recipes'
+    batch sizes there)."""
     if cfg.perf.amp != "auto":
         return cfg.perf.amp == "bf16"
-    return spec.is_image and device.type == "cpu" and native_bf16(device)
+    return spec.is_image and cfg.algo.name in AMP_AUTO_ALGORITHMS and device.type == "cpu" and native_bf16(device)
+
+
+def with_amp_resolved(cfg: Config, spec: EnvSpec, learner: torch.device) -> Config:
+    """``cfg`` with ``perf.amp: auto`` replaced by what it picks for the learner on ``learner``, so
+    that acting replicas on another device (actor processes on the CPU of a GPU learner) follow
+    the learner's precision rather than choosing their own."""
+    if cfg.perf.amp != "auto":
+        return cfg
+    return replace(cfg, perf=replace(cfg.perf, amp="bf16" if uses_bf16(cfg, spec, learner) else "off"))
 
 
 def uses_channels_last(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:

@@ -28,6 +28,7 @@ from ..algos import (
     refuse_unbuildable_compile,
     uses_bf16,
     uses_channels_last,
+    with_amp_resolved,
 )
 from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
@@ -55,13 +56,15 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
 COMPILED = {None: "", "default": ", network compiled (perf.compile)", "reduce-overhead": ", network in CUDA graphs (perf.cuda_graphs)"}
 
 
-def amp_note(cfg: Config, spec: EnvSpec, device: torch.device, actor_device: torch.device | None = None) -> str:
-    """The layout line's word on ``perf.amp``: which forward passes run in bfloat16, and where a
-    device has no bf16 units of its own, what that means (the learner: emulated, slower than
-    float32; actor processes, ``actor_device``: they keep float32)."""
+def amp_note(cfg: Config, spec: EnvSpec, device: torch.device, actor_device: torch.device | None = None,
+             auto: bool = False) -> str:
+    """The layout line's word on ``perf.amp`` (``cfg``'s, ``auto`` already resolved for the learner
+    when ``auto`` is true): which forward passes run in bfloat16, and where a device has no bf16
+    units of its own, what that means (the learner: emulated, slower than float32; actor
+    processes, ``actor_device``: they keep float32)."""
     if not uses_bf16(cfg, spec, device):
         return ""
-    note = ", forward passes in bf16 (perf.amp" + (": auto, this CPU has bf16 units" if cfg.perf.amp == "auto" else "")
+    note = ", forward passes in bf16 (perf.amp" + (": auto, this CPU has bf16 units" if auto else "")
     if not native_bf16(device):
         note += f"; this {device.type} has no bf16 units of its own, so the learner's are emulated, slower than float32"
     if actor_device is not None and not native_bf16(actor_device):
@@ -172,13 +175,14 @@ class Runner:
     def _run_rank(self, device: torch.device, max_seconds: float | None) -> tuple[RunSummary, Algorithm]:
         """This rank's share of the run (the whole run on one rank)."""
         cfg, world = self.cfg, distributed.world()
-        local = distributed.rank_config(cfg)  # this rank's envs, seeds and learning rate
+        spec = env_spec(cfg.env)
+        # this rank's envs, seeds and learning rate, and the learner's precision for its actor processes too
+        local = with_amp_resolved(distributed.rank_config(cfg), spec, device)
         self.write_logs = self.write_logs and world.main
         procs = resolve_procs(local)
         learner_threads, env_threads = thread_layout(local, procs)
         torch.set_num_threads(learner_threads)
         torch.manual_seed(local.seed)
-        spec = env_spec(cfg.env)
         algo = self.make_algorithm(spec, local, device)
         step = updates = 0
         if (resumed := self.resumption) is not None:
@@ -199,12 +203,13 @@ class Runner:
                   else "layout: synchronous (K = 0)")
         if world.active:
             layout = f"layout: {world.size} ranks x {procs or 'no'} actor processes x {local.actors.num_envs} envs per rank"
+        auto = cfg.perf.amp == "auto"
         if world.main:
             self.log(f"{layout} | {cfg.actors.num_envs} envs of {cfg.env.id} ({spec.backend}) in all, {env_threads} env threads "
                      f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads"
                      f"{COMPILED[compile_mode(local, spec, device)]}"
                      f"{', convolutions channels-last (perf.channels_last)' if uses_channels_last(local, spec, device) else ''}"
-                     f"{amp_note(local, spec, device, resolve_device(local.actors.device, 'actors.device') if procs else None)} | "
+                     f"{amp_note(local, spec, device, resolve_device(local.actors.device, 'actors.device') if procs else None, auto)} | "
                      f"{os.cpu_count()} cores")
             if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
                 minibatch = cfg.replay.minibatch_size
