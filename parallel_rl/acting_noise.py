@@ -25,8 +25,9 @@ _MASK = 0xFFFFFFFF
 _MULTIPLIER = 0x45D9F3B  # < 2**27: products of 32-bit values stay within int64
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash with full avalanche (values in [0, 2**32) held as int64)."""
+def _mix(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A 32-bit integer hash with full avalanche (values in [0, 2**32) held as int64), of each
+    element of a tensor or of one Python int (cheaper than a tensor op for a single value)."""
     x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
     x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
     return (x >> 16) ^ x
@@ -41,7 +42,7 @@ class EnvStreams:
         self.keys = _mix(_mix(keys & _MASK) ^ ((keys >> 32) & _MASK))
         self.steps = torch.zeros_like(keys)
         # the same on the host, to seed torch's generator for a call without a device sync
-        self._host_keys = [int(key) for key in self.keys.cpu()]
+        self._host_keys = self.keys.tolist()
         self._host_steps = np.zeros(len(self._host_keys), np.int64)
 
     @contextmanager
@@ -80,14 +81,7 @@ class EnvStreams:
     def _call_seed(self, envs: slice) -> int:
         called = range(len(self._host_keys))[envs]
         step = int(self._host_steps[called[0]])
-        return _mix_int(_mix_int(_mix_int(self._host_keys[called[0]] ^ (step & _MASK)) ^ (step >> 32)) ^ len(called))
-
-
-def _mix_int(x: int) -> int:
-    """:func:`_mix` on one Python int (cheaper than a tensor op for a single value)."""
-    x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
-    x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
-    return (x >> 16) ^ x
+        return _mix(_mix(_mix(self._host_keys[called[0]] ^ (step & _MASK)) ^ (step >> 32)) ^ len(called))
 
 
 @contextmanager

@@ -247,9 +247,9 @@ def test_bf16_acting_replica_autocasts_only_where_the_device_has_bf16_units(monk
     assert all(out.dtype == torch.float32 for out in outputs)
     assert "forward" in vars(make_algorithm(spec, cfg, CPU).policy().net)  # the learner autocasts regardless
     monkeypatch.setattr("parallel_rl.runtime.runner.native_bf16", lambda device: units)
-    assert ("emulated" in amp_note(cfg, spec, CPU)) is not units and "bf16 (perf.amp" in amp_note(cfg, spec, CPU)
-    assert ("actor processes act in float32" in amp_note(cfg, spec, CPU, actor_device=CPU)) is not units
-    assert amp_note(build_config("paac_classic", {"perf.amp": "off"}), spec, CPU) == ""
+    assert ("emulated" in amp_note(cfg, CPU)) is not units and "bf16 (perf.amp" in amp_note(cfg, CPU)
+    assert ("actor processes act in float32" in amp_note(cfg, CPU, actor_device=CPU)) is not units
+    assert amp_note(build_config("paac_classic", {"perf.amp": "off"}), CPU) == ""
 
 
 @pytest.mark.parametrize("units", [True, False])
@@ -280,8 +280,8 @@ def test_bf16_auto_is_for_convolutional_networks_on_cpus_with_bf16_units(monkeyp
     assert gpu_learner.perf.amp == "off" and not algos.uses_bf16(gpu_learner, atari_spec, CPU)  # its CPU actors too
     cpu_learner = algos.with_amp_resolved(atari, atari_spec, CPU)
     assert cpu_learner.perf.amp == ("bf16" if units else "off")
-    assert ("perf.amp: auto, this CPU has bf16 units" in amp_note(cpu_learner, atari_spec, CPU, auto=True)) is units
-    assert amp_note(algos.with_amp_resolved(classic, classic_spec, CPU), classic_spec, CPU, auto=True) == ""
+    assert ("perf.amp: auto, this CPU has bf16 units" in amp_note(cpu_learner, CPU, auto=True)) is units
+    assert amp_note(algos.with_amp_resolved(classic, classic_spec, CPU), CPU, auto=True) == ""
     seen = []
     network = make_policy(atari_spec, atari, CPU).net
     next(m for m in network.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(

@@ -26,14 +26,13 @@ from ..algos import (
     make_algorithm,
     native_bf16,
     refuse_unbuildable_compile,
-    uses_bf16,
     uses_channels_last,
     with_amp_resolved,
 )
 from ..algos.base import ReplayCadenceConfig
 from ..config import Config, ConfigError, save_yaml
 from ..contracts import Algorithm, BatchSource
-from ..envs import EnvSpec, env_spec
+from ..envs import env_spec
 from ..metrics import EnvEfficiency, Metrics, UpdateStats
 from . import signals
 from .layout import resolve_procs, thread_layout
@@ -56,13 +55,12 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
 COMPILED = {None: "", "default": ", network compiled (perf.compile)", "reduce-overhead": ", network in CUDA graphs (perf.cuda_graphs)"}
 
 
-def amp_note(cfg: Config, spec: EnvSpec, device: torch.device, actor_device: torch.device | None = None,
-             auto: bool = False) -> str:
-    """The layout line's word on ``perf.amp`` (``cfg``'s, ``auto`` already resolved for the learner
-    when ``auto`` is true): which forward passes run in bfloat16, and where a device has no bf16
-    units of its own, what that means (the learner: emulated, slower than float32; actor
+def amp_note(cfg: Config, device: torch.device, actor_device: torch.device | None = None, auto: bool = False) -> str:
+    """The layout line's word on ``perf.amp`` (``cfg``'s after ``with_amp_resolved``; ``auto``: the
+    user left the choice to it): which forward passes run in bfloat16, and where a device has no
+    bf16 units of its own, what that means (the learner: emulated, slower than float32; actor
     processes, ``actor_device``: they keep float32)."""
-    if not uses_bf16(cfg, spec, device):
+    if cfg.perf.amp != "bf16":
         return ""
     note = ", forward passes in bf16 (perf.amp" + (": auto, this CPU has bf16 units" if auto else "")
     if not native_bf16(device):
@@ -209,7 +207,7 @@ class Runner:
                      f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads"
                      f"{COMPILED[compile_mode(local, spec, device)]}"
                      f"{', convolutions channels-last (perf.channels_last)' if uses_channels_last(local, spec, device) else ''}"
-                     f"{amp_note(local, spec, device, resolve_device(local.actors.device, 'actors.device') if procs else None, auto)} | "
+                     f"{amp_note(local, device, resolve_device(local.actors.device, 'actors.device') if procs else None, auto)} | "
                      f"{os.cpu_count()} cores")
             if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
                 minibatch = cfg.replay.minibatch_size
