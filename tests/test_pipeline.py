@@ -291,7 +291,9 @@ def test_env_efficiency_is_the_steps_taken_at_the_bare_step_time_over_the_wall_c
     finally:
         collector.close()
     assert efficiency.fraction == pytest.approx(expected, abs=0.12)
-    assert collector.probes and min(collector.probes) == pytest.approx(step_s, abs=0.02)
+    # a sleep never ends early but may end late on a loaded machine (100 ms for 80 once, two
+    # tests at a time): a probe that timed the policy too (80 ms more) would still fail
+    assert collector.probes and step_s - 0.005 <= min(collector.probes) <= step_s + 0.04
 
 
 class _CountingEnvGroup(_TimedEnvGroup):
