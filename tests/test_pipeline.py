@@ -291,9 +291,9 @@ def test_env_efficiency_is_the_steps_taken_at_the_bare_step_time_over_the_wall_c
     finally:
         collector.close()
     assert efficiency.fraction == pytest.approx(expected, abs=0.12)
-    # a sleep never ends early but may end late on a loaded machine (100 ms for 80 once, two
-    # tests at a time): a probe that timed the policy too (80 ms more) would still fail
-    assert collector.probes and step_s - 0.005 <= min(collector.probes) <= step_s + 0.04
+    # a step may end late on a loaded machine (a probe read 100 ms for 80 with two tests at a
+    # time): a probe that timed the policy too (80 ms more) would still fail
+    assert collector.probes and step_s - 0.02 <= min(collector.probes) <= step_s + 0.04
 
 
 class _CountingEnvGroup(_TimedEnvGroup):
