@@ -2,6 +2,7 @@
 
     python benchmarks/amp_cpu.py                  # the networks, then whole runs
     python benchmarks/amp_cpu.py --only networks  # or --only runs
+    python benchmarks/amp_cpu.py --configs pqn_atari --only runs
 
 Two measurements, float32 and bfloat16 alternated in each:
 
@@ -9,10 +10,11 @@ Two measurements, float32 and bfloat16 alternated in each:
    convolutions), eager and compiled: observations per second of inference at the acting
    batches (one per env of 8, 32 and 128 envs) and of an update (forward, backward, Adam) at
    the learners' batches (PAAC's 32 envs x 5 steps = 160, PPO's minibatch of 256). Each
-   cell is timed by the GPU check's own ``cnn_throughput``.
+   cell is timed by the GPU check's own ``cnn_throughput``, whose update is an actor-critic's:
+   PQN's Q-network has whole runs only.
 2. Whole runs, ``parallel-rl launch --config C --steps N`` against the same with
    ``--set perf.amp=bf16``, in alternation (compiled where ``perf.compile: auto`` compiles a
-   run of 1M steps: PPO, not PAAC): steady agent steps/s as ``peer_ppo.py`` reads it.
+   run of 1M steps: PPO and PQN, not PAAC): steady agent steps/s as ``peer_ppo.py`` reads it.
 
 oneDNN computes bfloat16 convolutions and matrix products with the CPU's own bf16 instructions
 (AVX512_BF16, AMX) where it has them, and emulates them where it does not (slower than
@@ -40,12 +42,12 @@ from parallel_rl.algos import make_policy, native_bf16  # noqa: E402
 from parallel_rl.config import build_config  # noqa: E402
 from parallel_rl.envs import EnvSpec  # noqa: E402
 
-CONFIGS = ("ppo_atari", "paac_atari")
 ACTING_BATCHES = (8, 32, 128)
-UPDATE_BATCHES = {"paac_atari": 160, "ppo_atari": 256}
-RUN_STEPS = {"ppo_atari": 20_480, "paac_atari": 60_000}
+UPDATE_BATCHES = {"ppo_atari": 256, "paac_atari": 160}
+RUN_STEPS = {"ppo_atari": 20_480, "paac_atari": 60_000, "pqn_atari": 40_960}
+CONFIGS = tuple(RUN_STEPS)
 # what perf.compile: auto does in a run of 1M agent steps or more (these runs are shorter)
-RUN_COMPILE = {"ppo_atari": "true", "paac_atari": "false"}
+RUN_COMPILE = {"ppo_atari": "true", "paac_atari": "false", "pqn_atari": "true"}
 
 
 def network_cells(config: str, compiled: bool, seconds: float, rounds: int) -> list[dict]:
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternations per network cell, and whole runs per setting")
     parser.add_argument("--only", choices=("networks", "runs"), help="one of the two measurements")
     parser.add_argument("--eager-only", action="store_true", help="network cells without the compiled ones")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS, help="the recipes measured")
     args = parser.parse_args()
     if args.rounds < 1 or not args.seconds > 0:
         parser.error(f"--rounds must be at least 1 and --seconds positive, not {args.rounds} and {args.seconds}")
@@ -81,25 +84,25 @@ def main() -> None:
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, bf16 units (AVX512_BF16 or AMX): {native}, "
           f"torch threads {torch.get_num_threads()}\n", flush=True)
     if args.only != "runs":
-        network_table(args.seconds, args.rounds, (False,) if args.eager_only else (False, True))
+        network_table(args.configs, args.seconds, args.rounds, (False,) if args.eager_only else (False, True))
     if args.only != "networks":
-        run_table(args.rounds)
+        run_table(args.configs, args.rounds)
 
 
-def network_table(seconds: float, rounds: int, compiled_too: tuple[bool, ...]) -> None:
+def network_table(configs: list[str], seconds: float, rounds: int, compiled_too: tuple[bool, ...]) -> None:
     print("| network | compiled | measured | batch | float32 obs/s | bf16 obs/s | bf16 / float32 |")
     print("|---|---|---|---:|---:|---:|---:|")
-    for config in CONFIGS:
+    for config in (config for config in configs if config in UPDATE_BATCHES):
         for compiled in compiled_too:
             for row in network_cells(config, compiled, seconds, rounds):
                 print(f"| {row['config']} | {'yes' if compiled else 'no'} | {row['what']} | {row['batch']} | "
                       f"{row['float32']:,.0f} | {row['bf16']:,.0f} | {row['ratio']:.2f} |", flush=True)
 
 
-def run_table(rounds: int) -> None:
+def run_table(configs: list[str], rounds: int) -> None:
     print(f"\n| run | float32 steady agent steps/s (medians of {rounds}) | bf16 | bf16 / float32 |")
     print("|---|---:|---:|---:|")
-    for config in CONFIGS:
+    for config in configs:
         runs: dict[str, list[float]] = {"off": [], "bf16": []}
         for round_ in range(rounds):
             for amp in (("off", "bf16") if round_ % 2 == 0 else ("bf16", "off")):
