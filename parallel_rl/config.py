@@ -217,12 +217,12 @@ class PerfConfig:
         "bf16: the policy's network runs its forward pass (acting and the learner's losses) under bfloat16 autocast, "
         "its outputs cast back to float32 before any loss, weights and optimizer state kept in float32; losses equal "
         "float32's to about 2 significant digits. It pays only where the device has bf16 units of its own: CPUs with "
-        "AVX512_BF16 or AMX (Pong on 2 such cores: PPO 1.30x, PAAC 1.17x the agent steps/s of float32), GPUs with bf16 "
+        "AVX512_BF16 or AMX (Pong on 2 such cores: PPO 1.30x, PQN 1.23x, PAAC 1.17x the agent steps/s of float32), GPUs with bf16 "
         "tensor cores at large batches (an H200: 1.26x at batch 4096, slower at 256; docs/benchmarks.md, perf.amp). "
         "Elsewhere bf16 is emulated, slower than float32: the layout line says so, and acting replicas there (actor "
-        "processes, evaluation) keep float32. auto: bf16 for PAAC's and PPO's convolutional encoder where the learner "
-        "runs on a CPU with bf16 units (both learn Pong with it: docs/results.md), and its actor processes follow; float32 "
-        "for the other algorithms, MLPs, other CPUs and GPUs. off: float32.",
+        "processes, evaluation) keep float32. auto: bf16 for PAAC's, PPO's and PQN's convolutional encoder where the "
+        "learner runs on a CPU with bf16 units (all three learn Pong with it: docs/results.md), and its actor processes "
+        "follow; float32 for the other algorithms, MLPs, other CPUs and GPUs. off: float32.",
         "auto")
     channels_last: Literal["auto", True, False] = setting(
         "Run the convolutional encoder in channels-last memory layout (NHWC: its weights and the frames entering it), "

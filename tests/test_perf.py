@@ -254,8 +254,8 @@ def test_bf16_acting_replica_autocasts_only_where_the_device_has_bf16_units(monk
 
 @pytest.mark.parametrize("units", [True, False])
 def test_bf16_auto_is_for_convolutional_networks_on_cpus_with_bf16_units(monkeypatch, units):
-    """`perf.amp: auto` (the default) autocasts where bf16 was measured to win and to learn: PAAC's
-    and PPO's convolutional encoder on a CPU with bf16 units; other algorithms, an MLP, a CPU that
+    """`perf.amp: auto` (the default) autocasts where bf16 was measured to win and to learn: PAAC's,
+    PPO's and PQN's convolutional encoder on a CPU with bf16 units; other algorithms, an MLP, a CPU that
     would emulate bf16 and a GPU (slower at the recipes' batches) keep float32. The learner's choice
     is what its actor processes follow, whatever their own device. The layout line says when auto
     chose bf16."""
@@ -272,9 +272,9 @@ def test_bf16_auto_is_for_convolutional_networks_on_cpus_with_bf16_units(monkeyp
     assert not algos.uses_bf16(atari, atari_spec, torch.device("cuda"))
     assert algos.uses_bf16(replace(atari, perf=replace(atari.perf, amp="bf16")), classic_spec, CPU)
     assert not algos.uses_bf16(replace(atari, perf=replace(atari.perf, amp="off")), atari_spec, CPU)
-    assert algos.uses_bf16(build_config("ppo_atari"), atari_spec, CPU) is units
-    for other in ("pqn_atari", "qrdqn_atari"):
-        assert not algos.uses_bf16(build_config(other), atari_spec, CPU), other
+    for learning in ("ppo_atari", "pqn_atari"):
+        assert algos.uses_bf16(build_config(learning), atari_spec, CPU) is units, learning
+    assert not algos.uses_bf16(build_config("qrdqn_atari"), atari_spec, CPU)
     assert not algos.uses_bf16(build_config("paac_atari", {"algo.name": "impala"}), atari_spec, CPU)
     gpu_learner = algos.with_amp_resolved(atari, atari_spec, torch.device("cuda"))
     assert gpu_learner.perf.amp == "off" and not algos.uses_bf16(gpu_learner, atari_spec, CPU)  # its CPU actors too

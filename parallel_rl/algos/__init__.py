@@ -92,13 +92,13 @@ def apply_perf(policy: Policy, spec: EnvSpec, cfg: Config, device: torch.device)
 
 
 # where perf.amp: auto picks bf16: measured faster (docs/benchmarks.md, perf.amp) and seen to learn Pong
-# with it (docs/results.md); IMPALA, PQN, QR-DQN and SAC keep float32 until they are too
-AMP_AUTO_ALGORITHMS = ("paac", "ppo")
+# with it (docs/results.md); IMPALA, QR-DQN and SAC keep float32 until they are too
+AMP_AUTO_ALGORITHMS = ("paac", "ppo", "pqn")
 
 
 def uses_bf16(cfg: Config, spec: EnvSpec, device: torch.device) -> bool:
     """Whether ``perf.amp`` runs the network's forward pass under bfloat16 autocast on ``device``.
-    ``auto``: PAAC's and PPO's convolutional encoder on a CPU with bf16 units of its own; float32
+    ``auto``: PAAC's, PPO's and PQN's convolutional encoder on a CPU with bf16 units of its own; float32
     for other algorithms, MLPs, CPUs that would emulate bf16, and GPUs (slower at the recipes'
     batch sizes there)."""
     if cfg.perf.amp != "auto":
