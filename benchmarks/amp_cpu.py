@@ -80,6 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or not args.seconds > 0:
         parser.error(f"--rounds must be at least 1 and --seconds positive, not {args.rounds} and {args.seconds}")
+    if args.only == "networks" and not set(args.configs) & set(UPDATE_BATCHES):
+        parser.error(f"--only networks times actor-critic networks ({', '.join(UPDATE_BATCHES)}); --configs "
+                     f"{' '.join(args.configs)} has none of them: add one, or measure whole runs (--only runs)")
     native = native_bf16(torch.device("cpu"))
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, bf16 units (AVX512_BF16 or AMX): {native}, "
           f"torch threads {torch.get_num_threads()}\n", flush=True)

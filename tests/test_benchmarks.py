@@ -56,6 +56,13 @@ def test_benchmark_script_refuses_bad_arguments(name, flag):
     assert "Traceback" not in out.stderr and flag in out.stderr
 
 
+def test_amp_benchmark_refuses_network_cells_for_pqn_alone():
+    """The network cells time an actor-critic's update: PQN alone would print an empty table."""
+    out = script("amp_cpu.py", "--configs", "pqn_atari", "--only", "networks")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "--configs pqn_atari" in out.stderr and "ppo_atari" in out.stderr
+
+
 @pytest.mark.slow  # about 40 s on 2 cores
 def test_gpu_check_smoke_runs_every_section_where_envpool_is_absent(tmp_path):
     """The GPU machine has no EnvPool wheel (Python 3.12): with envpool unimportable, Atari
