@@ -11,10 +11,10 @@ Two measurements, float32 and bfloat16 alternated in each:
    batches (one per env of 8, 32 and 128 envs) and of an update (forward, backward, Adam) at
    the learners' batches (PAAC's 32 envs x 5 steps = 160, PPO's minibatch of 256). Each
    cell is timed by the GPU check's own ``cnn_throughput``, whose update is an actor-critic's:
-   PQN's Q-network has whole runs only.
+   PQN's and QR-DQN's Q-networks have whole runs only.
 2. Whole runs, ``parallel-rl launch --config C --steps N`` against the same with
    ``--set perf.amp=bf16``, in alternation (compiled where ``perf.compile: auto`` compiles a
-   run of 1M steps: PPO and PQN, not PAAC): steady agent steps/s as ``peer_ppo.py`` reads it.
+   run of 1M steps: PPO and PQN, not PAAC or QR-DQN; QR-DQN learns from its 1,024th step): steady agent steps/s as ``peer_ppo.py`` reads it.
 
 oneDNN computes bfloat16 convolutions and matrix products with the CPU's own bf16 instructions
 (AVX512_BF16, AMX) where it has them, and emulates them where it does not (slower than
@@ -44,10 +44,13 @@ from parallel_rl.envs import EnvSpec  # noqa: E402
 
 ACTING_BATCHES = (8, 32, 128)
 UPDATE_BATCHES = {"ppo_atari": 256, "paac_atari": 160}
-RUN_STEPS = {"ppo_atari": 20_480, "paac_atari": 60_000, "pqn_atari": 40_960}
+RUN_STEPS = {"ppo_atari": 20_480, "paac_atari": 60_000, "pqn_atari": 40_960, "qrdqn_atari": 8_192}
 CONFIGS = tuple(RUN_STEPS)
 # what perf.compile: auto does in a run of 1M agent steps or more (these runs are shorter)
-RUN_COMPILE = {"ppo_atari": "true", "paac_atari": "false", "pqn_atari": "true"}
+RUN_COMPILE = {"ppo_atari": "true", "paac_atari": "false", "pqn_atari": "true", "qrdqn_atari": "false"}
+# QR-DQN learns from its first 1,024 steps rather than 20k, so the steady speed is the learner's, in a
+# replay small enough that allocating it is not most of a short run
+RUN_OVERRIDES = {"qrdqn_atari": ("algo.warmup_steps=1024", "replay.capacity=100000")}
 
 
 def network_cells(config: str, compiled: bool, seconds: float, rounds: int) -> list[dict]:
@@ -110,9 +113,11 @@ def run_table(configs: list[str], rounds: int) -> None:
         for round_ in range(rounds):
             for amp in (("off", "bf16") if round_ % 2 == 0 else ("bf16", "off")):
                 overrides = ["--set", f"perf.amp={amp}", "--set", f"perf.compile={RUN_COMPILE[config]}"]
+                overrides += [arg for setting in RUN_OVERRIDES.get(config, ()) for arg in ("--set", setting)]
                 runs[amp].append(run_ours(RUN_STEPS[config], overrides, config=config)[1])
         f32, b16 = statistics.median(runs["off"]), statistics.median(runs["bf16"])
-        print(f"| `parallel-rl launch --config {config} --steps {RUN_STEPS[config]} --set perf.compile={RUN_COMPILE[config]}` "
+        extra = "".join(f" --set {setting}" for setting in RUN_OVERRIDES.get(config, ()))
+        print(f"| `parallel-rl launch --config {config} --steps {RUN_STEPS[config]} --set perf.compile={RUN_COMPILE[config]}{extra}` "
               f"({' / '.join(f'{x:,.0f}' for x in runs['off'])} against {' / '.join(f'{x:,.0f}' for x in runs['bf16'])}) "
               f"| {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f} |", flush=True)
 

@@ -98,7 +98,7 @@ FULL = Sizes("cuda", 8, 256, 5.0, (-1,), (256, 1024, 4096), 0.5, 45.0,
              "ppo_atari", 64, 60_000, "ppo_atari", ("fused", "bf16", "channels_last", "compile", "compile+bf16", "cuda_graphs"),
              340.0, FULL_NEEDS_S)
 # the smoke's budget is loose: it checks that every section runs, on a CPU that may be busy with other tests
-SMOKE = Sizes("cpu", 2, 8, 4.0, (0, 1), (8, 16), 0.2, 60.0, ("eager", "bf16", "channels_last"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
+SMOKE = Sizes("cpu", 2, 8, 1.5, (0, 1), (8, 16), 0.2, 60.0, ("eager", "bf16", "channels_last"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
               "ppo_classic", ("fused", "bf16"), 600.0, dict.fromkeys(FULL_NEEDS_S, 1.0))
 PPO_PONG_START_UP_S = 20.0  # building 64 ALE envs and the first update, before ppo_pong's run counts its time
 PPO_PONG_LEAST_S = 20.0

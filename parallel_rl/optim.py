@@ -30,8 +30,14 @@ def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     if name == "kron":
         return make_kron(params, lr, cfg.optim.kron_max_size_triangular)
     fused = cfg.perf.optimizer_kernel == "fused" or (
-        cfg.perf.optimizer_kernel == "auto" and bool(params) and all(p.device.type == "cuda" for p in params))
+        cfg.perf.optimizer_kernel == "auto" and bool(params) and all(p.device.type in FUSED_ADAM_AUTO_DEVICES for p in params))
     return torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps, fused=fused or None)
+
+
+# where ``perf.optimizer_kernel: auto`` takes torch's fused Adam. On a CPU torch's default loops
+# over the parameters; fused trained the Adam recipes at 1.00-1.21x its agent steps/s, most
+# where the network is small or the minibatch is (docs/benchmarks.md, perf.optimizer_kernel)
+FUSED_ADAM_AUTO_DEVICES = ("cuda", "cpu")
 
 
 def anneal_lr(optimizers: list[torch.optim.Optimizer], cfg: Config, fraction: float) -> float:

@@ -322,7 +322,7 @@ def test_bf16_units_are_the_hardwares_not_what_torch_can_emulate(monkeypatch):
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "qrdqn_classic"])
 def test_fused_adam_update_equals_torchs_default_adam_and_really_fuses(recipe):
-    """`perf.optimizer_kernel: fused` (auto's choice for CUDA learners): torch's fused Adam
+    """`perf.optimizer_kernel: fused` (auto's choice): torch's fused Adam
     kernel, the same losses and weights as torch's default Adam after one update."""
     overrides = ["algo.update_epochs=1"] if recipe == "ppo_classic" else ["algo.warmup_steps=0", "replay.minibatch_size=16"]
     overrides += ["logging.diag_interval=0", "optim.name=adam"]
@@ -379,6 +379,19 @@ def test_fused_optimizer_kernel_needs_adam():
     with pytest.raises(ConfigError, match="perf.optimizer_kernel = 'fused' needs optim.name = 'adam'.*no fused rmsprop_tf"):
         build_config("paac_atari_paper", {"perf.optimizer_kernel": "fused"})
     assert build_config("paac_atari_paper", {"perf.optimizer_kernel": "auto"}).perf.optimizer_kernel == "auto"
+
+
+def test_optimizer_kernel_auto_fuses_adam_on_a_cpu_learner_too():
+    """``auto`` takes the fused kernel for a CPU learner's Adam (measured faster there) and
+    ``default`` keeps torch's loop; optimizers without a fused kernel are left as they are."""
+    from parallel_rl.optim import make_optimizer
+
+    def optimizer(recipe: str, kernel: str) -> torch.optim.Optimizer:
+        return make_optimizer([torch.nn.Parameter(torch.zeros(3))], build_config(recipe, {"perf.optimizer_kernel": kernel}))
+
+    assert optimizer("ppo_classic", "auto").defaults["fused"] is True
+    assert not optimizer("ppo_classic", "default").defaults["fused"]
+    assert isinstance(optimizer("paac_atari", "auto"), torch.optim.RMSprop)
 
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Adam's kernels on a CPU learner: torch's default (a loop over the parameters) against its
+fused kernel (one pass over all of them), `perf.optimizer_kernel=default` against `fused`.
+
+    python benchmarks/optimizer_kernel_cpu.py
+    python benchmarks/optimizer_kernel_cpu.py --recipes qrdqn_small_batch --seconds 20 --rounds 3
+
+Every cell is a full training run of ``--seconds`` after start-up (`bench`'s training figure),
+eager (``perf.compile=false``) so that a short run measures the learner rather than
+compiling; the two kernels take turns in every round, the order reversed each round, so
+drift of a shared machine lands on both. The replay-based recipes learn from their 1,024th
+agent step on (their own warm-ups are 1k to 20k steps of random acting) in a replay of 100k
+transitions, so the figure is the learner's. Prints the Markdown table for
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from dataclasses import replace
+
+import torch
+
+from parallel_rl.bench import train_sps
+from parallel_rl.config import Config, build_config
+
+# the recipes whose optimizer is Adam, each with what makes a short run measure its learner
+RECIPES = {
+    "qrdqn_atari": ["algo.warmup_steps=1024", "replay.capacity=100000"],
+    "qrdqn_small_batch": ["algo.warmup_steps=1024", "replay.capacity=100000"],
+    "qrdqn_classic": ["algo.warmup_steps=1024"],
+    "simbav2_pendulum": ["algo.warmup_steps=1024"],
+    "ppo_atari": [],
+    "ppo_classic": [],
+}
+KERNELS = ("default", "fused")
+
+
+def cell_config(recipe: str, kernel: str) -> Config:
+    cfg = build_config(recipe, {"total_steps": 10**12, "perf.optimizer_kernel": kernel, "perf.compile": False},
+                       RECIPES[recipe])
+    return replace(cfg, logging=replace(cfg.logging, console=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--seconds", type=float, default=15.0, help="each training run, after start-up")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each kernel per recipe")
+    args = parser.parse_args()
+    if args.seconds <= 0 or args.rounds < 1:
+        parser.error(f"--seconds {args.seconds} and --rounds {args.rounds}: the seconds must be positive and the rounds at least 1")
+    figures: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.recipes for k in KERNELS}
+    for recipe in args.recipes:
+        for round_ in range(args.rounds):
+            for kernel in KERNELS if round_ % 2 == 0 else KERNELS[::-1]:
+                figures[(recipe, kernel)].append(train_sps(cell_config(recipe, kernel), args.seconds))
+        print(f"{recipe} done", flush=True)
+    print(f"\n{os.cpu_count()} cores, torch {torch.__version__}; medians of {args.rounds} alternated "
+          f"{args.seconds:g}-s training runs, eager\n")
+    print("| recipe | default Adam: agent steps/s (runs) | fused Adam (runs) | fused / default |")
+    print("|---|---:|---:|---:|")
+    for recipe in args.recipes:
+        runs = {k: figures[(recipe, k)] for k in KERNELS}
+        default, fused = (statistics.median(runs[k]) for k in KERNELS)
+        shown = {k: " / ".join(f"{x:,.0f}" for x in runs[k]) for k in KERNELS}
+        print(f"| {recipe} | {default:,.0f} ({shown['default']}) | {fused:,.0f} ({shown['fused']}) | {fused / default:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
