@@ -234,8 +234,8 @@ class PerfConfig:
         "fused: optim.name = adam runs torch's fused Adam (one kernel for all parameters), and an optimizer step whose loss "
         "or gradient is NaN/inf is skipped on the device (the kernel's found_inf) with no host sync; every other optimizer "
         "syncs once per step to decide. default: torch's own choice (multi-tensor on CUDA, a loop over the parameters on "
-        "a CPU). auto: fused on CUDA and on a CPU, where it trained the Adam recipes at 1.00-1.21x the default's speed "
-        "(docs/benchmarks.md, perf.optimizer_kernel).", "auto")
+        "a CPU). auto: fused on CUDA, and on a CPU for the replay-based QR-DQN and SAC (1.12-1.16x QR-DQN's agent steps/s "
+        "there); default for the other algorithms on a CPU (docs/benchmarks.md, perf.optimizer_kernel).", "auto")
 
 
 @dataclass

@@ -29,15 +29,24 @@ def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
         return torch.optim.RAdam(params, lr=lr, eps=cfg.optim.eps)
     if name == "kron":
         return make_kron(params, lr, cfg.optim.kron_max_size_triangular)
-    fused = cfg.perf.optimizer_kernel == "fused" or (
-        cfg.perf.optimizer_kernel == "auto" and bool(params) and all(p.device.type in FUSED_ADAM_AUTO_DEVICES for p in params))
+    fused = cfg.perf.optimizer_kernel == "fused" or (cfg.perf.optimizer_kernel == "auto" and fuses_by_default(params, cfg))
     return torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps, fused=fused or None)
 
 
-# where ``perf.optimizer_kernel: auto`` takes torch's fused Adam. On a CPU torch's default loops
-# over the parameters; fused trained the Adam recipes at 1.00-1.21x its agent steps/s, most
-# where the network is small or the minibatch is (docs/benchmarks.md, perf.optimizer_kernel)
-FUSED_ADAM_AUTO_DEVICES = ("cuda", "cpu")
+# The algorithms whose Adam ``perf.optimizer_kernel: auto`` fuses on a CPU learner, where torch's
+# default loops over the parameters: the replay-based learners, whose small gradient steps it
+# sped up (QR-DQN's CartPole and minibatch-8 Atari recipes 1.12x and 1.16x the agent steps/s)
+# and whose seed tables held under it. PPO's CartPole recipe gained 1.21x but ended one seed
+# of five at 370.6 (494.3 with the loop), so the on-policy algorithms keep the loop on a CPU
+# (docs/benchmarks.md, perf.optimizer_kernel).
+FUSED_ADAM_CPU_ALGORITHMS = ("qrdqn", "sac")
+
+
+def fuses_by_default(params: list[torch.Tensor], cfg: Config) -> bool:
+    """``perf.optimizer_kernel: auto``: fused Adam on CUDA, and on a CPU for the algorithms of
+    ``FUSED_ADAM_CPU_ALGORITHMS``."""
+    devices = {p.device.type for p in params}
+    return devices == {"cuda"} or (devices == {"cpu"} and cfg.algo.name in FUSED_ADAM_CPU_ALGORITHMS)
 
 
 def anneal_lr(optimizers: list[torch.optim.Optimizer], cfg: Config, fraction: float) -> float:

@@ -381,17 +381,21 @@ def test_fused_optimizer_kernel_needs_adam():
     assert build_config("paac_atari_paper", {"perf.optimizer_kernel": "auto"}).perf.optimizer_kernel == "auto"
 
 
-def test_optimizer_kernel_auto_fuses_adam_on_a_cpu_learner_too():
-    """``auto`` takes the fused kernel for a CPU learner's Adam (measured faster there) and
-    ``default`` keeps torch's loop; optimizers without a fused kernel are left as they are."""
+def test_optimizer_kernel_auto_fuses_the_replay_based_learners_adam_on_a_cpu():
+    """``auto`` on a CPU: the fused kernel for QR-DQN's and SAC's Adam (measured faster, their
+    seed tables held), torch's loop for the on-policy algorithms; ``default`` keeps the loop
+    and ``fused`` fuses whatever the algorithm. Optimizers without a fused kernel are left as
+    they are."""
     from parallel_rl.optim import make_optimizer
 
-    def optimizer(recipe: str, kernel: str) -> torch.optim.Optimizer:
-        return make_optimizer([torch.nn.Parameter(torch.zeros(3))], build_config(recipe, {"perf.optimizer_kernel": kernel}))
+    def fused(recipe: str, kernel: str = "auto") -> bool:
+        optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(3))], build_config(recipe, {"perf.optimizer_kernel": kernel}))
+        return bool(optimizer.defaults["fused"])
 
-    assert optimizer("ppo_classic", "auto").defaults["fused"] is True
-    assert not optimizer("ppo_classic", "default").defaults["fused"]
-    assert isinstance(optimizer("paac_atari", "auto"), torch.optim.RMSprop)
+    assert fused("qrdqn_classic") and fused("simbav2_pendulum") and fused("sac_mujoco")
+    assert not fused("ppo_classic") and not fused("paac_classic")
+    assert not fused("qrdqn_classic", "default") and fused("ppo_classic", "fused")
+    assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(3))], build_config("paac_atari")), torch.optim.RMSprop)
 
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
