@@ -30,7 +30,27 @@ def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     if name == "kron":
         return make_kron(params, lr, cfg.optim.kron_max_size_triangular)
     fused = cfg.perf.optimizer_kernel == "fused" or (cfg.perf.optimizer_kernel == "auto" and fuses_by_default(params, cfg))
-    return torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps, fused=fused or None)
+    adam = torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps, fused=fused or None)
+    adam.register_load_state_dict_post_hook(keep_the_kernel_chosen)
+    return adam
+
+
+def keep_the_kernel_chosen(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: the kernel is this run's choice, not the checkpoint's.
+
+    A checkpoint's param groups carry the ``fused``/``foreach`` flags of the run that saved it,
+    and loading them would silently swap the kernel this run chose (``perf.optimizer_kernel``,
+    a CPU loop saved before ``auto`` fused QR-DQN's Adam, or a CUDA run resumed on a CPU). The
+    step counts go where the chosen kernel keeps them, as torch's loading places them for the
+    saved kernel: on the parameter's device for the fused one, on the CPU for the others."""
+    kernel = {key: optimizer.defaults.get(key) for key in ("fused", "foreach")}
+    for group in optimizer.param_groups:
+        group.update(kernel)
+        on_device = bool(kernel["fused"] or group.get("capturable"))
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].to(dtype=torch.float32, device=param.device if on_device else "cpu")
 
 
 # The algorithms whose Adam ``perf.optimizer_kernel: auto`` fuses on a CPU learner, where torch's

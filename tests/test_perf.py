@@ -1,6 +1,7 @@
 """Performance switches change speed, not results: `perf.compile` gives the losses and weights
 of eager execution on a fixed batch, and really compiles (dynamo's counters, no fallback)."""
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -379,6 +380,30 @@ def test_fused_optimizer_kernel_needs_adam():
     with pytest.raises(ConfigError, match="perf.optimizer_kernel = 'fused' needs optim.name = 'adam'.*no fused rmsprop_tf"):
         build_config("paac_atari_paper", {"perf.optimizer_kernel": "fused"})
     assert build_config("paac_atari_paper", {"perf.optimizer_kernel": "auto"}).perf.optimizer_kernel == "auto"
+
+
+@pytest.mark.parametrize(("saved", "resumed"), [("default", "fused"), ("fused", "default")])
+def test_a_resumed_adam_keeps_its_own_kernel_and_continues_the_saved_run(saved, resumed, monkeypatch):
+    """A checkpoint's optimizer groups carry the kernel of the run that saved it. Loaded as
+    they were, they swapped the kernel under the resuming run: a QR-DQN run saved before
+    ``auto`` fused its Adam on a CPU crashed at its first step (the fused kernel's skip flag
+    handed to torch's loop), and a fused checkpoint made a loop run fused. The resumed run
+    keeps the kernel it chose, and its next update is the one the saved run takes."""
+    overrides = ["algo.update_epochs=1", "logging.diag_interval=0"]
+    batch = fixed_batch(build_config("ppo_classic", {"actors.num_envs": 4}, overrides), CPU)
+    original = _seeded_algorithm("ppo_classic", overrides, optimizer_kernel=saved)
+    original.update(batch)
+    resuming = _seeded_algorithm("ppo_classic", overrides, optimizer_kernel=resumed)
+    resuming.load_state_dict(copy.deepcopy(original.state_dict()))
+    assert all(bool(group["fused"]) == (resumed == "fused") for group in resuming.optimizer.param_groups)
+    torch.manual_seed(2)
+    expected = _losses_and_weights(original, batch)
+    fused_kernel, fused_calls = torch._fused_adam_, []
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: (fused_calls.append(1), fused_kernel(*a, **k))[1])
+    torch.manual_seed(2)
+    got = _losses_and_weights(resuming, batch)
+    assert bool(fused_calls) == (resumed == "fused")
+    assert_same_update(got, expected=expected)
 
 
 def test_optimizer_kernel_auto_fuses_the_replay_based_learners_adam_on_a_cpu():
