@@ -36,6 +36,8 @@ def script(name, *args):
                  marks=pytest.mark.slow),
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
+    pytest.param("optimizer_kernel_cpu.py", ["--recipes", "qrdqn_classic", "--seconds", "1", "--rounds", "1"],
+                 ["| recipe | default Adam", "| qrdqn_classic | "], marks=pytest.mark.slow),
     pytest.param("transport_ab.py", [".", "--groups-bare", "--thread-cpu", "--rounds", "1", "--seconds", "1", "--actors", "8"],
                  ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . (",
                   "  raw .: ", "the stepping process Python thread", "; the machine idle"],
@@ -49,7 +51,8 @@ def test_benchmark_script_prints_its_table(name, args, rows):
 
 
 @pytest.mark.parametrize(("name", "flag"), [("kron_cost.py", "--repeats"), ("qrdqn_learner.py", "--repeats"), ("ranks.py", "--repeats"),
-                                           ("space_to_depth.py", "--repeats"), ("amp_cpu.py", "--rounds")])
+                                           ("space_to_depth.py", "--repeats"), ("amp_cpu.py", "--rounds"),
+                                           ("optimizer_kernel_cpu.py", "--rounds")])
 def test_benchmark_script_refuses_bad_arguments(name, flag):
     out = script(name, flag, "0")
     assert out.returncode == 2
