@@ -19,21 +19,27 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from parallel_rl.bench import train_sps
-from parallel_rl.config import Config, build_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from amp_cpu import RUN_OVERRIDES  # noqa: E402
+
+from parallel_rl.bench import train_sps  # noqa: E402
+from parallel_rl.config import Config, build_config  # noqa: E402
 
 # the recipes whose optimizer is Adam, each with what makes a short run measure its learner
+# (the Atari QR-DQN's as amp_cpu.py times it)
 RECIPES = {
-    "qrdqn_atari": ["algo.warmup_steps=1024", "replay.capacity=100000"],
-    "qrdqn_small_batch": ["algo.warmup_steps=1024", "replay.capacity=100000"],
-    "qrdqn_classic": ["algo.warmup_steps=1024"],
-    "simbav2_pendulum": ["algo.warmup_steps=1024"],
-    "ppo_atari": [],
-    "ppo_classic": [],
+    "qrdqn_atari": RUN_OVERRIDES["qrdqn_atari"],
+    "qrdqn_small_batch": RUN_OVERRIDES["qrdqn_atari"],
+    "qrdqn_classic": ("algo.warmup_steps=1024",),
+    "simbav2_pendulum": ("algo.warmup_steps=1024",),
+    "ppo_atari": (),
+    "ppo_classic": (),
 }
 KERNELS = ("default", "fused")
 
