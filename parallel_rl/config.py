@@ -230,12 +230,15 @@ class PerfConfig:
         "measured to win (training agent steps/s, eager: PAAC 1.15x, PPO 1.25x; compiled: 1.02x, 1.06x); off on GPUs "
         "until the GPU check measures it (docs/benchmarks.md, perf.channels_last). Results equal the default layout's within float "
         "rounding; checkpoints hold the same tensors either way.", "auto")
-    optimizer_kernel: Literal["auto", "fused", "default"] = setting(
+    optimizer_kernel: Literal["auto", "fused", "foreach", "default"] = setting(
         "fused: optim.name = adam runs torch's fused Adam (one kernel for all parameters), and an optimizer step whose loss "
         "or gradient is NaN/inf is skipped on the device (the kernel's found_inf) with no host sync; every other optimizer "
-        "syncs once per step to decide. default: torch's own choice (multi-tensor on CUDA, a loop over the parameters on "
-        "a CPU). auto: fused on CUDA, and on a CPU for the replay-based QR-DQN and SAC (1.12-1.16x QR-DQN's agent steps/s "
-        "there); default for the other algorithms on a CPU (docs/benchmarks.md, perf.optimizer_kernel).", "auto")
+        "syncs once per step to decide. foreach: torch's multi-tensor kernel (adam, rmsprop, radam: one call per operation "
+        "for all parameters); on a CPU Adam's and RMSprop's equal the loop's steps bit for bit. default: torch's own choice "
+        "(multi-tensor on CUDA, a loop over the parameters on a CPU). auto: fused Adam on CUDA, and on a CPU for the "
+        "replay-based QR-DQN and SAC (1.12-1.16x QR-DQN's agent steps/s there); foreach for the other algorithms' Adam and "
+        "RMSprop on a CPU (the loop's very steps, faster); default otherwise (docs/benchmarks.md, perf.optimizer_kernel).",
+        "auto")
 
 
 @dataclass
@@ -340,6 +343,9 @@ class Config:
         if self.perf.optimizer_kernel == "fused" and self.optim.name != "adam":
             raise ConfigError(f"perf.optimizer_kernel = 'fused' needs optim.name = 'adam' (torch has no fused {self.optim.name}): "
                               f"use perf.optimizer_kernel=auto or default, or optim.name=adam.")
+        if self.perf.optimizer_kernel == "foreach" and self.optim.name not in ("adam", "rmsprop", "radam"):
+            raise ConfigError(f"perf.optimizer_kernel = 'foreach' needs torch's adam, rmsprop or radam, but optim.name = "
+                              f"{self.optim.name!r} (its step is its own): use perf.optimizer_kernel=auto or default, or one of those optimizers.")
         if self.model.encoder == "simbav2" and self.algo.name != "sac":
             raise ConfigError(f"model.encoder = 'simbav2' builds SAC's actor and critics, but algo.name = {self.algo.name!r}: "
                               f"use algo.name=sac, or an encoder among auto, mlp, nips_cnn, nature_cnn.")

@@ -18,21 +18,23 @@ if TYPE_CHECKING:
 
 def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     """The optimizer ``optim.name`` names, at ``cfg.effective_lr`` (a third of optim.lr for Kron);
-    Adam fused as ``perf.optimizer_kernel`` says."""
+    torch's optimizers with the kernel ``perf.optimizer_kernel`` chooses (:func:`optimizer_kernel`)."""
     name, lr = cfg.optim.name, cfg.effective_lr
     params = list(params)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
     if name == "rmsprop_tf":
         return RMSpropTF(params, lr=lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
-    if name == "radam":
-        return torch.optim.RAdam(params, lr=lr, eps=cfg.optim.eps)
     if name == "kron":
         return make_kron(params, lr, cfg.optim.kron_max_size_triangular)
-    fused = cfg.perf.optimizer_kernel == "fused" or (cfg.perf.optimizer_kernel == "auto" and fuses_by_default(params, cfg))
-    adam = torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps, fused=fused or None)
-    adam.register_load_state_dict_post_hook(keep_the_kernel_chosen)
-    return adam
+    kernel = optimizer_kernel(params, cfg)
+    foreach = True if kernel == "foreach" else None  # None: torch's own choice (multi-tensor on CUDA, the loop on a CPU)
+    if name == "rmsprop":
+        optimizer = torch.optim.RMSprop(params, lr=lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps, foreach=foreach)
+    elif name == "radam":
+        optimizer = torch.optim.RAdam(params, lr=lr, eps=cfg.optim.eps, foreach=foreach)
+    else:
+        optimizer = torch.optim.Adam(params, lr=lr, eps=cfg.optim.eps, foreach=foreach, fused=kernel == "fused" or None)
+    optimizer.register_load_state_dict_post_hook(keep_the_kernel_chosen)
+    return optimizer
 
 
 def keep_the_kernel_chosen(optimizer: torch.optim.Optimizer) -> None:
@@ -43,10 +45,10 @@ def keep_the_kernel_chosen(optimizer: torch.optim.Optimizer) -> None:
     a CPU loop saved before ``auto`` fused QR-DQN's Adam, or a CUDA run resumed on a CPU). The
     step counts go where the chosen kernel keeps them, as torch's loading places them for the
     saved kernel: on the parameter's device for the fused one, on the CPU for the others."""
-    kernel = {key: optimizer.defaults.get(key) for key in ("fused", "foreach")}
+    kernel = {key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults}
     for group in optimizer.param_groups:
         group.update(kernel)
-        on_device = bool(kernel["fused"] or group.get("capturable"))
+        on_device = bool(kernel.get("fused") or group.get("capturable"))
         for param in group["params"]:
             state = optimizer.state.get(param, {})
             if isinstance(state.get("step"), torch.Tensor):
@@ -57,16 +59,31 @@ def keep_the_kernel_chosen(optimizer: torch.optim.Optimizer) -> None:
 # default loops over the parameters: the replay-based learners, whose small gradient steps it
 # sped up (QR-DQN's CartPole and minibatch-8 Atari recipes 1.12x and 1.16x the agent steps/s)
 # and whose seed tables held under it. PPO's CartPole recipe gained 1.21x but ended one seed
-# of five at 370.6 (494.3 with the loop), so the on-policy algorithms keep the loop on a CPU
-# (docs/benchmarks.md, perf.optimizer_kernel).
+# of five at 370.6 (494.3 with the loop): fused steps round differently from the loop's.
 FUSED_ADAM_CPU_ALGORITHMS = ("qrdqn", "sac")
+# The optimizers whose multi-tensor (foreach) kernel steps exactly as torch's loop on a CPU,
+# bit for bit: on a CPU each foreach operation runs the loop's own kernel on every tensor in
+# turn, and Adam's and RMSprop's multi-tensor steps do the loop's arithmetic in its order
+# (RAdam's reorders it: another trajectory). So ``auto`` takes it for them wherever it does
+# not fuse, with one Python call per operation for all parameters rather than one per tensor
+# (docs/benchmarks.md, perf.optimizer_kernel).
+FOREACH_EXACT_ON_CPU = ("adam", "rmsprop")
 
 
-def fuses_by_default(params: list[torch.Tensor], cfg: Config) -> bool:
-    """``perf.optimizer_kernel: auto``: fused Adam on CUDA, and on a CPU for the algorithms of
-    ``FUSED_ADAM_CPU_ALGORITHMS``."""
-    devices = {p.device.type for p in params}
-    return devices == {"cuda"} or (devices == {"cpu"} and cfg.algo.name in FUSED_ADAM_CPU_ALGORITHMS)
+def optimizer_kernel(params: list[torch.Tensor], cfg: Config) -> str:
+    """The kernel torch's optimizer runs for ``params``: ``fused``, ``foreach`` or ``default``.
+
+    ``perf.optimizer_kernel: auto`` is fused Adam on CUDA and, on a CPU, for the algorithms of
+    ``FUSED_ADAM_CPU_ALGORITHMS``; foreach on a CPU for the optimizers of
+    ``FOREACH_EXACT_ON_CPU`` otherwise; torch's default for the rest."""
+    if cfg.perf.optimizer_kernel != "auto":
+        return cfg.perf.optimizer_kernel
+    devices, name = {p.device.type for p in params}, cfg.optim.name
+    if name == "adam" and (devices == {"cuda"} or (devices == {"cpu"} and cfg.algo.name in FUSED_ADAM_CPU_ALGORITHMS)):
+        return "fused"
+    if devices == {"cpu"} and name in FOREACH_EXACT_ON_CPU:
+        return "foreach"
+    return "default"
 
 
 def anneal_lr(optimizers: list[torch.optim.Optimizer], cfg: Config, fraction: float) -> float:

@@ -37,7 +37,7 @@ def script(name, *args):
     pytest.param("ranks.py", ["--recipes", "paac_classic", "--steps", "4000", "--repeats", "1"],
                  ["| paac_classic | 32 | 1 |", "| paac_classic | 32 | 2 |"], marks=pytest.mark.slow),
     pytest.param("optimizer_kernel_cpu.py", ["--recipes", "qrdqn_classic", "--seconds", "1", "--rounds", "1"],
-                 ["| recipe | default Adam", "| qrdqn_classic | "], marks=pytest.mark.slow),
+                 ["| recipe | optimizer | default", "| qrdqn_classic | adam | "], marks=pytest.mark.slow),
     pytest.param("transport_ab.py", [".", "--groups-bare", "--thread-cpu", "--rounds", "1", "--seconds", "1", "--actors", "8"],
                  ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . (",
                   "  raw .: ", "the stepping process Python thread", "; the machine idle"],

@@ -15,6 +15,19 @@ from parallel_rl.envs import env_spec
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test here compares two variants' arithmetic, at one torch thread. oneDNN sums a
+    convolution's weight gradient in an order that depends on the thread count (an Intel
+    AVX-512 CPU at two threads put a weight of ppo_atari's first Adam step a whole step, 2.6e-4,
+    from the other layout's), and an earlier test in the same process may have set it (a run
+    sets its learner's threads), so the outcome would depend on the tests before it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _seeded_algorithm(recipe: str, overrides: list[str], **perf):
     """``recipe``'s algorithm with 4 envs and the given ``perf.*`` settings, from the same
     initial weights and minibatch shuffles as every other variant compared; float32 unless
@@ -332,17 +345,42 @@ def test_fused_adam_update_equals_torchs_default_adam_and_really_fuses(recipe):
     for kernel in ("default", "fused"):
         algo = _seeded_algorithm(recipe, overrides, optimizer_kernel=kernel)
         with pytest.MonkeyPatch.context() as patched:
-            fused_calls = _counted_fused_adam_calls(patched)
+            fused_calls = _counted_calls(patched, torch, "_fused_adam_")
             results[kernel] = _losses_and_weights(algo, batch)
         assert bool(fused_calls) == (kernel == "fused")  # the fused kernel ran, and only when asked for
     assert_same_update(results["fused"], expected=results["default"])
 
 
-def _counted_fused_adam_calls(patch: pytest.MonkeyPatch) -> list[int]:
-    """The calls of torch's fused Adam kernel from now on, counted through ``patch``."""
-    calls, fused_kernel = [], torch._fused_adam_
-    patch.setattr(torch, "_fused_adam_", lambda *a, **k: (calls.append(1), fused_kernel(*a, **k))[1])
+def _counted_calls(patch: pytest.MonkeyPatch, owner, name: str) -> list[int]:
+    """The calls of ``owner.name`` (an optimizer's kernel) from now on, counted through ``patch``."""
+    calls, kernel = [], getattr(owner, name)
+    patch.setattr(owner, name, lambda *a, **k: (calls.append(1), kernel(*a, **k))[1])
     return calls
+
+
+@pytest.mark.parametrize(("recipe", "optimizer"), [("ppo_classic", "adam"), ("paac_classic", "adam"), ("paac_classic", "rmsprop")])
+def test_the_foreach_kernel_steps_exactly_as_torchs_loop_on_a_cpu(recipe, optimizer):
+    """`perf.optimizer_kernel: foreach` (auto's choice on a CPU for the on-policy algorithms'
+    Adam and RMSprop) runs torch's multi-tensor kernel, and three updates give the loop's
+    losses and weights bit for bit, so the seeded learning tests keep their trajectories."""
+    import importlib
+
+    multi_tensor = (importlib.import_module(f"torch.optim.{optimizer}"), f"_multi_tensor_{optimizer}")
+    overrides = ["logging.diag_interval=0", f"optim.name={optimizer}"]
+    batch = fixed_batch(build_config(recipe, {"actors.num_envs": 4}, overrides), CPU)
+    results = {}
+    for kernel in ("default", "foreach"):
+        algo = _seeded_algorithm(recipe, overrides, optimizer_kernel=kernel)
+        torch.manual_seed(2)
+        with pytest.MonkeyPatch.context() as patched:
+            foreach_calls = _counted_calls(patched, *multi_tensor)
+            results[kernel] = [_losses_and_weights(algo, batch) for _ in range(3)]
+        assert bool(foreach_calls) == (kernel == "foreach")  # the multi-tensor kernel ran, and only when asked for
+    for (losses, weights), (loop_losses, loop_weights) in zip(results["foreach"], results["default"], strict=True):
+        assert losses == loop_losses and losses
+        assert weights.keys() == loop_weights.keys()
+        for key, value in loop_weights.items():
+            assert torch.equal(weights[key], value), key
 
 
 def test_fused_adam_skips_a_nonfinite_step_on_the_device_without_reading_it_on_the_host(monkeypatch):
@@ -379,15 +417,18 @@ def test_fused_adam_skips_a_nonfinite_step_on_the_device_without_reading_it_on_t
     assert not torch.equal(layer.weight, weights["weight"]) and float(optimizer.state[layer.weight]["step"]) == 2.0
 
 
-def test_fused_optimizer_kernel_needs_adam():
+def test_fused_optimizer_kernel_needs_adam_and_foreach_needs_torchs_optimizers():
     from parallel_rl.config import ConfigError
 
     with pytest.raises(ConfigError, match="perf.optimizer_kernel = 'fused' needs optim.name = 'adam'.*no fused rmsprop_tf"):
         build_config("paac_atari_paper", {"perf.optimizer_kernel": "fused"})
+    with pytest.raises(ConfigError, match="perf.optimizer_kernel = 'foreach' needs torch's adam, rmsprop or radam, but optim.name = 'kron'"):
+        build_config("ppo_atari_stable", {"perf.optimizer_kernel": "foreach"})
     assert build_config("paac_atari_paper", {"perf.optimizer_kernel": "auto"}).perf.optimizer_kernel == "auto"
+    assert build_config("pqn_classic", {"perf.optimizer_kernel": "foreach"}).perf.optimizer_kernel == "foreach"
 
 
-@pytest.mark.parametrize(("saved", "resumed"), [("default", "fused"), ("fused", "default")])
+@pytest.mark.parametrize(("saved", "resumed"), [("default", "fused"), ("fused", "default"), ("default", "foreach"), ("foreach", "fused")])
 def test_a_resumed_adam_keeps_its_own_kernel_and_continues_the_saved_run(saved, resumed, monkeypatch):
     """A checkpoint's optimizer groups carry the kernel of the run that saved it. Loaded as
     they were, they swapped the kernel under the resuming run: a QR-DQN run saved before
@@ -400,31 +441,35 @@ def test_a_resumed_adam_keeps_its_own_kernel_and_continues_the_saved_run(saved, 
     original.update(batch)
     resuming = _seeded_algorithm("ppo_classic", overrides, optimizer_kernel=resumed)
     resuming.load_state_dict(copy.deepcopy(original.state_dict()))
-    assert all(bool(group["fused"]) == (resumed == "fused") for group in resuming.optimizer.param_groups)
+    for group in resuming.optimizer.param_groups:
+        assert (bool(group["fused"]), bool(group["foreach"])) == (resumed == "fused", resumed == "foreach")
     torch.manual_seed(2)
     expected = _losses_and_weights(original, batch)
-    fused_calls = _counted_fused_adam_calls(monkeypatch)
+    fused_calls = _counted_calls(monkeypatch, torch, "_fused_adam_")
     torch.manual_seed(2)
     got = _losses_and_weights(resuming, batch)
     assert bool(fused_calls) == (resumed == "fused")
     assert_same_update(got, expected=expected)
 
 
-def test_optimizer_kernel_auto_fuses_the_replay_based_learners_adam_on_a_cpu():
+def test_optimizer_kernel_auto_on_a_cpu_fuses_the_replay_learners_adam_and_takes_foreach_where_it_equals_the_loop():
     """``auto`` on a CPU: the fused kernel for QR-DQN's and SAC's Adam (measured faster, their
-    seed tables held), torch's loop for the on-policy algorithms; ``default`` keeps the loop
-    and ``fused`` fuses whatever the algorithm. Optimizers without a fused kernel are left as
-    they are."""
+    seed tables held); the multi-tensor kernel for the other algorithms' Adam and RMSprop
+    (the loop's very steps); torch's loop for RAdam, whose multi-tensor step rounds
+    differently. ``default`` keeps torch's choice; ``fused`` fuses whatever the algorithm."""
     from parallel_rl.optim import make_optimizer
 
-    def fused(recipe: str, kernel: str = "auto") -> bool:
-        optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(3))], build_config(recipe, {"perf.optimizer_kernel": kernel}))
-        return bool(optimizer.defaults["fused"])
+    def kernel(recipe: str, setting: str = "auto") -> tuple[type, str]:
+        optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(3))], build_config(recipe, {"perf.optimizer_kernel": setting}))
+        flags = optimizer.defaults
+        return type(optimizer), "fused" if flags.get("fused") else "foreach" if flags["foreach"] else "loop"
 
-    assert fused("qrdqn_classic") and fused("simbav2_pendulum") and fused("sac_mujoco")
-    assert not fused("ppo_classic") and not fused("paac_classic")
-    assert not fused("qrdqn_classic", "default") and fused("ppo_classic", "fused")
-    assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(3))], build_config("paac_atari")), torch.optim.RMSprop)
+    assert kernel("qrdqn_classic") == kernel("simbav2_pendulum") == kernel("sac_mujoco") == (torch.optim.Adam, "fused")
+    assert kernel("ppo_classic") == kernel("paac_classic") == (torch.optim.Adam, "foreach")
+    assert kernel("paac_atari") == (torch.optim.RMSprop, "foreach")
+    assert kernel("pqn_classic") == (torch.optim.RAdam, "loop")
+    assert kernel("qrdqn_classic", "default") == kernel("ppo_classic", "default") == (torch.optim.Adam, "loop")
+    assert kernel("ppo_classic", "fused") == (torch.optim.Adam, "fused") and kernel("pqn_classic", "foreach") == (torch.optim.RAdam, "foreach")
 
 
 @pytest.mark.parametrize("recipe", ["ppo_classic", "pqn_classic"])
