@@ -83,5 +83,6 @@ def main() -> None:
         print(f"| {recipe} | {build_config(recipe).optim.name} | {shown['default']} | {shown['foreach']} | {shown.get('fused', '-')} | "
               f"{ratios['foreach']} | {ratios.get('fused', '-')} |")
 
+
 if __name__ == "__main__":
     main()
