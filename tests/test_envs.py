@@ -281,3 +281,21 @@ def test_action_repeat_below_one_is_refused_naming_the_value():
 
     with pytest.raises(ConfigError, match=r"env.action_repeat = 0 is invalid: it must be a positive integer"):
         build_config("simbav2_dmc", {"env.action_repeat": 0})
+
+
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_an_observation_recv_handed_back_stays_as_it_was_while_the_next_steps_run(backend):
+    """The collector writes a group's observation into the rollout after sending the group's
+    next actions, so that the group steps during the copy (runtime/rollout.py). That needs
+    ``recv`` to hand back arrays of the caller's own: the steps after it must not write into
+    them."""
+    env = make_env(EnvConfig(id="Pong-v5", backend=backend), num_envs=4, seed=0, num_threads=1)
+    rng = np.random.default_rng(0)
+    env.reset()
+    held = env.step(rng.integers(env.spec.num_actions, size=4)).obs
+    as_received = held.copy()
+    for _ in range(40):
+        latest = env.step(rng.integers(env.spec.num_actions, size=4)).obs
+    env.close()
+    assert not np.array_equal(latest, as_received)  # the frames moved on
+    assert np.array_equal(held, as_received)

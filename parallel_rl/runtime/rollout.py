@@ -170,23 +170,28 @@ class RolloutCollector:
         out["autoreset"][t, cols] = result.autoreset
         self.obs[g] = result.obs
 
-    def _infer(self, g: int, t: int, policy: Policy, out: dict[str, np.ndarray]) -> np.ndarray:
+    def _infer(self, g: int, policy: Policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        began = time.perf_counter()
+        acted = policy(self.obs[g], self.columns[g])
+        self.policy_seconds += time.perf_counter() - began
+        return acted
+
+    def _record(self, g: int, t: int, acted: tuple[np.ndarray, np.ndarray, np.ndarray], out: dict[str, np.ndarray]) -> None:
+        """Step ``t`` of group ``g`` into the rollout: the observation acted on and what acting gave."""
         cols = self.columns[g]
         out["obs"][t, cols] = self.obs[g]
-        began = time.perf_counter()
-        actions, log_probs, values = policy(self.obs[g], cols)
-        self.policy_seconds += time.perf_counter() - began
-        out["actions"][t, cols] = actions
-        out["behaviour_log_probs"][t, cols] = log_probs
-        out["behaviour_values"][t, cols] = values
-        return actions
+        out["actions"][t, cols], out["behaviour_log_probs"][t, cols], out["behaviour_values"][t, cols] = acted
 
     def _act(self, g: int, t: int, policy: Policy, out: dict[str, np.ndarray]) -> None:
-        self.groups[g].send(self._infer(g, t, policy, out))
+        acted = self._infer(g, policy)
+        self.groups[g].send(acted[0])
         if self.order_free:
             self.arrivals.expect(g)
         else:
             self.sent.append(g)
+        # written while the group steps: recv hands back fresh arrays, so the step under way
+        # leaves the observation just acted on as it was
+        self._record(g, t, acted, out)
 
     def _next_step_end(self) -> tuple[int, StepResult]:
         """The group whose step ends next, and its step: the first to end where groups are
@@ -203,7 +208,10 @@ class RolloutCollector:
     def _probe(self, t: int, policy: Policy, out: dict[str, np.ndarray]) -> None:
         """Step ``t`` for every group at once, with nothing else running in this process: the
         bare step's time."""
-        actions = [self._infer(g, t, policy, out) for g in range(len(self.groups))]
+        acted = [self._infer(g, policy) for g in range(len(self.groups))]
+        for g, group_acted in enumerate(acted):
+            self._record(g, t, group_acted, out)
+        actions = [group_acted[0] for group_acted in acted]
         began = time.perf_counter()
         for env, group_actions in zip(self.groups, actions, strict=True):
             env.send(group_actions)
