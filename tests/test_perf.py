@@ -452,6 +452,36 @@ def test_a_resumed_adam_keeps_its_own_kernel_and_continues_the_saved_run(saved, 
     assert_same_update(got, expected=expected)
 
 
+def test_a_resumed_rmsprop_keeps_the_multi_tensor_kernel_auto_chose():
+    """RMSprop checkpoints carry their ``foreach`` flag too: a PAAC run saved before ``auto``
+    took the multi-tensor kernel on a CPU resumes with it, and steps as the saved run would."""
+    import torch.optim.rmsprop as rmsprop_module
+
+    from parallel_rl.optim import make_optimizer
+
+    def trained(kernel: str) -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(3, 2)
+        return layer, make_optimizer(layer.parameters(), build_config("paac_atari", {"perf.optimizer_kernel": kernel}))
+
+    def step(layer: torch.nn.Linear, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+        layer(torch.ones(4, 3)).pow(2).mean().backward()
+        optimizer.step()
+
+    saved_layer, saved = trained("default")
+    step(saved_layer, saved)
+    resumed_layer, resumed = trained("auto")
+    resumed_layer.load_state_dict(saved_layer.state_dict())
+    resumed.load_state_dict(copy.deepcopy(saved.state_dict()))
+    assert isinstance(resumed, torch.optim.RMSprop) and all(group["foreach"] for group in resumed.param_groups)
+    with pytest.MonkeyPatch.context() as patched:
+        calls = _counted_calls(patched, rmsprop_module, "_multi_tensor_rmsprop")
+        step(resumed_layer, resumed)
+    step(saved_layer, saved)
+    assert calls and all(torch.equal(a, b) for a, b in zip(resumed_layer.parameters(), saved_layer.parameters(), strict=True))
+
+
 def test_optimizer_kernel_auto_on_a_cpu_fuses_the_replay_learners_adam_and_takes_foreach_where_it_equals_the_loop():
     """``auto`` on a CPU: the fused kernel for QR-DQN's and SAC's Adam (measured faster, their
     seed tables held); the multi-tensor kernel for the other algorithms' Adam and RMSprop
