@@ -6,10 +6,14 @@ of envs steps it, nor on how many envs share a call. A seeded run therefore acts
 identically whether its envs are stepped by one process, several actor processes or
 several ranks: what lets a 2-rank run with 8 envs each repeat a 1-rank run with 16.
 
-The numbers come from an integer hash of (env seed, step, draw, element), computed with
-elementwise tensor ops on the acting device (no generator state, no host sync). Inside
-:meth:`EnvStreams.acting` the policies' ``act`` draw here; elsewhere (evaluation, tests) the
-same functions fall back to torch's current generator.
+The numbers come from an integer hash of (env seed, step, draw, element), computed on the
+host with numpy and handed to the acting device as one tensor (no generator state). Each of
+the hash's few dozen elementwise steps over a call's numbers costs about a microsecond
+there, where a torch op costs several on a CPU and a kernel launch on a GPU. On a GPU the
+copy waits for the forward pass queued before it, which the acting call's results, brought
+back to the host, wait for anyway. Inside :meth:`EnvStreams.acting` the policies' ``act``
+draw here; elsewhere (evaluation, tests) the same functions fall back to torch's current
+generator.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ _MASK = 0xFFFFFFFF
 _MULTIPLIER = 0x45D9F3B  # < 2**27: products of 32-bit values stay within int64
 
 
-def _mix(x: torch.Tensor | int) -> torch.Tensor | int:
+def _mix(x: np.ndarray | int) -> np.ndarray | int:
     """A 32-bit integer hash with full avalanche (values in [0, 2**32) held as int64), of each
-    element of a tensor or of one Python int (cheaper than a tensor op for a single value)."""
+    element of an int64 array or of one Python int."""
     x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
     x = (((x >> 16) ^ x) * _MULTIPLIER) & _MASK
     return (x >> 16) ^ x
@@ -35,15 +39,13 @@ def _mix(x: torch.Tensor | int) -> torch.Tensor | int:
 
 class EnvStreams:
     """One stream per env of a collector: ``keys[i]`` is env i's seed, ``steps[i]`` how many
-    times env i has acted."""
+    times env i has acted (both on the host); the draws go to ``device``."""
 
-    def __init__(self, env_seeds: torch.Tensor):
-        keys = env_seeds.to(torch.int64)
+    def __init__(self, env_seeds: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"):
+        keys = np.asarray(env_seeds.cpu() if isinstance(env_seeds, torch.Tensor) else env_seeds, dtype=np.int64)
         self.keys = _mix(_mix(keys & _MASK) ^ ((keys >> 32) & _MASK))
-        self.steps = torch.zeros_like(keys)
-        # the same on the host, to seed torch's generator for a call without a device sync
-        self._host_keys = self.keys.tolist()
-        self._host_steps = np.zeros(len(self._host_keys), np.int64)
+        self.steps = np.zeros(len(keys), np.int64)
+        self.device = torch.device(device)
 
     @contextmanager
     def acting(self, envs: slice) -> Iterator[None]:
@@ -59,29 +61,28 @@ class EnvStreams:
         may share one, harmless for sampling)."""
         global _active
         outer = _active
-        _active = _Draws(_mix(_mix(self.keys[envs] ^ (self.steps[envs] & _MASK)) ^ (self.steps[envs] >> 32)))
+        steps = self.steps[envs]
+        _active = _Draws(_mix(_mix(self.keys[envs] ^ (steps & _MASK)) ^ (steps >> 32)))
         try:
-            with _torch_generator_seeded(self._call_seed(envs), self.keys.device):
+            with _torch_generator_seeded(self._call_seed(envs), self.device):
                 yield
         finally:
             _active = outer
             self.steps[envs] += 1
-            self._host_steps[envs] += 1
 
     @contextmanager
     def rewound_after(self) -> Iterator[None]:
         """Acting inside leaves every env's step where it was (acting once to compile)."""
-        steps, host_steps = self.steps.clone(), self._host_steps.copy()
+        steps = self.steps.copy()
         try:
             yield
         finally:
-            self.steps.copy_(steps)
-            self._host_steps[:] = host_steps
+            self.steps[:] = steps
 
     def _call_seed(self, envs: slice) -> int:
-        called = range(len(self._host_keys))[envs]
-        step = int(self._host_steps[called[0]])
-        return _mix(_mix(_mix(self._host_keys[called[0]] ^ (step & _MASK)) ^ (step >> 32)) ^ len(called))
+        first = range(len(self.keys))[envs][0]
+        key, step, size = int(self.keys[first]), int(self.steps[first]), len(self.keys[envs])
+        return _mix(_mix(_mix(key ^ (step & _MASK)) ^ (step >> 32)) ^ size)
 
 
 @contextmanager
@@ -104,19 +105,18 @@ def _torch_generator_seeded(seed: int, device: torch.device) -> Iterator[None]:
 class _Draws:
     """The draws of one act call: row i from env i's stream at its step, each draw distinct."""
 
-    def __init__(self, row_keys: torch.Tensor):
+    def __init__(self, row_keys: np.ndarray):
         self.row_keys = row_keys
         self.count = 0
 
-    def uniform(self, rows: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def uniform(self, rows: int, shape: tuple[int, ...]) -> np.ndarray:
         if rows != len(self.row_keys):
             raise ValueError(f"acting drew {rows} rows of random numbers for a call of {len(self.row_keys)} envs")
-        elements = math.prod(shape)
-        index = torch.arange(elements, device=self.row_keys.device) + (self.count << 20)
+        index = np.arange(math.prod(shape), dtype=np.int64) + (self.count << 20)
         self.count += 1
-        bits = _mix(_mix(self.row_keys.unsqueeze(1) ^ index))
+        bits = _mix(_mix(self.row_keys[:, None] ^ index))
         # the top 24 bits, centred in their interval: uniform in (0, 1), never 0 or 1
-        return (((bits >> 8).to(torch.float32) + 0.5) / float(1 << 24)).reshape(rows, *shape)
+        return (((bits >> 8).astype(np.float32) + np.float32(0.5)) / np.float32(1 << 24)).reshape(rows, *shape)
 
 
 _active: _Draws | None = None
@@ -127,7 +127,7 @@ def uniform(rows: int, *shape: int, device: torch.device) -> torch.Tensor:
     call's i-th env while acting, torch's generator otherwise."""
     if _active is None:
         return torch.rand((rows, *shape), device=device).clamp_(min=2.0**-25)
-    return _active.uniform(rows, shape).to(device)
+    return torch.from_numpy(_active.uniform(rows, shape)).to(device)
 
 
 def normal(rows: int, *shape: int, device: torch.device) -> torch.Tensor:

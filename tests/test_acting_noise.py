@@ -99,4 +99,20 @@ def test_rewound_acting_leaves_the_steps_and_the_seeds_as_they_were():
         with fresh.acting(envs):
             theirs = (acting_noise.uniform(4, device=torch.device("cpu")), torch.rand(4))
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
-    assert streams.steps.tolist() == streams._host_steps.tolist() == [2] * 4
+    assert streams.steps.tolist() == [2] * 4
+
+
+def test_the_numbers_are_those_every_seeded_run_so_far_acted_on():
+    """Literal draws of three streams, one at step 2**32 + 1 and one seed past 2**32, as the
+    hash gave them when it ran as torch ops on the acting device: the same numbers from any
+    implementation, so recorded runs, resumed checkpoints and the learning tests' seeds keep
+    their trajectories. (Env seed 0 at step 0 hashes to 0, the smallest draw.)"""
+    streams = acting_noise.EnvStreams(torch.tensor([0, 7, 2**33 + 5]))
+    streams.steps[:] = [0, 3, 2**32 + 1]
+    with streams.acting(slice(0, 3)):
+        u = acting_noise.uniform(3, 2, device=torch.device("cpu"))
+        picks = acting_noise.integers(3, 6, torch.device("cpu"))
+    assert [x.hex() for x in u.flatten().tolist()] == ["0x1.0000000000000p-25", "0x1.69f7980000000p-4", "0x1.47b3780000000p-4",
+                                                       "0x1.8f90900000000p-1", "0x1.72dfa00000000p-1", "0x1.764e800000000p-1"]
+    assert picks.tolist() == [2, 5, 0]
+    assert u.dtype == torch.float32 and streams.steps.tolist() == [1, 4, 2**32 + 2]

@@ -42,6 +42,8 @@ def script(name, *args):
                  ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . (",
                   "  raw .: ", "the stepping process Python thread", "; the machine idle"],
                  marks=pytest.mark.slow),
+    pytest.param("acting_call.py", [".", "--recipe", "transport_probe", "--recipe", "paac_classic", "--rounds", "1", "--calls", "20"],
+                 ["| transport_probe | 128 | ", "| paac_classic | 32 | "], marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):
     out = script(name, *args)

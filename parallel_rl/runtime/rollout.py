@@ -302,7 +302,7 @@ class NetworkPolicy:
     def __init__(self, policy: ActingPolicy, device: torch.device, first_env_seed: int, num_envs: int):
         self.policy, self.device = policy, device
         self.cuda = device.type == "cuda"
-        self.streams = acting_noise.EnvStreams(torch.arange(num_envs, device=device) + first_env_seed)
+        self.streams = acting_noise.EnvStreams(np.arange(num_envs) + first_env_seed, device)
 
     def __call__(self, obs: np.ndarray, envs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # inference mode, not only no_grad: no version counters or view tracking on any tensor
