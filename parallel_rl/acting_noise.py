@@ -7,11 +7,12 @@ identically whether its envs are stepped by one process, several actor processes
 several ranks: what lets a 2-rank run with 8 envs each repeat a 1-rank run with 16.
 
 The numbers come from an integer hash of (env seed, step, draw, element), computed on the
-host with numpy and handed to the acting device as one tensor (no generator state). Each of
-the hash's few dozen elementwise steps over a call's numbers costs about a microsecond
-there, where a torch op costs several on a CPU and a kernel launch on a GPU. On a GPU the
-copy waits for the forward pass queued before it, which the acting call's results, brought
-back to the host, wait for anyway. Inside :meth:`EnvStreams.acting` the policies' ``act``
+host with numpy and handed to the acting device as one tensor (no generator state). The hash
+is a few dozen elementwise steps over a call's few hundred numbers, each cheaper in numpy
+than a torch op's dispatch on a CPU (the transport probe's acting call took half the time:
+docs/benchmarks.md) or a kernel launch on a GPU. On a GPU the copy waits for the forward
+pass queued before it, which the acting call's results, brought back to the host, wait for
+anyway. Inside :meth:`EnvStreams.acting` the policies' ``act``
 draw here; elsewhere (evaluation, tests) the same functions fall back to torch's current
 generator.
 """
