@@ -24,6 +24,9 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+RECIPES = ["transport_probe", *sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))]
 
 MEASURE = """
 import json, sys, time
@@ -73,7 +76,7 @@ def measure(checkout: str, recipe: str, calls: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkouts", nargs="+", help="one or two source trees (each holding parallel_rl/)")
-    parser.add_argument("--recipe", action="append", default=[],
+    parser.add_argument("--recipe", action="append", default=[], choices=RECIPES,
                         help="a recipe whose policy acts, or transport_probe (default: transport_probe, ppo_atari, "
                              "paac_atari, paac_classic)")
     parser.add_argument("--calls", type=int, default=2000)

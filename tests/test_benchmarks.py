@@ -61,6 +61,13 @@ def test_benchmark_script_refuses_bad_arguments(name, flag):
     assert "Traceback" not in out.stderr and flag in out.stderr
 
 
+@pytest.mark.parametrize(("args", "named"), [(["--recipe", "nope"], "'nope'"), (["--rounds", "0"], "--rounds (0)")])
+def test_acting_call_benchmark_refuses_a_bad_recipe_or_count(args, named):
+    out = script("acting_call.py", ".", *args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and named in out.stderr
+
+
 def test_amp_benchmark_refuses_network_cells_for_pqn_alone():
     """The network cells time an actor-critic's update: PQN alone would print an empty table."""
     out = script("amp_cpu.py", "--configs", "pqn_atari", "--only", "networks")
