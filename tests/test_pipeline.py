@@ -191,6 +191,24 @@ def test_lag_bound_one_lets_acting_run_one_version_ahead(tmp_path):
     assert max(lags) <= 1 and 1 in lags
 
 
+@pytest.mark.parametrize("lag_bound, deterministic, held, runs_ahead", [
+    (0, False, 6, False),    # PAAC, PPO, PQN: rollout 7 needs version 7, not yet published
+    (None, False, 6, True),  # IMPALA, replay: any version acts
+    (None, True, 6, False),  # deterministic lag: exactly the version before rollout 7's
+    (2, False, 5, True),     # a bound of 2: version 5 may act in rollout 7
+    (2, False, 4, False),
+])
+def test_groups_go_on_into_the_next_slot_only_where_the_weights_held_may_act_there(lag_bound, deterministic, held,
+                                                                                    runs_ahead):
+    from parallel_rl.runtime.actor import ActorProcess
+
+    actor = object.__new__(ActorProcess)
+    actor.cfg = _cfg(f"actors.deterministic_lag={str(deterministic).lower()}")
+    actor.args = type("Args", (), {"lag_bound": lag_bound, "first_version": 0, "updates_per_rollout": 1})()
+    actor.held_version = held
+    assert actor.may_act_in(7) == runs_ahead
+
+
 def test_deterministic_lag_is_reproducible(tmp_path):
     def run(name):
         cfg = _cfg("actors.procs=2", "actors.deterministic_lag=true", "algo.name=impala", "total_steps=4000")
@@ -358,10 +376,44 @@ def test_each_group_goes_through_the_rollout_at_its_own_pace(monkeypatch, recv_r
         assert [name for name, _ in second_rollout] == ["slow", "fast"] * horizon
 
 
+def test_a_group_that_finishes_a_rollout_goes_on_into_the_next_given_it():
+    """Given the next rollout's arrays, the fast group steps into them while the slow group
+    is still in the rollout under way; every row still holds its own step, each rollout's
+    last observation is where it belongs, and the next call carries on in those arrays."""
+    from parallel_rl.runtime import rollout
+
+    horizon, log = 4, []
+    slow = _CountingEnvGroup(2, 0.15, "slow", log, True)
+    fast = _CountingEnvGroup(3, 0.01, "fast", log, True)
+    collector = rollout.RolloutCollector([slow, fast], horizon)
+    spec = env_spec(_cfg().env)
+    buffers = [rollout.allocate(spec, horizon, 5) for _ in range(2)]
+    try:
+        collector.collect(_sleeping_policy(0.0), buffers[0])  # times the bare step: groups take turns
+        for r in range(1, 5):
+            out, then = buffers[r % 2], buffers[(r + 1) % 2]
+            began = len(log)
+            collector.collect(_sleeping_policy(0.0), out, then)
+            steps = np.arange(r * horizon, (r + 1) * horizon, dtype=np.float32)
+            assert (out["obs"][..., 0] == steps[:, None]).all()
+            assert (out["rewards"] == steps[:, None] + 1).all()
+            assert (out["next_obs"][:, 0] == (r + 1) * horizon).all()
+            if r >= 2:  # the fast group had run ahead into these arrays, and does again
+                assert ("fast", (r + 1) * horizon + 1) in log[began:]
+        with pytest.raises(ValueError, match="ran ahead"):
+            collector.collect(_sleeping_policy(0.0), buffers[0])
+        collector.collect(_sleeping_policy(0.0), buffers[1])  # the arrays it ran ahead into, without going on
+        assert (buffers[1]["obs"][..., 0] == np.arange(20, 24, dtype=np.float32)[:, None]).all()
+        assert (buffers[1]["next_obs"][:, 0] == 24).all()
+    finally:
+        collector.close()
+
+
 def test_groups_taken_as_their_steps_end_give_the_trajectory_of_one_group(monkeypatch):
     """The order in which groups' steps end changes nothing that is written: a seeded random
     policy's rollouts of 6 EnvPool envs are the same in 2 groups taken as their steps end
-    (CartPole's steps are short: the threshold is lowered for the test) as in 1 group."""
+    (CartPole's steps are short: the threshold is lowered for the test) as in 1 group, and
+    the same again where groups run ahead into the next rollout's arrays."""
     from parallel_rl.algos.policies import UniformPolicy
     from parallel_rl.envs import make_env_groups
     from parallel_rl.runtime import rollout
@@ -370,20 +422,25 @@ def test_groups_taken_as_their_steps_end_give_the_trajectory_of_one_group(monkey
     monkeypatch.setattr(rollout, "ORDER_FREE_MIN_STEP_S", 0.0)
     cfg = _cfg()
     streams = []
-    for groups in (1, 2):
+    for groups, run_ahead in ((1, False), (2, False), (2, True)):
         envs = make_env_groups(cfg.env, 6, 11, 1, groups)
         collector = RolloutCollector(envs, 7)
         assert (collector.arrivals is not None) == (groups == 2)
         policy = NetworkPolicy(UniformPolicy(envs[0].spec), torch.device("cpu"), 11, 6)
+        buffers = [allocate(envs[0].spec, 7, 6) for _ in range(2)]
         try:
-            streams.append([{k: v.copy() for k, v in collector.collect(policy, allocate(envs[0].spec, 7, 6)).items()}
-                            for _ in range(10)])
+            rollouts = []
+            for r in range(10):
+                out = collector.collect(policy, buffers[r % 2], buffers[(r + 1) % 2] if run_ahead and r < 9 else None)
+                rollouts.append({k: v.copy() for k, v in out.items()})
+            streams.append(rollouts)
             assert collector.order_free == (groups == 2)
         finally:
             collector.close()
-    for one, two in zip(*streams, strict=True):
-        for name in one:
-            np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+    for one, other in ((streams[0], streams[1]), (streams[0], streams[2])):
+        for a, b in zip(one, other, strict=True):
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 @pytest.mark.parametrize("procs", [0, 1])

@@ -3,7 +3,8 @@ fills shared-memory slots.
 
 Loop: wait for a free slot (heartbeating while it waits) -> load the policy version to
 act with (waiting for it when the lag bound asks for newer weights than are published)
--> collect one rollout straight into the slot -> ring the doorbell. The process
+-> collect one rollout straight into the slot (groups that finish it run on into the next
+free slot where the weights held may act there too) -> ring the doorbell. The process
 exits by itself when told to stop, when its parent disappears (the runner was killed),
 or after reporting its own exception to the runner.
 """
@@ -160,10 +161,14 @@ class ActorProcess:
             self.held_version = self.args.weights.fetch(self.replica, at_least=self.held_version + 1, should_stop=self.waiting)
         return self.act(obs, envs)
 
+    def consumed_at(self, rollout: int) -> int:
+        """The version from which the learner learns from rollout ``rollout``."""
+        return self.args.first_version + rollout * self.args.updates_per_rollout
+
     def fetch_weights(self, rollout: int) -> int:
         """Load the weights rollout ``rollout`` acts with; returns their version."""
         args = self.args
-        consumed_at = args.first_version + rollout * args.updates_per_rollout
+        consumed_at = self.consumed_at(rollout)
         if self.cfg.actors.deterministic_lag:  # exactly one version old
             exactly, at_least = max(args.oldest_version, consumed_at - 1), None
         else:
@@ -171,17 +176,38 @@ class ActorProcess:
             at_least = args.oldest_version if args.lag_bound is None else max(args.oldest_version, consumed_at - args.lag_bound)
         return args.weights.fetch(self.replica, exactly, at_least, timeout_s=3600, should_stop=self.waiting)
 
+    def may_act_in(self, rollout: int) -> bool:
+        """Whether the weights held now may also act in rollout ``rollout``: then the groups
+        that finish the rollout under way go on into the next one's slot."""
+        if self.cfg.actors.deterministic_lag:
+            return False
+        bound = self.args.lag_bound
+        return bound is None or self.held_version >= self.consumed_at(rollout) - bound
+
     def run(self) -> None:
         args, pool = self.args, self.args.pool
+        views: dict[int, dict[str, np.ndarray]] = {}  # one object per slot: collect's `then` is the next call's `out`
+
+        def arrays(slot: int) -> dict[str, np.ndarray]:
+            if slot not in views:
+                views[slot] = pool.numpy_views(slot)
+            return views[slot]
+
         rollout = 0
+        ahead: tuple[int, int] | None = None  # the slot the groups ran ahead into, and the version they began it with
         while True:
             self.drain()
-            while not self.free:  # back-pressure: the learner holds every slot of ours
-                self.beat()
-                self.drain(0.1)
-            slot = self.free.popleft()
-            version = self.held_version = self.fetch_weights(rollout)
-            self.collector.collect(self.policy, pool.numpy_views(slot))
+            if ahead is None:
+                while not self.free:  # back-pressure: the learner holds every slot of ours
+                    self.beat()
+                    self.drain(0.1)
+                slot = self.free.popleft()
+                version = self.held_version = self.fetch_weights(rollout)
+            else:  # part of this rollout acted with the older weights: its version is theirs
+                slot, version = ahead
+                self.held_version = self.fetch_weights(rollout)
+            ahead = (self.free.popleft(), self.held_version) if self.free and self.may_act_in(rollout + 1) else None
+            self.collector.collect(self.policy, arrays(slot), arrays(ahead[0]) if ahead else None)
             pool.version[slot] = version
             returns, lengths = self.collector.pop_episodes()
             timings = self.collector.pop_timings()

@@ -6,6 +6,9 @@ inference overlap. Each group goes through the rollout's steps at its own pace. 
 step takes long enough (``ORDER_FREE_MIN_STEP_S``), the collector takes whichever group's
 step ends first (:class:`StepArrivals`), so within a rollout no group waits for another's;
 else it takes them in the order they were sent. With one group everything takes turns.
+Where the weights acting now may also act in the next rollout (an actor process whose
+algorithm allows some lag), the caller hands over the next rollout's arrays too, and a
+group that finishes the rollout goes on into them rather than waiting for the last group.
 The same collector runs inline in synchronous mode and inside each actor process in
 asynchronous mode; only the arrays it writes differ (its own, or a shared-memory slot).
 
@@ -106,17 +109,24 @@ class StepArrivals:
             thread.start()
 
     def _receive_each_step(self, g: int) -> None:
-        while self.requests[g].get():
+        while (request := self.requests[g].get()) is not None:
             try:
+                destination, index, observation = request
+                destination[index] = observation
                 ended = self.groups[g].recv()
             except BaseException as error:  # handed to the collector's thread, raised there
                 ended = error
             self.ended.put((g, ended))
 
-    def expect(self, g: int) -> None:
-        """Group ``g`` was sent a step: receive it."""
+    def expect(self, g: int, destination: np.ndarray, index: tuple, observation: np.ndarray) -> None:
+        """Group ``g`` was sent a step: write the observation it acted on into
+        ``destination[index]``, then receive the step.
+
+        The copy (megabytes of frames a group step on Atari) is made here rather than in the
+        collector's thread, where it would hold up acting for a group whose step has ended;
+        numpy lets the other threads run while it copies."""
         self.pending += 1
-        self.requests[g].put(True)
+        self.requests[g].put((destination, index, observation))
 
     def next(self, timeout_s: float | None = None) -> tuple[int, StepResult]:
         g, ended = self.ended.get(timeout=timeout_s)
@@ -137,7 +147,7 @@ class StepArrivals:
             except Exception:  # a failed step: closing after a failure, which is the caller's to report
                 continue
         for request in self.requests:
-            request.put(False)
+            request.put(None)
         for thread in self.threads:
             thread.join(timeout_s)
         return {g for g, thread in enumerate(self.threads) if thread.is_alive()}
@@ -160,9 +170,15 @@ class RolloutCollector:
         self.probes: collections.deque[float] = collections.deque(maxlen=PROBES_KEPT)  # seconds of one bare step
         self.sent: collections.deque[int] = collections.deque()  # groups stepping, in the order sent
         self.arrivals = StepArrivals(groups) if len(groups) > 1 and all(g.recv_releases_gil for g in groups) else None
-        self.order_free = False  # this rollout takes the groups as their steps end (through ``arrivals``)
+        self.order_free = False  # the groups are taken as their steps end (through ``arrivals``)
+        # each group's rows of the rollout under way: acted on (its step sent) and received;
+        # past the horizon where it ran ahead into the next rollout's arrays
+        self.acted = [0] * len(groups)
+        self.received = [0] * len(groups)
+        self.at_probe: set[int] = set()  # groups waiting at a probe step for the others
+        self.running_ahead_into: dict[str, np.ndarray] | None = None
 
-    def _receive(self, g: int, t: int, result: StepResult, out: dict[str, np.ndarray]) -> None:
+    def _receive(self, g: int, out: dict[str, np.ndarray], t: int, result: StepResult) -> None:
         cols = self.columns[g]
         out["rewards"][t, cols] = result.reward
         out["terminated"][t, cols] = result.terminated
@@ -176,22 +192,25 @@ class RolloutCollector:
         self.policy_seconds += time.perf_counter() - began
         return acted
 
-    def _record(self, g: int, t: int, acted: tuple[np.ndarray, np.ndarray, np.ndarray], out: dict[str, np.ndarray]) -> None:
-        """Step ``t`` of group ``g`` into the rollout: the observation acted on and what acting gave."""
+    def _record(self, g: int, out: dict[str, np.ndarray], t: int, acted: tuple[np.ndarray, np.ndarray, np.ndarray],
+                with_obs: bool = True) -> None:
+        """Step ``t`` of group ``g`` into the rollout: what acting gave and (``with_obs``) the
+        observation acted on."""
         cols = self.columns[g]
-        out["obs"][t, cols] = self.obs[g]
+        if with_obs:
+            out["obs"][t, cols] = self.obs[g]
         out["actions"][t, cols], out["behaviour_log_probs"][t, cols], out["behaviour_values"][t, cols] = acted
 
-    def _act(self, g: int, t: int, policy: Policy, out: dict[str, np.ndarray]) -> None:
+    def _act(self, g: int, out: dict[str, np.ndarray], t: int, policy: Policy) -> None:
         acted = self._infer(g, policy)
         self.groups[g].send(acted[0])
-        if self.order_free:
-            self.arrivals.expect(g)
-        else:
-            self.sent.append(g)
         # written while the group steps: recv hands back fresh arrays, so the step under way
         # leaves the observation just acted on as it was
-        self._record(g, t, acted, out)
+        if self.order_free:
+            self.arrivals.expect(g, out["obs"], (t, self.columns[g]), self.obs[g])
+        else:
+            self.sent.append(g)
+        self._record(g, out, t, acted, with_obs=not self.order_free)
 
     def _next_step_end(self) -> tuple[int, StepResult]:
         """The group whose step ends next, and its step: the first to end where groups are
@@ -205,58 +224,79 @@ class RolloutCollector:
         self.step_seconds += time.perf_counter() - began
         return ended
 
-    def _probe(self, t: int, policy: Policy, out: dict[str, np.ndarray]) -> None:
+    def _probe(self, out: dict[str, np.ndarray], t: int, policy: Policy) -> None:
         """Step ``t`` for every group at once, with nothing else running in this process: the
         bare step's time."""
         acted = [self._infer(g, policy) for g in range(len(self.groups))]
         for g, group_acted in enumerate(acted):
-            self._record(g, t, group_acted, out)
+            self._record(g, out, t, group_acted)
         actions = [group_acted[0] for group_acted in acted]
         began = time.perf_counter()
         for env, group_actions in zip(self.groups, actions, strict=True):
             env.send(group_actions)
         for g, env in enumerate(self.groups):
-            self._receive(g, t, env.recv(), out)
+            self._receive(g, out, t, env.recv())
         self.probes.append(time.perf_counter() - began)
         self.step_seconds += self.probes[-1]
 
-    def collect(self, policy: Policy, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def collect(self, policy: Policy, out: dict[str, np.ndarray],
+                then: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """One rollout into ``out``. A collect that raised leaves steps under way: close the
-        collector then, rather than collect again."""
+        collector then, rather than collect again.
+
+        With ``then``, the next rollout's arrays, a group that has finished ``out`` goes on
+        into ``then`` instead of waiting for the others (its env threads would idle until the
+        last group's step ends): the call returns once every group has finished ``out``, and
+        the next call must be given ``then`` as its ``out``, where the groups that ran ahead
+        carry on (their steps may still be under way). The caller gives ``then`` only where
+        the weights acting now may also act in the next rollout."""
         if self.window_began is None:
             self.window_began = time.perf_counter()
-        self.order_free = self.arrivals is not None and min(self.probes, default=0.0) >= ORDER_FREE_MIN_STEP_S
-        step = [0] * len(self.groups)  # each group's next row
-        waiting_for_probe: list[int] = []  # groups at a probe step, until every group is
-        in_flight = 0
+        if self.running_ahead_into is not None and out is not self.running_ahead_into:
+            raise ValueError("groups ran ahead into the arrays given as `then` last call: collect into them next")
+        if self.acted == self.received:  # no step under way: the receiving mode may change
+            self.order_free = self.arrivals is not None and min(self.probes, default=0.0) >= ORDER_FREE_MIN_STEP_S
+        horizon = self.horizon
+        last_row = 2 * horizon if then is not None else horizon  # rows a group may reach, over out and then
+
+        def target(row: int) -> tuple[dict[str, np.ndarray], int]:
+            return (out, row) if row < horizon else (then, row - horizon)
 
         def advance(g: int) -> None:
-            nonlocal in_flight
-            if step[g] == self.horizon:
-                out["next_obs"][self.columns[g]] = self.obs[g]
-            elif (self.steps_taken + step[g]) % PROBE_EVERY == 0:
-                waiting_for_probe.append(g)
+            """Group ``g``'s next move once its last step is received."""
+            row = self.received[g]
+            if row in (horizon, last_row):
+                target(row - 1)[0]["next_obs"][self.columns[g]] = self.obs[g]
+            if row == last_row:
+                return
+            if (self.steps_taken + row) % PROBE_EVERY == 0:
+                self.at_probe.add(g)
             else:
-                self._act(g, step[g], policy, out)
-                in_flight += 1
+                self._act(g, *target(row), policy)
+                self.acted[g] += 1
 
         for g in range(len(self.groups)):
-            advance(g)
-        while in_flight or waiting_for_probe:
-            if len(waiting_for_probe) == len(self.groups):  # every group is at the same step
-                self._probe(step[0], policy, out)
-                waiting_for_probe.clear()
+            if self.acted[g] == self.received[g] and g not in self.at_probe:
+                advance(g)
+        while min(self.received) < horizon:
+            if len(self.at_probe) == len(self.groups):  # every group is at the same step
+                self._probe(*target(self.received[0]), policy)
+                self.at_probe.clear()
                 for g in range(len(self.groups)):
-                    step[g] += 1
+                    self.acted[g] += 1
+                    self.received[g] += 1
                     advance(g)
                 continue
             g, result = self._next_step_end()
-            in_flight -= 1
-            self._receive(g, step[g], result, out)
-            step[g] += 1
+            self._receive(g, *target(self.received[g]), result)
+            self.received[g] += 1
             advance(g)
-        self.steps_taken += self.horizon
-        self.window_steps += self.horizon
+        for g in range(len(self.groups)):
+            self.acted[g] -= horizon
+            self.received[g] -= horizon
+        self.running_ahead_into = then if any(self.acted) else None
+        self.steps_taken += horizon
+        self.window_steps += horizon
         return out
 
     def pop_episodes(self) -> tuple[list[float], list[int]]:
