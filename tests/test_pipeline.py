@@ -389,11 +389,12 @@ def test_a_group_that_finishes_a_rollout_goes_on_into_the_next_given_it():
     spec = env_spec(_cfg().env)
     buffers = [rollout.allocate(spec, horizon, 5) for _ in range(2)]
     try:
-        collector.collect(_sleeping_policy(0.0), buffers[0])  # times the bare step: groups take turns
-        for r in range(1, 5):
+        for r in range(5):  # the first rollout times the bare step, taking the groups in turn
             out, then = buffers[r % 2], buffers[(r + 1) % 2]
             began = len(log)
             collector.collect(_sleeping_policy(0.0), out, then)
+            # from the second on, taken as they end, the steps sent in turn still under way first
+            assert collector.order_free == (r > 0)
             steps = np.arange(r * horizon, (r + 1) * horizon, dtype=np.float32)
             assert (out["obs"][..., 0] == steps[:, None]).all()
             assert (out["rewards"] == steps[:, None] + 1).all()

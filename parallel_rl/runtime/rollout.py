@@ -216,11 +216,11 @@ class RolloutCollector:
         """The group whose step ends next, and its step: the first to end where groups are
         received order-free, else the first sent."""
         began = time.perf_counter()
-        if self.order_free:
-            ended = self.arrivals.next()
-        else:
+        if self.sent:  # in turn; where the mode changed with steps under way, those are received first
             g = self.sent.popleft()
             ended = g, self.groups[g].recv()
+        else:
+            ended = self.arrivals.next()
         self.step_seconds += time.perf_counter() - began
         return ended
 
@@ -254,8 +254,7 @@ class RolloutCollector:
             self.window_began = time.perf_counter()
         if self.running_ahead_into is not None and out is not self.running_ahead_into:
             raise ValueError("groups ran ahead into the arrays given as `then` last call: collect into them next")
-        if self.acted == self.received:  # no step under way: the receiving mode may change
-            self.order_free = self.arrivals is not None and min(self.probes, default=0.0) >= ORDER_FREE_MIN_STEP_S
+        self.order_free = self.arrivals is not None and min(self.probes, default=0.0) >= ORDER_FREE_MIN_STEP_S
         horizon = self.horizon
         last_row = 2 * horizon if then is not None else horizon  # rows a group may reach, over out and then
 
