@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transport_ab import add_checkouts_argument, in_checkout, refuse_bad_checkouts  # noqa: E402
 
 RECIPES = ["transport_probe", *sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))]
 
@@ -65,9 +67,8 @@ print(json.dumps({"ms": 1e3 * float(np.median(seconds)), "envs": envs}))
 
 
 def measure(checkout: str, recipe: str, calls: int) -> dict:
-    environ = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
-    done = subprocess.run([sys.executable, "-c", MEASURE, recipe, str(calls)], env=environ, capture_output=True, text=True,
-                          cwd=os.path.abspath(checkout))
+    done = subprocess.run([sys.executable, "-c", MEASURE, recipe, str(calls)], capture_output=True, text=True,
+                          **in_checkout(checkout))
     if done.returncode:
         sys.exit(f"timing {recipe} with {checkout} failed (exit code {done.returncode}):\n{done.stderr.strip()}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -75,21 +76,16 @@ def measure(checkout: str, recipe: str, calls: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkouts", nargs="+", help="one or two source trees (each holding parallel_rl/)")
+    add_checkouts_argument(parser)
     parser.add_argument("--recipe", action="append", default=[], choices=RECIPES,
                         help="a recipe whose policy acts, or transport_probe (default: transport_probe, ppo_atari, "
                              "paac_atari, paac_classic)")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if len(args.checkouts) > 2:
-        parser.error(f"give one or two checkouts, not {len(args.checkouts)}")
+    refuse_bad_checkouts(parser, args.checkouts)
     if args.rounds < 1 or args.calls < 1:
         parser.error(f"--rounds ({args.rounds}) and --calls ({args.calls}) must be 1 or more")
-    for checkout in args.checkouts:
-        if not os.path.isfile(os.path.join(checkout, "parallel_rl", "__init__.py")):
-            parser.error(f"checkout {checkout!r} holds no parallel_rl package: give source trees of this project, "
-                         "e.g. `git worktree add /tmp/before COMMIT` and `.`")
     recipes = args.recipe or ["transport_probe", "ppo_atari", "paac_atari", "paac_classic"]
     figures: dict[tuple[str, str], list[float]] = {(r, c): [] for r in recipes for c in args.checkouts}
     envs: dict[str, int] = {}

@@ -129,12 +129,30 @@ def cpu_shares(before: dict, after: dict, seconds: float) -> str:
     return f"{cells}; the machine idle {idle:.1%} of a core"
 
 
+def add_checkouts_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkouts", nargs="+", help="one or two source trees (each holding parallel_rl/)")
+
+
+def refuse_bad_checkouts(parser: argparse.ArgumentParser, checkouts: list[str]) -> None:
+    """Exit 2 (through ``parser``) on more than two checkouts or on a folder without the package."""
+    if len(checkouts) > 2:
+        parser.error(f"give one or two checkouts, not {len(checkouts)}")
+    for checkout in checkouts:
+        if not os.path.isfile(os.path.join(checkout, "parallel_rl", "__init__.py")):
+            parser.error(f"checkout {checkout!r} holds no parallel_rl package: give source trees of this project, "
+                         "e.g. `git worktree add /tmp/before COMMIT` and `.`")
+
+
+def in_checkout(checkout: str) -> dict:
+    """``subprocess`` arguments that run a child on ``checkout``'s package, whatever is installed."""
+    return {"env": {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}, "cwd": os.path.abspath(checkout)}
+
+
 def measure(checkout: str, phase: str, args: argparse.Namespace) -> float:
-    environ = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
     command = [sys.executable, "-c", GROUPS_BARE + MEASURE, phase, str(args.seconds), args.env, str(args.actors), str(args.actor_procs), *args.set]
     # files, not pipes: a child writing more than a pipe holds while it is only polled would block
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr, \
-            subprocess.Popen(command, env=environ, stdout=stdout, stderr=stderr, text=True, cwd=os.path.abspath(checkout)) as process:
+            subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, **in_checkout(checkout)) as process:
         if args.thread_cpu:
             # sampled throughout; the measurement is the last ``seconds`` before the process exits
             root_label = "learner" if phase == "pipeline" else "the stepping process"
@@ -168,7 +186,7 @@ def middle_half_shares(samples: list, seconds: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkouts", nargs="+", help="one or two source trees (each holding parallel_rl/)")
+    add_checkouts_argument(parser)
     parser.add_argument("--env", default="Pong-v5")
     parser.add_argument("--actors", type=int, default=256)
     parser.add_argument("--actor-procs", type=int, default=1)
@@ -179,14 +197,9 @@ def main() -> None:
     parser.add_argument("--groups-bare", action="store_true",
                         help="also step the actor process's env groups alternately with nothing else (see above)")
     args = parser.parse_args()
-    if len(args.checkouts) > 2:
-        parser.error(f"give one or two checkouts, not {len(args.checkouts)}")
+    refuse_bad_checkouts(parser, args.checkouts)
     if args.groups_bare and args.actor_procs != 1:
         parser.error(f"--groups-bare measures one actor process's loop; --actor-procs is {args.actor_procs}, give 1")
-    for checkout in args.checkouts:
-        if not os.path.isfile(os.path.join(checkout, "parallel_rl", "__init__.py")):
-            parser.error(f"checkout {checkout!r} holds no parallel_rl package: give two source trees of this "
-                         "project, e.g. `git worktree add /tmp/before COMMIT` and `.`")
     raw: list[float] = []
     bare: list[float] = []
     pipeline: dict[str, list[float]] = {c: [] for c in args.checkouts}
