@@ -191,22 +191,30 @@ def test_lag_bound_one_lets_acting_run_one_version_ahead(tmp_path):
     assert max(lags) <= 1 and 1 in lags
 
 
-@pytest.mark.parametrize("lag_bound, deterministic, held, runs_ahead", [
-    (0, False, 6, False),    # PAAC, PPO, PQN: rollout 7 needs version 7, not yet published
-    (None, False, 6, True),  # IMPALA, replay: any version acts
-    (None, True, 6, False),  # deterministic lag: exactly the version before rollout 7's
-    (2, False, 5, True),     # a bound of 2: version 5 may act in rollout 7
-    (2, False, 4, False),
+@pytest.mark.parametrize("lag_bound, deterministic, held, as_steps_end, runs_ahead", [
+    (0, False, 6, True, False),    # PAAC, PPO, PQN: rollout 7 needs version 7, not yet published
+    (None, False, 6, True, True),  # IMPALA, replay: any version acts
+    (None, False, 6, False, False),  # short steps taken in turn: nothing to gain, older weights for nothing
+    (None, True, 6, True, False),  # deterministic lag: exactly the version before rollout 7's
+    (2, False, 5, True, True),     # a bound of 2: version 5 may act in rollout 7
+    (2, False, 4, True, False),
 ])
 def test_groups_go_on_into_the_next_slot_only_where_the_weights_held_may_act_there(lag_bound, deterministic, held,
-                                                                                    runs_ahead):
+                                                                                    as_steps_end, runs_ahead):
     from parallel_rl.runtime.actor import ActorProcess
+    from parallel_rl.runtime.rollout import ORDER_FREE_MIN_STEP_S, RolloutCollector
 
     actor = object.__new__(ActorProcess)
     actor.cfg = _cfg(f"actors.deterministic_lag={str(deterministic).lower()}")
     actor.args = type("Args", (), {"lag_bound": lag_bound, "first_version": 0, "updates_per_rollout": 1})()
     actor.held_version = held
-    assert actor.may_act_in(7) == runs_ahead
+    actor.collector = RolloutCollector([_TimedEnvGroup(2, 0.0), _TimedEnvGroup(2, 0.0)], horizon=5)
+    try:
+        actor.collector.probes.append(ORDER_FREE_MIN_STEP_S * (2.0 if as_steps_end else 0.5))  # a bare step's time
+        assert actor.collector.takes_groups_as_their_steps_end() == as_steps_end
+        assert actor.runs_ahead_into(7) == runs_ahead
+    finally:
+        actor.collector.close()
 
 
 def test_deterministic_lag_is_reproducible(tmp_path):

@@ -178,6 +178,11 @@ class RolloutCollector:
         self.at_probe: set[int] = set()  # groups waiting at a probe step for the others
         self.running_ahead_into: dict[str, np.ndarray] | None = None
 
+    def takes_groups_as_their_steps_end(self) -> bool:
+        """Whether the next collect takes the groups as their steps end (long steps, several
+        groups whose ``recv`` frees the GIL), rather than in the order they were sent."""
+        return self.arrivals is not None and min(self.probes, default=0.0) >= ORDER_FREE_MIN_STEP_S
+
     def _receive(self, g: int, out: dict[str, np.ndarray], t: int, result: StepResult) -> None:
         cols = self.columns[g]
         out["rewards"][t, cols] = result.reward
@@ -254,7 +259,7 @@ class RolloutCollector:
             self.window_began = time.perf_counter()
         if self.running_ahead_into is not None and out is not self.running_ahead_into:
             raise ValueError("groups ran ahead into the arrays given as `then` last call: collect into them next")
-        self.order_free = self.arrivals is not None and min(self.probes, default=0.0) >= ORDER_FREE_MIN_STEP_S
+        self.order_free = self.takes_groups_as_their_steps_end()
         horizon = self.horizon
         last_row = 2 * horizon if then is not None else horizon  # rows a group may reach, over out and then
 
