@@ -15,6 +15,8 @@ import difflib
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
@@ -452,6 +454,37 @@ def default_num_threads(num_envs: int, reserved_cores: int = 0) -> int:
     return max(1, min(num_envs, cores - reserved_cores))
 
 
+def _thread_ids() -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:  # no /proc: not Linux
+        return set()
+
+
+@contextmanager
+def worker_threads_never_preempt_on_wakeup() -> Iterator[None]:
+    """The threads started inside the block (an env library's workers) run under Linux's
+    SCHED_BATCH policy.
+
+    Otherwise a worker that ``send`` wakes preempts the Python thread that woke it, on a core
+    the worker would have had a moment later anyway: measured on 2 cores, a send to 128
+    Pong envs on 2 threads returned after 0.4-0.5 ms instead of 0.05-0.1 (16 envs: 0.16-0.3
+    against 0.04), the Python thread held up meanwhile from acting for the other group.
+    SCHED_BATCH keeps the threads' share of the cores (the same nice value) and gives up only
+    the preemption on wakeup; it needs no privilege. Where the policy cannot be set (not
+    Linux, or refused), the threads keep the default one."""
+    before = _thread_ids()
+    yield
+    set_policy = getattr(os, "sched_setscheduler", None)
+    if set_policy is None:
+        return
+    for tid in _thread_ids() - before:
+        try:
+            set_policy(tid, os.SCHED_BATCH, os.sched_param(0))
+        except OSError:  # the thread ended, or a sandbox refused: it keeps the default policy
+            pass
+
+
 def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, render: bool = False) -> VecEnv:
     """Build ``num_envs`` copies of ``cfg.id``; raises ``ConfigError`` for an unknown id.
 
@@ -466,22 +499,24 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
             raise _atari_action_repeat(cfg)
         if render:
             kwargs["render_mode"] = "rgb_array"
-        env = envpool.make(
-            cfg.id,
-            env_type="gymnasium",
-            num_envs=num_envs,
-            seed=seed,
-            num_threads=num_threads or default_num_threads(num_envs),
-            **kwargs,
-        )
+        with worker_threads_never_preempt_on_wakeup():
+            env = envpool.make(
+                cfg.id,
+                env_type="gymnasium",
+                num_envs=num_envs,
+                seed=seed,
+                num_threads=num_threads or default_num_threads(num_envs),
+                **kwargs,
+            )
     elif backend == "ale":
         from ale_py.vector_env import AtariVectorEnv
 
         if cfg.action_repeat > 1:
             raise _atari_action_repeat(cfg)
         is_atari = True  # ``render`` needs nothing: videos film the observations (VecEnv.render)
-        env = AtariVectorEnv(ale_games()[cfg.id], num_envs, num_threads=num_threads or default_num_threads(num_envs),
-                             **_ale_kwargs(cfg))
+        with worker_threads_never_preempt_on_wakeup():
+            env = AtariVectorEnv(ale_games()[cfg.id], num_envs, num_threads=num_threads or default_num_threads(num_envs),
+                                 **_ale_kwargs(cfg))
         env.reset(seed=seed)  # env i is seeded with seed + i, as EnvPool seeds its envs
     else:
         is_atari = False

@@ -44,6 +44,11 @@ def script(name, *args):
                  marks=pytest.mark.slow),
     pytest.param("acting_call.py", [".", "--recipe", "transport_probe", "--recipe", "paac_classic", "--rounds", "1", "--calls", "20"],
                  ["| transport_probe | 128 | ", "| paac_classic | 32 | "], marks=pytest.mark.slow),
+    pytest.param("training_ab.py", [".", "--case", "paac_classic:actors.num_envs=8,seed=2", "--rounds", "1", "--seconds", "0.5"],
+                 ["round 1, paac_classic:actors.num_envs=8,seed=2: . ", "| paac_classic actors.num_envs=8 seed=2 | "],
+                 marks=pytest.mark.slow),
+    pytest.param("send_wakeup.py", ["--steps", "3", "--envs", "4", "--threads", "1"],
+                 ["| envpool | 4 | 1 | SCHED_OTHER | ", "| envpool | 4 | 1 | SCHED_BATCH | "], marks=pytest.mark.slow),
 ])
 def test_benchmark_script_prints_its_table(name, args, rows):
     out = script(name, *args)
@@ -61,9 +66,13 @@ def test_benchmark_script_refuses_bad_arguments(name, flag):
     assert "Traceback" not in out.stderr and flag in out.stderr
 
 
-@pytest.mark.parametrize(("args", "named"), [(["--recipe", "nope"], "'nope'"), (["--rounds", "0"], "--rounds (0)")])
-def test_acting_call_benchmark_refuses_a_bad_recipe_or_count(args, named):
-    out = script("acting_call.py", ".", *args)
+@pytest.mark.parametrize(("name", "args", "named"), [
+    ("acting_call.py", [".", "--recipe", "nope"], "'nope'"), ("acting_call.py", [".", "--rounds", "0"], "--rounds (0)"),
+    ("training_ab.py", [".", "--case", "nope:seed=1"], "'nope'"), ("training_ab.py", [".", "--rounds", "0"], "--rounds (0)"),
+    ("send_wakeup.py", ["--steps", "0"], "--steps (0)"),
+])
+def test_benchmark_script_refuses_a_bad_recipe_or_count(name, args, named):
+    out = script(name, *args)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and named in out.stderr
 

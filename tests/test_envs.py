@@ -299,3 +299,38 @@ def test_an_observation_recv_handed_back_stays_as_it_was_while_the_next_steps_ru
     env.close()
     assert not np.array_equal(latest, as_received)  # the frames moved on
     assert np.array_equal(held, as_received)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getscheduler"), reason="scheduling policies are Linux's")
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_env_worker_threads_do_not_preempt_the_thread_that_wakes_them(backend):
+    import os
+    import threading
+
+    from parallel_rl.envs import worker_threads_never_preempt_on_wakeup
+
+    def policies() -> dict[int, int]:
+        return {int(tid): os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")}
+
+    before = policies()
+    env = make_env(EnvConfig(id="Pong-v5", backend=backend), 4, 0, 2)
+    try:
+        started = {tid: policy for tid, policy in policies().items() if tid not in before}
+        assert len(started) >= 2 and set(started.values()) == {os.SCHED_BATCH}, started  # the 2 workers at least
+        assert all(policies()[tid] == policy for tid, policy in before.items() if tid in policies())
+        env.step(np.zeros(4, np.int64))  # they still step
+    finally:
+        env.close()
+    release = threading.Event()
+    outside = threading.Thread(target=release.wait)
+    with worker_threads_never_preempt_on_wakeup():
+        inside = threading.Thread(target=release.wait)
+        inside.start()
+    outside.start()
+    try:
+        assert os.sched_getscheduler(inside.native_id) == os.SCHED_BATCH
+        assert os.sched_getscheduler(outside.native_id) == os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+    finally:
+        release.set()
+        inside.join()
+        outside.join()
