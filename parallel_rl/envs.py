@@ -466,10 +466,11 @@ def worker_threads_never_preempt_on_wakeup() -> Iterator[None]:
     """The threads started inside the block (an env library's workers) run under Linux's
     SCHED_BATCH policy.
 
-    Otherwise a worker that ``send`` wakes preempts the Python thread that woke it, on a core
-    the worker would have had a moment later anyway: measured on 2 cores, a send to 128
-    Pong envs on 2 threads returned after 0.4-0.5 ms instead of 0.05-0.1 (16 envs: 0.16-0.3
-    against 0.04), the Python thread held up meanwhile from acting for the other group.
+    Otherwise a worker that ``send`` wakes may preempt the Python thread that woke it, on a
+    core the worker would have had a moment later anyway, and the Python thread waits a
+    scheduler slice before it acts for the other group: on 2 cores a send to 128 Pong envs
+    on 2 threads took 0.44-0.45 ms at the mean and 2.4-2.5 ms at the 90th percentile, against
+    0.12-0.14 and 0.16-0.21 under SCHED_BATCH (``benchmarks/send_wakeup.py``).
     SCHED_BATCH keeps the threads' share of the cores (the same nice value) and gives up only
     the preemption on wakeup; it needs no privilege. Where the policy cannot be set (not
     Linux, or refused), the threads keep the default one."""

@@ -7,8 +7,9 @@ step takes long enough (``ORDER_FREE_MIN_STEP_S``), the collector takes whicheve
 step ends first (:class:`StepArrivals`), so within a rollout no group waits for another's;
 else it takes them in the order they were sent. With one group everything takes turns.
 Where the weights acting now may also act in the next rollout (an actor process whose
-algorithm allows some lag), the caller hands over the next rollout's arrays too, and a
-group that finishes the rollout goes on into them rather than waiting for the last group.
+algorithm allows some lag) and the groups are taken as their steps end, the caller hands
+over the next rollout's arrays too, and a group that finishes the rollout goes on into them
+rather than waiting for the last group.
 The same collector runs inline in synchronous mode and inside each actor process in
 asynchronous mode; only the arrays it writes differ (its own, or a shared-memory slot).
 
