@@ -310,14 +310,21 @@ def test_env_worker_threads_do_not_preempt_the_thread_that_wakes_them(backend):
     from parallel_rl.envs import worker_threads_never_preempt_on_wakeup
 
     def policies() -> dict[int, int]:
-        return {int(tid): os.sched_getscheduler(int(tid)) for tid in os.listdir("/proc/self/task")}
+        found = {}
+        for tid in map(int, os.listdir("/proc/self/task")):
+            try:
+                found[tid] = os.sched_getscheduler(tid)
+            except ProcessLookupError:  # ended since listed
+                pass
+        return found
 
     before = policies()
     env = make_env(EnvConfig(id="Pong-v5", backend=backend), 4, 0, 2)
     try:
-        started = {tid: policy for tid, policy in policies().items() if tid not in before}
+        now = policies()
+        started = {tid: policy for tid, policy in now.items() if tid not in before}
         assert len(started) >= 2 and set(started.values()) == {os.SCHED_BATCH}, started  # the 2 workers at least
-        assert all(policies()[tid] == policy for tid, policy in before.items() if tid in policies())
+        assert all(now[tid] == policy for tid, policy in before.items() if tid in now)
         env.step(np.zeros(4, np.int64))  # they still step
     finally:
         env.close()
