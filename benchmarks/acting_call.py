@@ -28,7 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transport_ab import add_checkouts_argument, in_checkout, refuse_bad_checkouts  # noqa: E402
 
-RECIPES = ["transport_probe", *sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))]
+from parallel_rl.config import recipe_names  # noqa: E402
+
+RECIPES = ["transport_probe", *recipe_names()]
 
 MEASURE = """
 import json, sys, time

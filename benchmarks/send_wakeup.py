@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from parallel_rl.config import build_config
-from parallel_rl.envs import ale_games, envpool_ids, make_env
+from parallel_rl.envs import ale_games, envpool_ids, make_env, threads_started
 
 POLICIES = {"default": "SCHED_OTHER", "batch": "SCHED_BATCH"}
 
@@ -31,11 +31,11 @@ def timed_steps(backend: str, envs: int, threads: int, policy: str, steps: int) 
     (after 10 unrecorded). The mean, not the median: a send that is preempted is held up for
     a whole slice of the worker's step, and only some sends are."""
     cfg = build_config("paac_atari", {"env.id": "Pong-v5", "env.backend": backend})
-    before = set(os.listdir("/proc/self/task"))
-    env = make_env(cfg.env, envs, 1, threads)
+    with threads_started() as workers:
+        env = make_env(cfg.env, envs, 1, threads)
     try:
-        for tid in set(os.listdir("/proc/self/task")) - before:
-            os.sched_setscheduler(int(tid), getattr(os, POLICIES[policy]), os.sched_param(0))
+        for tid in workers:
+            os.sched_setscheduler(tid, getattr(os, POLICIES[policy]), os.sched_param(0))
         env.reset()
         actions = np.zeros(envs, np.int64)
         send_s, recv_s = [], []

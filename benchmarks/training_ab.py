@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transport_ab import add_checkouts_argument, in_checkout, refuse_bad_checkouts  # noqa: E402
 
+from parallel_rl.config import recipe_names  # noqa: E402
+
 MEASURE = """
 import json, sys
 from dataclasses import replace
@@ -34,7 +36,7 @@ cfg = replace(build_config(recipe, {"logging.console": False}, sets), total_step
 print(json.dumps({"sps": train_sps(cfg, float(seconds))}))
 """
 
-RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+RECIPES = recipe_names()
 
 
 def parse_case(text: str) -> tuple[str, list[str]]:

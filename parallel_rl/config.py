@@ -553,6 +553,11 @@ def _keys_under(parts: list[str]) -> list[str]:
     return [k for k in all_keys() if k.startswith(prefix)]
 
 
+def recipe_names() -> list[str]:
+    """The shipped recipes, by the name ``--config`` takes."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
 def resolve_recipe(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
@@ -560,7 +565,7 @@ def resolve_recipe(name_or_path: str) -> Path:
     for candidate in (CONFIG_DIR / name_or_path, CONFIG_DIR / f"{name_or_path}.yaml"):
         if candidate.is_file():
             return candidate
-    recipes = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    recipes = recipe_names()
     close = difflib.get_close_matches(path.stem, recipes, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"--config {name_or_path!r}: no such file and no recipe of that name.{hint} Recipes in configs/: {', '.join(recipes)}.")

@@ -462,6 +462,16 @@ def _thread_ids() -> set[int]:
 
 
 @contextmanager
+def threads_started() -> Iterator[set[int]]:
+    """The ids of the threads this process started inside the block, filled in as it ends
+    (empty where there is no ``/proc``)."""
+    before = _thread_ids()
+    started: set[int] = set()
+    yield started
+    started.update(_thread_ids() - before)
+
+
+@contextmanager
 def worker_threads_never_preempt_on_wakeup() -> Iterator[None]:
     """The threads started inside the block (an env library's workers) run under Linux's
     SCHED_BATCH policy.
@@ -474,12 +484,12 @@ def worker_threads_never_preempt_on_wakeup() -> Iterator[None]:
     SCHED_BATCH keeps the threads' share of the cores (the same nice value) and gives up only
     the preemption on wakeup; it needs no privilege. Where the policy cannot be set (not
     Linux, or refused), the threads keep the default one."""
-    before = _thread_ids()
-    yield
+    with threads_started() as started:
+        yield
     set_policy = getattr(os, "sched_setscheduler", None)
     if set_policy is None:
         return
-    for tid in _thread_ids() - before:
+    for tid in started:
         try:
             set_policy(tid, os.SCHED_BATCH, os.sched_param(0))
         except OSError:  # the thread ended, or a sandbox refused: it keeps the default policy

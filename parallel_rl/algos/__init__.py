@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import CONFIG_DIR, Config, ConfigError, algorithm_class, load_yaml
+from ..config import CONFIG_DIR, Config, ConfigError, algorithm_class, load_yaml, recipe_names
 from ..contracts import Algorithm, Policy
 from ..envs import EnvSpec
 from ..nn.blocks import ConvEncoder
@@ -191,11 +191,11 @@ class AutocastForward:
 def _recipes_for(image: bool, continuous: bool) -> list[str]:
     """The shipped recipes that fit observations and actions of this kind."""
     names = []
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        data = load_yaml(path)
+    for name in recipe_names():
+        data = load_yaml(CONFIG_DIR / f"{name}.yaml")
         algo, encoder = data.get("algo", {}).get("name", "paac"), data.get("model", {}).get("encoder", "auto")
         if algorithm_class(algo).continuous_actions == continuous and (encoder in IMAGE_ENCODERS) == image:
-            names.append(path.stem)
+            names.append(name)
     return names
 
 
