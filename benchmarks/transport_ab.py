@@ -23,9 +23,9 @@ thread of its processes sampled from ``/proc`` over the middle half of the measu
 a share of one core (the Python thread of each process apart from its other threads: env
 threads, ZeroMQ's), and the cores left idle. Printed per measurement, not reduced.
 
-Why not ``bench`` itself: its phases share one process, so what one phase leaves behind
-(the allocator's state after hundreds of envs were built and freed) changes what the next
-costs. A run has no such phases before it.
+Why not ``bench`` itself: it measures one checkout, with its phases in one process. Runs of
+the two, alternated, agreed within the machine's run-to-run spread (docs/benchmarks.md,
+"Where the last 5% is not"); a comparison of two checkouts needs them in the same rounds.
 """
 
 from __future__ import annotations
