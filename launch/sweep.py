@@ -23,8 +23,16 @@ A sweep file (only `config`, `envs` and `seeds` are required):
     run_root: runs/paac_atari     # default runs/sweeps/<sweep file name>
 
 Every run gets `<run_root>/<env>__<variant>__s<seed>/` as its run directory and its console
-output in `<run_root>/<env>__<variant>__s<seed>.log`. A summary table closes the sweep: run,
-exit code, the final "recent mean return" of the run's last line, and wall time.
+output in `<run_root>/<env>__<variant>__s<seed>.log` (appended to, never overwritten). A
+summary table closes the sweep: run, exit code, the final "recent mean return" of the run's
+last line, and wall time.
+
+Before anything starts, every distinct command is checked with `parallel-rl launch
+--dry-run` (the largest seed standing for the others), so a typo in a recipe or a key fails
+the whole sweep with exit 2, in `--dry-run` too. A sweep whose run directories already
+exist is refused unless told what to do with them: `--resume` continues each from its
+newest checkpoint (`launch --resume`; a run that reached its steps stays as it is), which
+finishes an interrupted sweep, and `--skip-existing` leaves them out.
 
 Exit status: 0 when every run exited 0, 1 when any run failed, 2 for a bad sweep file or
 command line, 130 when stopped by Ctrl-C or SIGTERM (forwarded once to the running runs,
@@ -210,6 +218,49 @@ def load_sweep(path: Path) -> Sweep:
 # ---------------------------------------------------------------------------- expanding
 
 
+def has_contents(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a periodic checkpoint (``checkpoints/step_<N>.pt``) to resume from."""
+    return any((run_dir / "checkpoints").glob("step_*.pt"))
+
+
+def resume_argv(run: Run, sweep: Sweep, prefix: list[str]) -> list[str]:
+    """``run`` continued from its newest checkpoint, with the saved config (the sweep's own settings)."""
+    return [*prefix, "launch", "--resume", str(run.run_dir), *(["--steps", str(sweep.steps)] if sweep.steps is not None else [])]
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> tuple[str, ...]:
+    """``argv`` without the given flags and their values."""
+    at = {i for i, arg in enumerate(argv) if arg in flags}
+    return tuple(arg for i, arg in enumerate(argv) if i not in at and i - 1 not in at)
+
+
+def check_commands(runs: list[Run], prefix: list[str], timeout_s: float = 300.0) -> list[str]:
+    """Problems ``parallel-rl launch --dry-run`` finds in the runs' commands, one per distinct
+    command: new runs that differ only in their seed are checked once, with the largest seed."""
+    checks: dict[tuple[str, ...], tuple[int, Run]] = {}
+    for run in runs:
+        seed = int(run.argv[run.argv.index("--seed") + 1]) if "--seed" in run.argv else 0
+        key = _without(run.argv, ("--seed", "--run-dir"))
+        if key not in checks or seed > checks[key][0]:
+            checks[key] = (seed, run)
+    problems = []
+    for _, run in checks.values():
+        try:
+            done = subprocess.run([*run.argv, "--dry-run"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            problems.append(f"{run.name}: `launch --dry-run` did not finish within {timeout_s:.0f} s")
+            continue
+        if done.returncode != 0:
+            message = done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}"
+            problems.append(f"{run.name} ({shlex.join(run.argv[len(prefix):])}): {message}")
+    return problems
+
+
 def launcher() -> list[str]:
     """`parallel-rl` from PATH, else this interpreter's `python -m parallel_rl.cli`."""
     if shutil.which("parallel-rl"):
@@ -272,7 +323,7 @@ class Scheduler:
 
     def _start(self, run: Run, index: int) -> None:
         run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        log = run.log.open("w")
+        log = run.log.open("a")
         log.write(f"$ {shlex.join(run.argv)}\n")
         log.flush()
         # A session of its own: Ctrl-C reaches the sweep only, which forwards it exactly once.
@@ -342,6 +393,12 @@ def _plural(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
+def _listed(runs: list[Run], shown: int = 4) -> str:
+    """The run directories of ``runs``, the first ``shown`` of them by name."""
+    names = ", ".join(str(r.run_dir) for r in runs[:shown]) + (f" and {len(runs) - shown} more" if len(runs) > shown else "")
+    return f"the run director{'y' if len(runs) == 1 else 'ies'} {names}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sweep.py", description="Run env x seed x variant `parallel-rl launch` runs declared in a YAML sweep file.",
@@ -350,8 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-root", type=Path, help="folder of the run directories (overrides the file's run_root)")
     parser.add_argument("--parallel", type=int, help="runs at a time (overrides the file's parallel)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
-    parser.add_argument("--skip-existing", action="store_true",
-                        help="leave out runs whose run directory already exists and is not empty (to finish a sweep)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue each run whose run directory exists from its newest checkpoint (a run that "
+                               "reached its steps stays as it is); the others start: finishes an interrupted sweep")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave out runs whose run directory already exists and is not empty")
     return parser
 
 
@@ -367,12 +428,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: {args.sweep}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    runs = expand(sweep, launcher())
-    if args.skip_existing:
-        done = [r for r in runs if r.run_dir.is_dir() and any(r.run_dir.iterdir())]
-        for run in done:
-            print(f"skipping {run.name}: {run.run_dir} exists")
-        runs = [r for r in runs if r not in done]
+    prefix = launcher()
+    runs = expand(sweep, prefix)
+    existing = [r for r in runs if has_contents(r.run_dir) or r.run_dir.is_file()]
+    try:
+        if args.skip_existing:
+            for run in existing:
+                print(f"skipping {run.name}: {run.run_dir} exists")
+            runs = [r for r in runs if r not in existing]
+        elif args.resume:
+            unresumable = [r for r in existing if not has_checkpoint(r.run_dir)]
+            if unresumable:
+                raise SweepError(f"--resume: {_listed(unresumable)} exist but hold no checkpoint to resume from (each "
+                                 f"stopped before its first): delete or move them to start them again, or use --skip-existing.")
+            for run in existing:
+                run.argv = resume_argv(run, sweep, prefix)
+                print(f"resuming {run.name} from its newest checkpoint")
+        elif existing:
+            raise SweepError(f"{_listed(existing)} already exist: --resume continues each from its newest checkpoint "
+                             f"(a finished run stays as it is), --skip-existing leaves them out, or choose another --run-root.")
+        problems = check_commands(runs, prefix)
+        if problems:
+            raise SweepError(f"{_plural(len(problems), 'command')} of the sweep would fail, so none was started:\n  "
+                             + "\n  ".join(problems))
+    except SweepError as exc:
+        print(f"sweep: error: {args.sweep}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     counts = " x ".join(_plural(n, what) for n, what in
                         ((len(sweep.envs), "env"), (len(sweep.variants), "variant"), (len(sweep.seeds), "seed")))
     print(f"# {_plural(len(runs), 'run')} ({counts}), {sweep.parallel} at a time, in {sweep.run_root}", flush=True)

@@ -105,14 +105,65 @@ def test_bad_values_exit_2(tmp_path, text, needle):
 
 
 def test_failing_run_fails_the_sweep(tmp_path):
-    path = tmp_path / "typo.yaml"
+    path = tmp_path / "diverges.yaml"  # valid settings that fail at run time: the loss turns NaN
     path.write_text(f"config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nsteps: 4000\n"
-                    f"set: [algo.gama=0.9]\nrun_root: {tmp_path / 'runs'}\n")
+                    f"set: [optim.lr=1e30]\nrun_root: {tmp_path / 'runs'}\n")
     out = sweep(path)
     assert out.returncode == 1, out.stdout + out.stderr
     row = summary_rows(out.stdout)["CartPole-v1__base__s1"]
-    assert row[0] == "2" and row[1] == "-" and row[-1] == "FAILED", row
-    assert "algo.gama" in (tmp_path / "runs" / "CartPole-v1__base__s1.log").read_text()
+    assert row[0] == "1" and row[1] == "-" and row[-1] == "FAILED", row
+    assert "NaN or infinite loss" in (tmp_path / "runs" / "CartPole-v1__base__s1.log").read_text()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_command_that_would_fail_stops_the_sweep_before_any_run(tmp_path, dry_run):
+    root = tmp_path / "runs"
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1, 2]\nsteps: 4000\nrun_root: {root}\n"
+                    "overrides:\n  - name: fine\n  - name: typo\n    set: [algo.gama=0.9]\n")
+    out = sweep(path, *(["--dry-run"] if dry_run else []))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "1 command of the sweep would fail, so none was started" in out.stderr and "Traceback" not in out.stderr
+    assert "CartPole-v1__typo__s2" in out.stderr and "algo.gama" in out.stderr, out.stderr  # the largest seed stands for both
+    assert not root.exists()
+
+
+def test_existing_runs_are_refused_resumed_or_skipped_and_no_log_is_lost(tmp_path):
+    root = tmp_path / "runs"
+    path = tmp_path / "resume.yaml"
+    name = "CartPole-v1__base__s1"
+    log = root / f"{name}.log"
+
+    def write(steps):
+        path.write_text(f"config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nsteps: {steps}\nrun_root: {root}\n"
+                        "set: [logging.interval_s=0]\n")
+
+    write(2000)  # an interrupted sweep: its run has a checkpoint short of the steps asked for next
+    assert sweep(path).returncode == 0
+    first = log.read_text()
+    assert "done: 2,080 agent steps" in first  # whole rollouts: the first past 2,000
+
+    write(4000)
+    out = sweep(path)
+    assert out.returncode == 2 and "already exist: --resume continues each" in out.stderr and str(root / name) in out.stderr
+    assert log.read_text() == first  # refused before anything was started or written
+
+    out = sweep(path, "--skip-existing")
+    assert out.returncode == 0 and f"skipping {name}" in out.stdout and "# 0 runs" in out.stdout
+    assert log.read_text() == first
+
+    out = sweep(path, "--resume")
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = log.read_text()
+    assert text.startswith(first) and f"launch --resume {root / name} --steps 4000" in text
+    assert "resuming" in text and "done: 4,000 agent steps" in text
+
+    out = sweep(path, "--resume")  # a finished run stays as it is
+    assert out.returncode == 0 and "already reached total_steps = 4000" in log.read_text()
+
+    (root / "CartPole-v1__base__s1" / "checkpoints").rename(tmp_path / "moved")  # stopped before its first checkpoint
+    out = sweep(path, "--resume")
+    assert out.returncode == 2 and "hold no checkpoint to resume from" in out.stderr, out.stderr
 
 
 def test_final_return_reads_the_last_done_line(module, tmp_path):
