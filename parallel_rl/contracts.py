@@ -208,6 +208,9 @@ class BatchSource(Protocol):
     """Batches for the learner loop, from environments stepped inline or in actor processes."""
 
     mode: ClassVar[str]  # "synchronous" (inline) or "asynchronous" (actor processes)
+    # steps per env of each piece the learner updates on and publishes after: the source's own
+    # (its rank's envs), so the learner cuts deliveries where acting expects the versions to change
+    segment_length: int
 
     def next_batch(self, version: int, should_stop: Callable[[], bool]) -> Delivery | None:
         """The batch for update ``version`` (None when stopped while waiting for it)."""

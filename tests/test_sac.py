@@ -21,7 +21,7 @@ from parallel_rl.algos.distributional import (
 from parallel_rl.algos.returns import heuristic_discount
 from parallel_rl.algos.sac import SAC, rollout_transitions
 from parallel_rl.config import ConfigError, EnvConfig, build_config
-from parallel_rl.contracts import Batch, Delivery
+from parallel_rl.contracts import Batch, Delivery, UpdateResult
 from parallel_rl.envs import env_spec, make_env
 from parallel_rl.nn.simba import HyperLinear, project_to_sphere
 from parallel_rl.replay import Transitions, UniformReplay
@@ -249,6 +249,16 @@ def test_warmup_flag_reaches_actor_copies_through_shared_weights():
     assert not torch.any(log_probs == -math.log(2.0))  # now the tanh-Gaussian policy
 
 
+def test_a_version_asked_for_exactly_after_it_was_overwritten_fails_at_once_saying_so():
+    net = torch.nn.Linear(2, 1)
+    weights = SharedWeights(net)
+    for version in range(4):  # two buffers: versions 2 and 3 are kept
+        weights.publish(net, version)
+    assert weights.fetch(net, exactly=2, timeout_s=1) == 2
+    with pytest.raises(RuntimeError, match="policy version 1 was overwritten .* the newest is 3"):
+        weights.fetch(net, exactly=1, timeout_s=3600)  # not an hour's wait
+
+
 def test_gradient_steps_follow_the_utd_ratio_of_new_valid_transitions():
     algo = small_sac("algo.warmup_steps=10", "algo.utd_ratio=2")
     autoreset = torch.zeros(8, 4, dtype=torch.bool)
@@ -415,6 +425,39 @@ def test_a_delivery_splits_into_pieces_that_continue_each_other():
     assert (pieces[0].returns, pieces[0].lag, pieces[0].producers) == ([1.0], [2], [7])
     assert all(not p.returns and not p.lag and not p.timings for p in pieces[1:])  # reported once, not three times
     assert delivery.split(5) == [delivery]
+
+
+def test_the_learner_cuts_deliveries_where_its_source_says_not_where_the_whole_runs_config_does():
+    """With several ranks the config counts the envs of all of them, so its segment is shorter
+    than a rank's: the learner must cut where this rank's acting expects the versions to
+    change (the source's ``segment_length``), or a deterministic-lag actor waits for a version
+    long overwritten."""
+    from parallel_rl.runtime.learner import learn
+
+    cfg = build_config("simbav2_pendulum", {"total_steps": 40, "actors.num_envs": 8}, [  # the whole run: 2 ranks x 4 envs
+        "algo.utd_ratio=1", "algo.publish_interval=8", "algo.rollout_length=4"])
+    assert cfg.algo.segment_length(cfg.actors.num_envs) == 1
+
+    class Source:
+        segment_length = cfg.algo.segment_length(4)  # this rank's 4 envs: 2
+        published_versions: list[int] = []
+
+        def next_batch(self, version, should_stop):
+            return Delivery(rollout(horizon=4, num_envs=4))
+
+        def published(self, version):
+            self.published_versions.append(version)
+
+    class Counting:
+        def set_progress(self, fraction):
+            return 1e-3
+
+        def update(self, batch):
+            return UpdateResult()
+
+    records = list(learn(Counting(), Source(), cfg, step=0, updates=0, should_stop=lambda: False))
+    assert Source.segment_length == 2 and [r.delivery.batch.horizon for r in records] == [2] * 5
+    assert Source.published_versions == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("procs, deterministic_lag", [(0, False), (1, False), (1, True)])

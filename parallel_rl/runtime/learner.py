@@ -3,8 +3,9 @@
 It only trains. Logging, checkpoints, time limits and signals belong to whoever iterates
 it (the runner), so a benchmark or a test drives exactly the loop a run does.
 
-A delivery is learned from in pieces of ``cfg.algo.segment_length`` steps per env, with the
-weights published after each: a whole rollout for the on-policy algorithms, a few steps
+A delivery is learned from in pieces of ``source.segment_length`` steps per env (the
+algorithm's ``segment_length`` for the envs of this rank, which acting counts on too), with
+the weights published after each: a whole rollout for the on-policy algorithms, a few steps
 for the replay-based ones, whose acting would otherwise run on weights as old as every
 gradient step of a rollout (``algo.publish_interval``).
 """
@@ -37,7 +38,7 @@ def learn(algo: Algorithm, source: BatchSource, cfg: Config, step: int, updates:
 
     Raises NonFiniteUpdates once ``cfg.max_nonfinite_updates`` updates in a row were skipped,
     after yielding the last of them (so it is logged)."""
-    length = cfg.algo.segment_length(cfg.actors.num_envs)
+    length = source.segment_length
     ranks = distributed.world().size  # ``step`` counts the agent steps of every rank
     skipped_in_a_row = 0
     while step < cfg.total_steps:

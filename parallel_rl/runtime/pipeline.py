@@ -53,9 +53,9 @@ class InlineSource:
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, resolve_env_groups(cfg, 0))
         # acting and learning take turns: collect only what the learner learns from before it
         # publishes (a whole rollout on-policy; a few steps for replay, algo.publish_interval)
-        horizon = cfg.algo.segment_length(cfg.actors.num_envs)
-        self.collector = RolloutCollector(groups, horizon)
-        self.arrays = allocate(spec, horizon, cfg.actors.num_envs)
+        self.segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
+        self.collector = RolloutCollector(groups, self.segment_length)
+        self.arrays = allocate(spec, self.segment_length, cfg.actors.num_envs)
 
     def next_batch(self, version: int, should_stop) -> Delivery | None:
         arrays = self.collector.collect(self.policy, self.arrays)
@@ -92,7 +92,8 @@ class ActorProcessPool:
         self.oldest_version = self.version = start_version
         self.lag_bound = policy_lag_bound(cfg)
         # the learner learns from a rollout in pieces, publishing after each (learner.learn)
-        self.updates_per_rollout = math.ceil(cfg.algo.rollout_length / cfg.algo.segment_length(cfg.actors.num_envs))
+        self.segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
+        self.updates_per_rollout = math.ceil(cfg.algo.rollout_length / self.segment_length)
         # what close() releases exists from the start, so a failure or an interrupt part-way
         # through construction releases whatever was already built
         self.processes: list[BaseProcess | None] = [None] * procs
@@ -287,10 +288,13 @@ class ActorProcessPool:
                 except zmq.ZMQError:
                     pass  # not connected yet (still starting) or gone: killed after the grace
 
-        supervision.stop([p for _, p in started], ask)
-        if self.socket is not None:
-            self.socket.close(0)
-        if self.context is not None:
-            self.context.term()
-        if self.endpoint is not None:
-            self.endpoint.close()
+        try:
+            supervision.stop([p for _, p in started], ask)
+        finally:  # a second Ctrl-C during the grace still kills them and releases the socket
+            supervision.kill([p for _, p in started], grace_s=supervision.STOP_GRACE_S)
+            if self.socket is not None:
+                self.socket.close(0)
+            if self.context is not None:
+                self.context.term()
+            if self.endpoint is not None:
+                self.endpoint.close()

@@ -108,6 +108,9 @@ class SharedWeights:
         deadline = time.monotonic() + timeout_s
         while True:
             latest = int(self.latest[0])
+            if exactly is not None and latest >= exactly + 2:  # both buffers hold newer versions now
+                raise RuntimeError(f"policy version {exactly} was overwritten before it could be read: the newest "
+                                   f"is {latest}, and only the last two are kept")
             want = (latest if latest >= at_least else -1) if exactly is None else exactly
             if want >= 0 and latest >= want:
                 buffer = want % 2
