@@ -7,7 +7,7 @@ import errno
 import io
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import torch
 from .config import (
     Config,
     ConfigError,
+    flatten,
     from_saved,
+    kept_config_name,
     load_yaml,
     set_override,
     set_override_value,
@@ -218,6 +220,12 @@ class Resumption:
     state: dict[str, Any]
     config: Config  # the run's own config, with the changes a resume allows applied
     notice: str | None  # one line when the saved config had to be migrated to this version's layout
+    changed: list[str] = field(default_factory=list)  # "key: saved -> now" for each setting the resume changes
+
+    @property
+    def kept_config_name(self) -> str:
+        """Where the run's config.yaml goes when this resume changes a setting."""
+        return kept_config_name(self.step)
 
     @property
     def step(self) -> int:
@@ -237,6 +245,7 @@ def resume(run_dir: Path, changes: dict[str, Any], overrides: list[str]) -> Resu
     path = find(run_dir)
     state = load(path)
     cfg, notice = from_saved(load_yaml(run_dir / "config.yaml"))
+    saved = flatten(cfg.to_dict())
     for key, value in changes.items():
         set_override_value(cfg, key, value)
     for assignment in overrides:
@@ -249,4 +258,6 @@ def resume(run_dir: Path, changes: dict[str, Any], overrides: list[str]) -> Resu
             f"Checkpoint {str(path)!r} was trained with algo.name = {trained_with!r}, but {cfg.algo.name!r} was requested: "
             "a resume continues the run's own algorithm. Start a new run for another one "
             f"(its weights cannot carry over: --config with --run-dir of a new directory).")
-    return Resumption(run_dir, path, state, cfg, notice)
+    now = flatten(cfg.to_dict())
+    changed = [f"{key}: {saved[key]!r} -> {now[key]!r}" for key in now if key in saved and now[key] != saved[key]]
+    return Resumption(run_dir, path, state, cfg, notice, changed)

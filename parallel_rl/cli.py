@@ -18,6 +18,9 @@ from .config import (
     Config,
     ConfigError,
     build_config,
+    check_device,
+    check_seed,
+    check_writable_folder,
     describe,
     dump_yaml,
 )
@@ -166,6 +169,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return start_ranks(args, ranks, None if args.resume else run_dir)
     if resumption is not None and main_rank:
         print(f"resuming {run_dir} from step {resumption.step}", flush=True)
+        if resumption.changed:
+            print(f"changed on resume ({len(resumption.changed)}): " + "; ".join(resumption.changed)
+                  + f". The settings of the steps so far stay in {run_dir / resumption.kept_config_name}.", flush=True)
     summary = Runner(cfg, run_dir, resumption=resumption).run()
     if not main_rank:
         return signals.exit_code(summary.stop_signal) if summary.stop_signal is not None else 0
@@ -210,30 +216,19 @@ def start_ranks(args: argparse.Namespace, ranks: int, run_dir: Path | None) -> i
     return 0
 
 
-def _check_writable_folder(folder: Path, what: str) -> None:
-    """Refuse before any work a destination whose folder cannot take a new file (tried, not
-    inferred from permission bits: root passes those even on /proc)."""
-    import tempfile
-
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{what}: a file cannot be written in {str(folder)!r} ({exc.strerror or exc}); "
-                          "give a path in a folder that exists and can be written.") from None
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluate import MAX_EVAL_ENVS, evaluate
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes} is invalid: play at least 1 episode.")
     if args.video_episodes is not None and args.video_episodes < 1:
         raise ConfigError(f"--video-episodes {args.video_episodes} is invalid: film at least 1 episode.")
+    check_device("--device", args.device)
+    check_seed("--seed", args.seed, min(args.episodes, MAX_EVAL_ENVS))
     if args.video and Path(args.video).suffix.lower() != ".mp4":
         raise ConfigError(f"--video {args.video!r}: the video is an MP4 file; give a path ending in .mp4.")
     if args.video:
-        _check_writable_folder(Path(args.video).resolve().parent, f"--video {args.video!r}")
+        check_writable_folder(Path(args.video).resolve().parent, f"--video {args.video!r}")
     path = ckpt.find(Path(args.path))
     result = evaluate(path, args.episodes, greedy=args.greedy, device=args.device, seed=args.seed,
                       video=args.video is not None or args.video_episodes is not None,

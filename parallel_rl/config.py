@@ -15,6 +15,7 @@ import difflib
 import math
 import os
 import re
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,7 @@ class Config:
     def validate(self) -> Config:
         """Cross-field checks; each message shows the arithmetic behind it. The algorithm's own
         keys are checked by its section (``algo.validate``)."""
+        check_seed("seed", self.seed, self.actors.num_envs)
         check_positive_int({
             "total_steps": self.total_steps,
             "actors.num_envs": self.actors.num_envs,
@@ -365,6 +367,27 @@ class Config:
     def batch_size(self) -> int:
         """Agent steps in one update's rollout: actors.num_envs x algo.rollout_length."""
         return self.actors.num_envs * self.algo.rollout_length
+
+
+SEED_LIMIT = 2**31 - 1  # env i's seed is seed + i, and the env libraries take 32-bit seeds
+
+
+def check_seed(name: str, seed: int, num_envs: int) -> None:
+    """Refuse a seed whose envs' seeds (``seed`` to ``seed + num_envs - 1``) leave the 32-bit range."""
+    if not -(SEED_LIMIT + 1) <= seed <= SEED_LIMIT - (num_envs - 1):
+        raise ConfigError(f"{name} = {seed} is out of range: env i is seeded with {name} + i, and the env libraries take "
+                          f"32-bit seeds, so with {num_envs} env(s) it must lie in [{-(SEED_LIMIT + 1)}, {SEED_LIMIT - (num_envs - 1)}].")
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Refuse before any work a destination whose folder cannot take a new file (tried, not
+    inferred from permission bits: root passes those even on /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what}: a file cannot be written in {str(folder)!r} ({exc.strerror or exc}); "
+                          "give a path in a folder that exists and can be written.") from None
 
 
 def check_device(name: str, value: str) -> None:
@@ -650,6 +673,15 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def kept_config_name(step: int) -> str:
+    """Where a resume at ``step`` that changes settings keeps the run's config.yaml before it:
+    the settings the steps up to there were trained with (``KEPT_CONFIGS`` finds them all)."""
+    return f"config.until_step_{step}.yaml"
+
+
+KEPT_CONFIGS = "config.until_step_*.yaml"
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, flatten, load_yaml
+from .config import KEPT_CONFIGS, ConfigError, check_writable_folder, flatten, load_yaml
 from .metrics import EPISODE_RETURN_TAG
 
 RETURN_TAG = "charts/episodic_return"
@@ -321,6 +321,9 @@ def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: i
             warnings.append(f"{path} left out: it has logged no finished episode ({RETURN_TAG}) yet.")
         else:
             runs.append(run)
+            if kept := sorted(path.glob(KEPT_CONFIGS)):
+                warnings.append(f"{path} changed settings when resumed ({', '.join(p.name for p in kept)} hold the earlier "
+                                "ones): its curve mixes them, and it is grouped by its config.yaml, the latest.")
     if not runs:
         raise ConfigError(f"None of the {len(warnings)} runs found has logged a finished episode ({RETURN_TAG}); "
                           "nothing to report. Train longer or with a smaller logging.interval_s.")
@@ -331,6 +334,7 @@ def make_report(paths: list[Path], out_dir: Path, x_axis: str = "steps", seed: i
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {str(out_dir)!r} cannot be created: {exc.strerror or exc}. Give a folder that can be written.") from None
+    check_writable_folder(out_dir, f"--out {str(out_dir)!r}")
     rng = np.random.default_rng(seed)
     plots = []
     by_env: dict[str, list[Group]] = defaultdict(list)

@@ -66,6 +66,24 @@ def test_resume_continues_step_counter_and_restores_state(tmp_path, read_scalars
     assert read_scalars(run)["charts/learning_rate"][-1] == pytest.approx(3e-3 * (1 - 7840 / 8000), rel=1e-4)
 
 
+def test_a_resume_that_changes_settings_says_which_and_keeps_the_earlier_ones(tmp_path):
+    run = tmp_path / "cp"
+    assert cli("launch", "--config", "paac_classic", "--steps", "800", "--run-dir", str(run)).returncode == 0
+    before = (run / "config.yaml").read_text()
+    second = cli("launch", "--resume", str(run), "--steps", "1600", "--set", "algo.entropy_coef=0.02")
+    assert second.returncode == 0, second.stderr
+    assert ("changed on resume (2): total_steps: 800 -> 1600; algo.entropy_coef: 0.003 -> 0.02. The settings of the "
+            f"steps so far stay in {run / 'config.until_step_800.yaml'}.") in second.stdout, second.stdout
+    assert (run / "config.until_step_800.yaml").read_text() == before
+    assert "entropy_coef: 0.02" in (run / "config.yaml").read_text()
+    third = cli("launch", "--resume", str(run), "--steps", "2400")  # only the steps: kept as well, at its own step
+    assert "changed on resume (1): total_steps: 1600 -> 2400" in third.stdout, third.stdout
+    assert sorted(p.name for p in run.glob("config.until_step_*.yaml")) == ["config.until_step_1600.yaml", "config.until_step_800.yaml"]
+    report = cli("report", str(run), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert "changed settings when resumed (config.until_step_1600.yaml, config.until_step_800.yaml" in report.stderr
+
+
 def test_eval_prints_mean_and_std(tmp_path):
     run = tmp_path / "ev"
     assert cli("launch", "--config", "paac_classic", "--steps", "2000", "--run-dir", str(run)).returncode == 0
@@ -122,6 +140,10 @@ def _bad_checkpoint(tmp_path):
         (["launch", "--config", "paac_classic", "--env", "Pendulum-v1", "--dry-run", "--run-dir", "r"],
          ["needs discrete actions", "Pendulum-v1", "simbav2_pendulum"]),
         (["eval", "r", "--video", "/proc/v.mp4"], ["--video '/proc/v.mp4'", "cannot be written in '/proc'"]),
+        (["eval", "r", "--device", "gpu"], ["--device = 'gpu'", "cuda:N"]),
+        (["eval", "r", "--seed", "99999999999", "--episodes", "4"], ["--seed = 99999999999", "[-2147483648, 2147483644]"]),
+        (["launch", "--config", "paac_classic", "--seed", "2147483640", "--run-dir", "r"],
+         ["seed = 2147483640", "32 env(s)", "2147483616"]),
     ],
 )
 def test_bad_input_exit_2_with_message(tmp_path, args, must_name):

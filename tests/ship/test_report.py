@@ -94,6 +94,12 @@ def test_bad_report_input_exits_2(tmp_path, capsys, make, needle):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_out_folder_that_cannot_be_written_exits_2_before_plotting(cartpole_runs, capsys):
+    assert main(["report", str(cartpole_runs["paac_s1"][0]), "--out", "/proc"]) == 2
+    err = capsys.readouterr().err
+    assert "--out '/proc': a file cannot be written in '/proc'" in err and "Traceback" not in err, err
+
+
 def test_bad_x_axis_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path), "--x", "frames"])
