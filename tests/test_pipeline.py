@@ -104,6 +104,38 @@ def test_a_restarted_actor_process_gets_the_slots_freed_before_it_connected(tmp_
         source.close()
 
 
+def test_messages_a_replaced_actor_process_sent_before_it_was_killed_are_dropped():
+    """A "ready" still in flight from a killed actor process would hand the learner a slot its
+    replacement now writes, and a late "beat" would spend the replacement's start-up grace:
+    only the process now in place is heard."""
+    import json
+    from types import SimpleNamespace
+
+    import zmq
+
+    class Socket:
+        def __init__(self, messages):
+            self.payloads = [json.dumps(m).encode() for m in messages]
+
+        def poll(self, timeout_ms):
+            return bool(self.payloads)
+
+        def recv_multipart(self, flags):
+            if not self.payloads:
+                raise zmq.Again
+            return [b"actor-0", self.payloads.pop(0)]
+
+    pool = ActorProcessPool.__new__(ActorProcessPool)
+    pool.processes, pool.last_seen, pool.ready, pool.unsent_frees = [SimpleNamespace(pid=200)], [None], [[]], [[]]
+    pool.socket = Socket([{"type": "ready", "process": 0, "pid": 100, "slot": 0, "version": 3},
+                          {"type": "beat", "process": 0, "pid": 100}])
+    pool._receive(0.0)
+    assert pool.ready == [[]] and pool.last_seen == [None]
+    pool.socket = Socket([{"type": "ready", "process": 0, "pid": 200, "slot": 1, "version": 4}])
+    pool._receive(0.0)
+    assert [slot for slot, _ in pool.ready[0]] == [1] and pool.last_seen[0] is not None
+
+
 @pytest.mark.parametrize("slots_per_actor", [1, 3])
 def test_every_slot_consumed_exactly_once_in_order(tmp_path, slots_per_actor):
     """Each env's rollouts must chain: the observation after rollout r is the first of r + 1.

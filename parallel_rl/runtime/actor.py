@@ -84,7 +84,7 @@ def actor_process_main(args: ActorProcessArgs) -> None:
         args.endpoint.close_if_still(bound)
     except BaseException:
         try:
-            control.send(socket, {"type": "error", "process": args.index, "traceback": traceback.format_exc()})
+            control.send(socket, {"type": "error", "process": args.index, "pid": os.getpid(), "traceback": traceback.format_exc()})
             time.sleep(0.2)  # let the message leave before the socket closes
         except zmq.ZMQError:
             pass
@@ -134,7 +134,7 @@ class ActorProcess:
         if now - self._last_beat >= HEARTBEAT_S:
             if os.getppid() != self.args.parent_pid:
                 raise ParentGone
-            control.send(self.socket, {"type": "beat", "process": self.args.index})
+            control.send(self.socket, {"type": "beat", "process": self.args.index, "pid": os.getpid()})
             self._last_beat = now
         return False
 

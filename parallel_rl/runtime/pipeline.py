@@ -195,6 +195,11 @@ class ActorProcessPool:
                 return
             message = control.decode(payload)
             k = int(message["process"])
+            process = self.processes[k]
+            if process is None or message["pid"] != process.pid:
+                # sent by a process killed since and replaced: its slots went to the replacement
+                # (a "ready" would hand over a slot the replacement now writes) and its beats are not the replacement's
+                continue
             kind = message["type"]
             if kind != "hello":  # building envs comes after hello; the start-up grace covers it
                 self.last_seen[k] = time.monotonic()
