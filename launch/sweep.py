@@ -396,7 +396,7 @@ def _plural(n: int, what: str) -> str:
 def _listed(runs: list[Run], shown: int = 4) -> str:
     """The run directories of ``runs``, the first ``shown`` of them by name."""
     names = ", ".join(str(r.run_dir) for r in runs[:shown]) + (f" and {len(runs) - shown} more" if len(runs) > shown else "")
-    return f"the run director{'y' if len(runs) == 1 else 'ies'} {names}"
+    return f"the run directory {names} exists" if len(runs) == 1 else f"the run directories {names} exist"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,15 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.resume:
             unresumable = [r for r in existing if not has_checkpoint(r.run_dir)]
             if unresumable:
-                raise SweepError(f"--resume: {_listed(unresumable)} exist but hold no checkpoint to resume from (each "
-                                 f"stopped before its first): delete or move them to start them again, or use --skip-existing.")
+                raise SweepError(f"--resume: {_listed(unresumable)} with no checkpoint to resume from (a run stopped before "
+                                 f"its first): delete or move each to start it again, or use --skip-existing.")
             for run in existing:
                 run.argv = resume_argv(run, sweep, prefix)
                 print(f"resuming {run.name} from its newest checkpoint")
         elif existing:
-            raise SweepError(f"{_listed(existing)} already exist: --resume continues each from its newest checkpoint "
+            raise SweepError(f"{_listed(existing)} already: --resume continues each from its newest checkpoint "
                              f"(a finished run stays as it is), --skip-existing leaves them out, or choose another --run-root.")
-        problems = check_commands(runs, prefix)
+        try:
+            problems = check_commands(runs, prefix)
+        except KeyboardInterrupt:
+            print("sweep: interrupted while checking the commands; nothing was started.", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if problems:
             raise SweepError(f"{_plural(len(problems), 'command')} of the sweep would fail, so none was started:\n  "
                              + "\n  ".join(problems))

@@ -145,7 +145,7 @@ def test_existing_runs_are_refused_resumed_or_skipped_and_no_log_is_lost(tmp_pat
 
     write(4000)
     out = sweep(path)
-    assert out.returncode == 2 and "already exist: --resume continues each" in out.stderr and str(root / name) in out.stderr
+    assert out.returncode == 2 and "exists already: --resume continues each" in out.stderr and str(root / name) in out.stderr
     assert log.read_text() == first  # refused before anything was started or written
 
     out = sweep(path, "--skip-existing")
@@ -163,7 +163,7 @@ def test_existing_runs_are_refused_resumed_or_skipped_and_no_log_is_lost(tmp_pat
 
     (root / "CartPole-v1__base__s1" / "checkpoints").rename(tmp_path / "moved")  # stopped before its first checkpoint
     out = sweep(path, "--resume")
-    assert out.returncode == 2 and "hold no checkpoint to resume from" in out.stderr, out.stderr
+    assert out.returncode == 2 and "exists with no checkpoint to resume from" in out.stderr, out.stderr
 
 
 def test_final_return_reads_the_last_done_line(module, tmp_path):
