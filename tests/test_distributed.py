@@ -268,6 +268,20 @@ def test_two_ranks_learn_cartpole_through_the_cli(tmp_path):
     assert sum(recent) / len(recent) >= 450
 
 
+@pytest.mark.slow  # a 2-rank run with actor processes through the CLI
+def test_replay_ranks_with_deterministic_lag_actors_get_the_versions_they_wait_for(tmp_path):
+    """Each rank's learner publishes where its own actors count the versions (the rank's envs,
+    not the whole run's): with the whole run's, QR-DQN on 2 ranks published twice as many
+    versions per rollout as its actors expected, and one waiting for an exact version sat at
+    step 160 until killed."""
+    run = tmp_path / "run"
+    out = cli("launch", "--config", "qrdqn_classic", "--nproc-per-node", "2", "--actor-procs", "1", "--steps", "4000",
+              "--run-dir", str(run), "--set", "actors.deterministic_lag=true", timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "layout: 2 ranks x 1 actor processes" in out.stdout, out.stdout
+    assert ckpt.load(ckpt.latest(run / "checkpoints"))["step"] == 4000
+
+
 @pytest.mark.slow  # two 2-rank runs through the CLI
 def test_a_two_rank_run_resumes_on_every_rank_from_the_same_checkpoint(tmp_path):
     run = tmp_path / "run"
