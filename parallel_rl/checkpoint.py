@@ -18,7 +18,6 @@ from .config import (
     ConfigError,
     flatten,
     from_saved,
-    kept_config_name,
     load_yaml,
     set_override,
     set_override_value,
@@ -221,11 +220,6 @@ class Resumption:
     config: Config  # the run's own config, with the changes a resume allows applied
     notice: str | None  # one line when the saved config had to be migrated to this version's layout
     changed: list[str] = field(default_factory=list)  # "key: saved -> now" for each setting the resume changes
-
-    @property
-    def kept_config_name(self) -> str:
-        """Where the run's config.yaml goes when this resume changes a setting."""
-        return kept_config_name(self.step)
 
     @property
     def step(self) -> int:

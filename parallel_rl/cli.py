@@ -23,6 +23,7 @@ from .config import (
     check_writable_folder,
     describe,
     dump_yaml,
+    kept_config_name,
 )
 from .runtime import signals, supervision
 from .runtime.pipeline import ActorProcessFailure
@@ -171,7 +172,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(f"resuming {run_dir} from step {resumption.step}", flush=True)
         if resumption.changed:
             print(f"changed on resume ({len(resumption.changed)}): " + "; ".join(resumption.changed)
-                  + f". The settings of the steps so far stay in {run_dir / resumption.kept_config_name}.", flush=True)
+                  + f". The settings of the steps so far stay in {run_dir / kept_config_name(resumption.step)}.", flush=True)
     summary = Runner(cfg, run_dir, resumption=resumption).run()
     if not main_rank:
         return signals.exit_code(summary.stop_signal) if summary.stop_signal is not None else 0

@@ -30,7 +30,7 @@ from ..algos import (
     with_amp_resolved,
 )
 from ..algos.base import ReplayCadenceConfig
-from ..config import Config, ConfigError, save_yaml, write_atomically
+from ..config import Config, ConfigError, kept_config_name, save_yaml, write_atomically
 from ..contracts import Algorithm, BatchSource
 from ..envs import env_spec
 from ..metrics import EnvEfficiency, Metrics, UpdateStats
@@ -194,7 +194,7 @@ class Runner:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 if resumed is not None and resumed.changed:  # the steps so far were trained with the old settings
-                    kept = self.run_dir / resumed.kept_config_name
+                    kept = self.run_dir / kept_config_name(resumed.step)
                     if not kept.exists():  # a resume stopped before its first checkpoint already kept them
                         write_atomically(kept, (self.run_dir / "config.yaml").read_bytes())
                 save_yaml(cfg, self.run_dir / "config.yaml")

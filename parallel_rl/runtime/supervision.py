@@ -78,13 +78,12 @@ def reap_children() -> None:
     The tracker would otherwise exit only after this process did, when it sees its pipe
     close; stopping it here is what the standard library does for its own tests. Everything
     it tracks has been released by then (shared memory is unlinked when a pool closes)."""
-    for child in multiprocessing.active_children():
-        # everything asked its children to stop before this; one that has not ended by now
-        # (a stop cut short by a second Ctrl-C) is killed rather than waited on forever
+    children = multiprocessing.active_children()
+    for child in children:
         child.join(STOP_GRACE_S)
-        if child.is_alive():
-            child.kill()
-            child.join(STOP_GRACE_S)
+    # everything asked its children to stop before this; one that has not ended by now (a stop
+    # cut short by a second Ctrl-C) is killed rather than waited on forever
+    kill(children)
     stop_tracker = getattr(resource_tracker._resource_tracker, "_stop", None)  # private: present in 3.11 to 3.14
     if stop_tracker is not None:
         stop_tracker()
