@@ -166,7 +166,13 @@ def rank_share(total: int) -> int:
 
 
 def average_gradients(params) -> None:
-    """Replace each parameter's gradient by its mean over the ranks (one all-reduce)."""
+    """Replace each parameter's gradient by its mean over the ranks (one all-reduce).
+
+    The means are copied into the gradients' own tensors, which keep the parameter's memory
+    layout: a conv weight stored channels-last (``perf.channels_last``) must get a gradient
+    with its strides, because torch's fused CPU Adam walks parameter, gradient and moments by
+    one flat index without checking that their layouts agree (a view of the flat buffer, in
+    the default layout, gave each weight another element's gradient)."""
     if not _world.active:
         return
     params = [p for p in params if p.requires_grad]
@@ -178,7 +184,8 @@ def average_gradients(params) -> None:
     offset = 0
     for param, grad in zip(params, grads, strict=True):
         n = grad.numel()
-        param.grad = flat[offset : offset + n].view_as(grad)
+        grad.copy_(flat[offset : offset + n].view(grad.shape))
+        param.grad = grad
         offset += n
 
 

@@ -44,7 +44,13 @@ def keep_the_kernel_chosen(optimizer: torch.optim.Optimizer) -> None:
     and loading them would silently swap the kernel this run chose (``perf.optimizer_kernel``,
     a CPU loop saved before ``auto`` fused QR-DQN's Adam, or a CUDA run resumed on a CPU). The
     step counts go where the chosen kernel keeps them, as torch's loading places them for the
-    saved kernel: on the parameter's device for the fused one, on the CPU for the others."""
+    saved kernel: on the parameter's device for the fused one, on the CPU for the others.
+
+    The moments take the parameter's memory layout: loading keeps the checkpoint's strides, and
+    a conv weight stored channels-last in one run and not in the other (``perf.channels_last``,
+    a GPU run resumed on a CPU) would otherwise meet torch's fused CPU Adam, which walks
+    parameter and moments by one flat index without checking their layouts (each weight
+    stepped with another element's moments), or its CUDA kernel, which refuses them."""
     kernel = {key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults}
     for group in optimizer.param_groups:
         group.update(kernel)
@@ -53,6 +59,10 @@ def keep_the_kernel_chosen(optimizer: torch.optim.Optimizer) -> None:
             state = optimizer.state.get(param, {})
             if isinstance(state.get("step"), torch.Tensor):
                 state["step"] = state["step"].to(dtype=torch.float32, device=param.device if on_device else "cpu")
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape and value.dim() > 1
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 # The algorithms whose Adam ``perf.optimizer_kernel: auto`` fuses on a CPU learner, where torch's

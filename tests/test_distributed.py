@@ -161,6 +161,46 @@ def diverge_rank(rank: int, size: int, port: int, out: str) -> None:
     os._exit(0)
 
 
+def averaging_rank(rank: int, size: int, port: int, out: str) -> None:
+    """One fused-Adam step of a channels-last conv on the gradient averaged over the ranks."""
+    as_rank(rank, size, port)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    distributed.init(build_config("qrdqn_atari", {"actors.num_envs": 8}), torch.device("cpu"))
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    torch.manual_seed(1 + rank)
+    conv(torch.randn(2, 4, 6, 6)).pow(2).mean().backward()
+    own_gradient = conv.weight.grad.clone()
+    distributed.average_gradients(conv.parameters())
+    averaged = conv.weight.grad.clone()
+    torch.optim.Adam(conv.parameters(), lr=0.1, fused=True).step()
+    torch.save({"own": own_gradient, "averaged": averaged, "stride": conv.weight.grad.stride(),
+                "weight": conv.weight.detach().clone()}, Path(out, f"rank{rank}.pt"))
+    distributed.shutdown()
+    os._exit(0)
+
+
+def test_averaged_gradients_keep_a_channels_last_weights_layout_so_fused_adam_steps_it_right(tmp_path):
+    """The mean over the ranks used to come back as a view of the flat buffer, in the default
+    layout: torch's fused CPU Adam walks a weight and its gradient by one flat index, so a
+    channels-last conv (``perf.channels_last``) took another element's gradient, on every rank
+    alike, with nothing to report it."""
+    mp.start_processes(averaging_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    mean = (ranks[0]["own"] + ranks[1]["own"]) / 2
+    torch.manual_seed(0)
+    expected = torch.nn.Conv2d(4, 8, 3)
+    expected.weight.grad = mean
+    expected.bias.grad = torch.zeros_like(expected.bias)  # only the weight is compared
+    torch.optim.Adam([expected.weight], lr=0.1).step()
+    for rank in ranks:
+        torch.testing.assert_close(rank["averaged"], mean)
+        assert rank["stride"] == expected.weight.to(memory_format=torch.channels_last).stride()
+        torch.testing.assert_close(rank["weight"], expected.weight.detach())
+
+
 def test_replica_check_names_the_rank_whose_weights_differ(tmp_path):
     mp.start_processes(diverge_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in (0, 1):

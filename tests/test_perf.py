@@ -482,6 +482,40 @@ def test_a_resumed_rmsprop_keeps_the_multi_tensor_kernel_auto_chose():
     assert calls and all(torch.equal(a, b) for a, b in zip(resumed_layer.parameters(), saved_layer.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("saved_channels_last", [False, True])
+def test_a_resumed_fused_adam_steps_a_conv_stored_in_another_layout_as_the_saved_run(saved_channels_last):
+    """Loading an optimizer keeps the checkpoint's strides. A conv weight stored channels-last
+    in one run and not in the other (``perf.channels_last``, a GPU run resumed on a CPU) left
+    Adam's moments in the saved layout, and torch's fused CPU kernel, which walks parameter
+    and moments by one flat index, stepped each weight with another element's moments."""
+    from parallel_rl.optim import make_optimizer
+
+    cfg = build_config("qrdqn_atari", {"perf.optimizer_kernel": "fused"})
+
+    def conv(channels_last: bool) -> torch.nn.Conv2d:
+        torch.manual_seed(0)
+        layer = torch.nn.Conv2d(4, 8, 3)
+        return layer.to(memory_format=torch.channels_last) if channels_last else layer
+
+    def step(layer: torch.nn.Conv2d, optimizer: torch.optim.Optimizer, seed: int) -> None:
+        torch.manual_seed(seed)
+        optimizer.zero_grad()
+        layer(torch.randn(2, 4, 6, 6)).pow(2).mean().backward()
+        optimizer.step()
+
+    saved_layer = conv(saved_channels_last)
+    saved = make_optimizer(saved_layer.parameters(), cfg)
+    step(saved_layer, saved, seed=1)
+    resumed_layer = conv(not saved_channels_last)
+    resumed_layer.load_state_dict(saved_layer.state_dict())
+    resumed = make_optimizer(resumed_layer.parameters(), cfg)
+    resumed.load_state_dict(copy.deepcopy(saved.state_dict()))
+    assert resumed.state[resumed_layer.weight]["exp_avg"].stride() == resumed_layer.weight.stride()
+    step(saved_layer, saved, seed=2)
+    step(resumed_layer, resumed, seed=2)
+    torch.testing.assert_close(resumed_layer.weight, saved_layer.weight, rtol=1e-5, atol=1e-6)
+
+
 def test_optimizer_kernel_auto_on_a_cpu_fuses_the_replay_learners_adam_and_takes_foreach_where_it_equals_the_loop():
     """``auto`` on a CPU: the fused kernel for QR-DQN's and SAC's Adam (measured faster, their
     seed tables held); the multi-tensor kernel for the other algorithms' Adam and RMSprop
