@@ -41,10 +41,14 @@ def values_before_update(batch: Batch, evaluate, reuse_acting: bool) -> tuple[to
 
     ``reuse_acting`` takes the first from the acting pass (``Batch.behaviour_values``) and
     runs only the N next observations, where a second pass over all T * N would cost about
-    a tenth of an Atari PPO iteration on a CPU; with policy lag they would be stale."""
+    a tenth of an Atari PPO iteration on a CPU; with policy lag they would be stale.
+
+    The values are copied out of ``evaluate``'s output: compiled with CUDA graphs
+    (``perf.cuda_graphs``), that output lives in the graphs' memory pool, which the update's
+    own compiled passes reuse while these values are still read (value clipping)."""
     if reuse_acting:
-        return batch.behaviour_values.flatten(), evaluate(batch.next_obs)
-    values = evaluate(torch.cat([batch.obs.flatten(0, 1), batch.next_obs], dim=0))
+        return batch.behaviour_values.flatten(), evaluate(batch.next_obs).clone()
+    values = evaluate(torch.cat([batch.obs.flatten(0, 1), batch.next_obs], dim=0)).clone()
     return values[: batch.num_steps], values[batch.num_steps :]
 
 
