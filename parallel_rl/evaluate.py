@@ -146,6 +146,7 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
     env = make_env(cfg.env, num_envs, seed, render=video)
     film: Video | None = None
     recorder = None
+    played = False
     try:
         policy = make_policy(env.spec, cfg, torch_device)
         ckpt.restore_policy(policy, state, path, cfg.env.id)
@@ -181,10 +182,13 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
                     returns[i].append(float(tracker.returns[i]))  # counters reset on the next step
                     counts[i] += 1
             tracker.pop()
+        played = True
     finally:
-        if recorder is not None:
-            recorder.close()
-        env.close()
+        try:
+            if recorder is not None:
+                recorder.close(keep=played)
+        finally:
+            env.close()
     if film is not None:
         film.frames = recorder.frames
         film.tensorboard = _log_video(recorder, path, film.step)

@@ -8,6 +8,7 @@ of summary with Pillow's GIF encoder instead, which matplotlib already brings al
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
@@ -37,16 +38,21 @@ def _codec() -> str:
 
 
 class VideoRecorder:
-    """Streams RGB frames [H, W, 3] uint8 into an MP4 and keeps a small GIF copy."""
+    """Streams RGB frames [H, W, 3] uint8 into an MP4 and keeps a small GIF copy.
+
+    The frames go to a hidden partial file beside ``path``, which takes its name only once
+    the video is whole (``close``): an evaluation that fails or is interrupted leaves no
+    truncated MP4, and a video already at ``path`` stays until a new one replaces it."""
 
     def __init__(self, path: Path, fps: float):
         import av
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial_path = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.fps = fps
         self.frames = 0
-        self._container = av.open(str(self.path), mode="w")
+        self._container = av.open(str(self.partial_path), mode="w")
         self._stream = None
         self._gif: list = []
 
@@ -67,10 +73,16 @@ class VideoRecorder:
         for packet in packets:
             self._container.mux(packet)
 
-    def close(self) -> None:
-        if self._stream is not None:
-            self._mux(self._stream.encode())  # flush the frames the encoder still holds
-        self._container.close()
+    def close(self, keep: bool = True) -> None:
+        """Ends the file: at ``path`` where ``keep`` (the video is whole), else removed."""
+        try:
+            if keep and self._stream is not None:
+                self._mux(self._stream.encode())  # flush the frames the encoder still holds
+            self._container.close()
+            if keep:
+                os.replace(self.partial_path, self.path)
+        finally:
+            self.partial_path.unlink(missing_ok=True)
 
     def gif_summary(self, tag: str):
         """The GIF as a TensorBoard image summary (what ``add_video`` writes), or None."""

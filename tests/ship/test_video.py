@@ -76,6 +76,29 @@ def test_default_video_path_is_in_the_run_directory(cartpole_runs):
     assert len(decoded_frames(video.path)) == video.frames == video.lengths[0] + 1
 
 
+def test_an_interrupted_evaluation_keeps_the_earlier_video_and_leaves_no_partial_file(cartpole_runs, monkeypatch):
+    """The MP4 was opened at its final name before the first frame: an evaluation stopped
+    part way left a truncated file there, in place of the video an earlier one had made."""
+    from parallel_rl.video import VideoRecorder
+
+    run, _ = cartpole_runs["paac_s2"]
+    checkpoint = ckpt.find(run)
+    earlier = evaluate(checkpoint, 1, video=True).video.path
+    whole = earlier.read_bytes()
+    add = VideoRecorder.add
+
+    def stopped_at_frame_10(recorder, frame):
+        if recorder.frames == 10:
+            raise KeyboardInterrupt
+        add(recorder, frame)
+
+    monkeypatch.setattr(VideoRecorder, "add", stopped_at_frame_10)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(checkpoint, 1, video=True)
+    assert earlier.read_bytes() == whole
+    assert [p.name for p in earlier.parent.iterdir()] == [earlier.name]
+
+
 def test_pong_video_from_a_fresh_checkpoint(tmp_path):
     """Pong's own colour screen, from an untrained policy: a checkpoint needs no training."""
     cfg = build_config("paac_atari", overrides=["actors.num_envs=2", "env.max_episode_steps=40"])
