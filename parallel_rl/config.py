@@ -55,7 +55,7 @@ class EnvConfig:
         "total_steps count decisions. Atari repeats with frame_skip.", 1)
     frame_stack: int = setting("Atari: number of stacked frames in an observation.", 4)
     image_size: int = setting("Atari: observations are image_size x image_size grayscale.", 84)
-    noop_max: int = setting("Atari: up to this many no-op actions at the start of an episode.", 30)
+    noop_max: int = setting("Atari: 1 to this many no-op actions at the start of an episode (the fewest is 1).", 30)
     sticky_action_prob: float = setting("Atari: probability of repeating the previous action (0 = PAAC's deterministic ALE).", 0.0)
     episodic_life: bool = setting("Atari: a life lost ends the learning episode (no bootstrap across it); reported episodes "
                                 "(charts/episodic_return, evaluation) still span whole games.", False)
@@ -132,6 +132,11 @@ class AlgoConfig:
         """Agent steps per environment in one update's batch. On-policy algorithms learn from
         whole rollouts; replay-based ones publish weights more often (``publish_interval``)."""
         return self.rollout_length
+
+
+# float32's largest value x (1 - Adam's beta1 0.9): from this learning rate on, Adam's first step
+# (lr / bias correction) is no float32, and torch raises inside the optimizer
+LARGEST_STEPPABLE_LR = 3.4028234663852886e38 * 0.1
 
 
 def check_non_negative(values: dict[str, float]) -> None:
@@ -321,7 +326,6 @@ class Config:
             "model.depth": self.model.depth,
             "model.critic_depth": self.model.critic_depth,
             "env.max_episode_steps": self.env.max_episode_steps,
-            "env.noop_max": self.env.noop_max,
             "actors.num_threads": self.actors.num_threads,
             "torch_threads": self.torch_threads,
             "checkpoint.interval_steps": self.checkpoint.interval_steps,
@@ -330,6 +334,11 @@ class Config:
             "logging.diag_interval": self.logging.diag_interval,
             "replay.priority_exponent": self.replay.priority_exponent,
         })
+        if self.env.noop_max < 1:
+            # EnvPool draws from [0, noop_max - 1]: at 0 that range is empty (undefined in C++)
+            raise ConfigError(f"env.noop_max = {self.env.noop_max} is invalid: Atari episodes start with 1 to noop_max "
+                              "no-ops (with env.fire_reset, FIRE takes the place of one), so the fewest is 1: set "
+                              "env.noop_max=1 for starts without no-ops (sticky actions still vary them).")
         if not 0.0 <= self.env.sticky_action_prob < 1.0:
             raise ConfigError(f"env.sticky_action_prob = {self.env.sticky_action_prob} is invalid: a probability in [0, 1).")
         if self.model.torso == "multiskip" and self.model.depth < 1:
@@ -338,6 +347,10 @@ class Config:
             raise ConfigError(f"optim.kron_lr_divisor = {self.optim.kron_lr_divisor} is invalid: it must be positive (the paper's rule is 3).")
         if self.optim.lr <= 0 or self.effective_lr <= 0:
             raise ConfigError(f"optim.lr = {self.optim.lr} is invalid: the learning rate must be positive ({self.lr_arithmetic}).")
+        if self.effective_lr >= LARGEST_STEPPABLE_LR:
+            raise ConfigError(f"optim.lr = {self.optim.lr} is invalid: the optimizers step in float32, and Adam's first "
+                              f"step, LR / (1 - beta1) = 10 x LR, overflows it from {LARGEST_STEPPABLE_LR:.3g} "
+                              f"({self.lr_arithmetic}): give a learning rate below that.")
         if not 0.0 <= self.optim.final_lr_scale <= 1.0:
             raise ConfigError(f"optim.final_lr_scale = {self.optim.final_lr_scale} is invalid: a fraction of the start LR in [0, 1].")
         if not 0.0 <= self.replay.importance_exponent <= 1.0:

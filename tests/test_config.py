@@ -52,6 +52,18 @@ def test_bad_values_name_value_and_choices(assignment, fragment):
         set_override(Config(), assignment)
 
 
+@pytest.mark.parametrize(("recipe", "assignment", "fragment"), [
+    # torch raised inside Adam's step: its first step, lr / (1 - 0.9), is no float32 from 3.4e37
+    ("paac_classic", "optim.lr=1e38", r"optim.lr = 1e\+38 is invalid: the optimizers step in float32"),
+    # EnvPool draws the no-ops from [0, noop_max - 1], an empty range at 0
+    ("paac_atari", "env.noop_max=0", "env.noop_max = 0 is invalid: .* the fewest is 1"),
+])
+def test_values_the_libraries_cannot_run_are_refused_before_the_run(recipe, assignment, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        build_config(recipe, {}, [assignment])
+    build_config(recipe, {}, [assignment.replace("1e38", "1e37").replace("=0", "=1")])
+
+
 def test_a_choice_that_yaml_reads_as_a_boolean_is_the_choice_written(tmp_path):
     """YAML 1.1 reads `off` as false: `--set perf.amp=off` and `amp: off` in a file still mean
     the choice "off", and the saved config round-trips it."""
