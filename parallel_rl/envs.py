@@ -178,6 +178,9 @@ class VecEnv:
         self._env_ids = np.arange(num_envs, dtype=np.int32)
         self._pending: np.ndarray | None = None
         self._lives: np.ndarray | None = None  # ALE: lives after the last step, to tell a life lost from a game over
+        # ALE: each env's steps since its game began. A life lost on the step that reaches the
+        # episode limit comes as terminated, not truncated, though ALE resets the game next step
+        self._steps_in_game = np.zeros(num_envs, np.int64)
 
     @property
     def recv_releases_gil(self) -> bool:
@@ -190,6 +193,7 @@ class VecEnv:
         self.tracker = EpisodeTracker(self.num_envs)
         if self.spec.backend == "ale":
             self._lives = np.asarray(info["lives"])[np.argsort(info["env_id"])]
+            self._steps_in_game[:] = 0
         return self._flatten(obs)
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -226,8 +230,10 @@ class VecEnv:
                 game_over = np.asarray(info["terminated"], bool) if self._episodic_life else None
             else:
                 lives = np.asarray(info["lives"])
+                self._steps_in_game = np.where(self.tracker.resets, 0, self._steps_in_game + 1)
                 if self._episodic_life:  # ALE ends a learning episode at a life lost and plays on
-                    continuing = terminated & (lives > 0) & (lives < self._lives)
+                    at_limit = self._steps_in_game >= self.spec.max_episode_steps
+                    continuing = terminated & (lives > 0) & (lives < self._lives) & ~at_limit
                     game_over = terminated & ~continuing
                 self._lives = lives
         else:

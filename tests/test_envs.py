@@ -134,6 +134,29 @@ def test_episodic_life_ends_learning_episodes_at_each_life_but_reports_whole_gam
     assert sum(expected_returns) > 0  # the scores are not trivially zero
 
 
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_a_life_lost_on_the_episode_limits_step_ends_the_game(backend):
+    """ALE reports a life lost on the step that reaches the episode limit as terminated, not
+    truncated, and resets the game on the next step: taken for a life lost within the game,
+    the game was never reported and the next game's score was added to it. With a limit of
+    21 steps random Breakout loses its first life near the limit in many games."""
+    limit = 21
+    env = make_env(EnvConfig(id="Breakout-v5", backend=backend, episodic_life=True, fire_reset=True,
+                             max_episode_steps=limit), num_envs=32, seed=5)
+    rng = np.random.default_rng(0)
+    env.reset()
+    lengths, life_lost_at_the_limit = [], 0
+    for _ in range(250):
+        step = env.step(rng.integers(env.spec.num_actions, size=32))
+        game_done = env.tracker.game_done
+        life_lost_at_the_limit += int(np.sum(game_done & step.terminated & (env.tracker.lengths == limit)))
+        lengths += env.tracker.pop()[1]
+    env.close()
+    assert len(lengths) >= 32 * 250 // (limit + 1) - 32 and max(lengths) == limit
+    if backend == "ale":  # the case arose (EnvPool reports such a step as truncated)
+        assert life_lost_at_the_limit >= 5
+
+
 @pytest.mark.parametrize("env_id", ["Pong-v5", "Breakout-v5"])
 def test_ale_backend_has_the_spaces_of_envpool(env_id):
     specs = [make_env(EnvConfig(id=env_id, backend=backend), num_envs=2, seed=0).spec for backend in ("envpool", "ale")]
