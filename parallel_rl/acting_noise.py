@@ -116,8 +116,14 @@ class _Draws:
         index = np.arange(math.prod(shape), dtype=np.int64) + (self.count << 20)
         self.count += 1
         bits = _mix(_mix(self.row_keys[:, None] ^ index))
-        # the top 24 bits, centred in their interval: uniform in (0, 1), never 0 or 1
-        return (((bits >> 8).astype(np.float32) + np.float32(0.5)) / np.float32(1 << 24)).reshape(rows, *shape)
+        # the top 24 bits, centred in their interval: uniform in (0, 1). Above 2**23 float32 holds
+        # no halves, and the topmost value rounds up to 1.0 (-log(-log 1) is infinite: a Gumbel
+        # draw that picks its action whatever the logits): it is held at the largest float32 below 1
+        centred = ((bits >> 8).astype(np.float32) + np.float32(0.5)) / np.float32(1 << 24)
+        return np.minimum(centred, _BELOW_ONE).reshape(rows, *shape)
+
+
+_BELOW_ONE = np.float32(1 - 2**-24)
 
 
 _active: _Draws | None = None

@@ -55,6 +55,16 @@ def test_the_numbers_are_uniform_and_the_samplers_follow_their_distributions():
     assert abs(torch.corrcoef(torch.stack([u[:, 0], u[:, 1]]))[0, 1]) < 4 / math.sqrt(4096)
 
 
+def test_the_topmost_draw_stays_below_one(monkeypatch):
+    """All 24 bits set: (2**24 - 1 + 0.5) / 2**24 rounds to 1.0 in float32, where a Gumbel
+    draw is infinite."""
+    monkeypatch.setattr(acting_noise, "_mix", lambda x: x * 0 + (2**32 - 1))
+    with acting_noise.EnvStreams(torch.arange(2)).acting(slice(None)):
+        u = acting_noise.uniform(2, 3, device=torch.device("cpu"))
+        assert (u < 1).all() and torch.isfinite(acting_noise.gumbel_argmax(torch.zeros(2, 3)).float()).all()
+        assert torch.isfinite(-torch.log(-torch.log(acting_noise.uniform(2, 3, device=torch.device("cpu"))))).all()
+
+
 def test_outside_acting_the_numbers_come_from_torchs_generator():
     torch.manual_seed(5)
     first = acting_noise.uniform(3, 2, device=torch.device("cpu"))
