@@ -117,12 +117,19 @@ class Policy(nn.Module):
         """Switch to evaluation's acting state (e.g. ``algo.eval_epsilon``); nothing by default."""
 
 
+# An update of several optimizer steps logs the mean of their gradient norms as ``diag/grad_norm``,
+# and may give the largest under this key: the logged ``diag/grad_norm_max`` is its largest since
+# the last write (a mean of 16 minibatch steps shows a tenfold spike in one of them as 1.6-fold)
+GRAD_NORM_STEP_MAX = "diag/grad_norm_step_max"
+
+
 @dataclass
 class UpdateResult:
     """What one ``Algorithm.update`` reports.
 
     ``metrics``: TensorBoard tags to 0-d tensors (``losses/*``, ``diag/*``, ``charts/*``);
-    tags an update does not produce keep their last logged value. ``skipped_steps``: the
+    tags an update does not produce keep their last logged value (:data:`GRAD_NORM_STEP_MAX`
+    is no tag: it feeds ``diag/grad_norm_max``). ``skipped_steps``: the
     optimizer steps of this update skipped because a loss or gradient was NaN/inf (weights
     and optimizer state untouched); a tensor, so no host sync happens until it is read.
     """

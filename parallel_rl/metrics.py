@@ -12,6 +12,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from .config import Config, dump_yaml, flatten
+from .contracts import GRAD_NORM_STEP_MAX
 
 
 def _fmt_count(n: float) -> str:
@@ -105,7 +106,7 @@ class UpdateStats:
         self.nonfinite_updates = 0
         self._stage_seconds: dict[str, float] = {}
         self._env = EnvEfficiency()
-        self._lags: list[int] = []
+        self._lag_sum = self._lag_count = self._lag_max = 0  # over the deliveries since the last write
         self._grad_norm_max: torch.Tensor | None = None
 
     def add(self, record) -> None:
@@ -113,8 +114,10 @@ class UpdateStats:
         if record.result.skipped:
             self.nonfinite_updates += 1
         else:
-            self.latest.update(record.result.metrics)  # tags an update skips keep their last value
-            grad_norm = record.result.metrics.get("diag/grad_norm")
+            metrics = dict(record.result.metrics)
+            # the largest of the update's steps where it took several, else its one step's
+            grad_norm = metrics.pop(GRAD_NORM_STEP_MAX, metrics.get("diag/grad_norm"))
+            self.latest.update(metrics)  # tags an update skips keep their last value
             if grad_norm is not None:  # kept on the update's device: no host sync per update
                 grad_norm = torch.as_tensor(grad_norm)
                 self._grad_norm_max = grad_norm if self._grad_norm_max is None else torch.maximum(self._grad_norm_max, grad_norm)
@@ -123,7 +126,11 @@ class UpdateStats:
             self._stage_seconds[stage] = self._stage_seconds.get(stage, 0.0) + seconds
         self._stage_seconds["update"] = self._stage_seconds.get("update", 0.0) + record.seconds
         self._env.add(record.delivery)
-        self._lags += record.delivery.lag
+        lags = record.delivery.lag
+        if lags:
+            self._lag_sum += sum(lags)
+            self._lag_count += len(lags)
+            self._lag_max = max(self._lag_max, *lags)
 
     def scalars(self) -> dict[str, float]:
         """The tags to write now; time per stage and lag start over."""
@@ -134,11 +141,12 @@ class UpdateStats:
         out.update({f"perf/{stage}_ms": 1e3 * seconds for stage, seconds in self._stage_seconds.items()})
         if self._env.wall_s > 0:
             out[ENV_EFFICIENCY_TAG] = self._env.fraction
-        if self._lags:
-            out["diag/policy_lag"] = sum(self._lags) / len(self._lags)
-            out["diag/policy_lag_max"] = max(self._lags)
+        if self._lag_count:
+            out["diag/policy_lag"] = self._lag_sum / self._lag_count
+            out["diag/policy_lag_max"] = self._lag_max
         out["diag/nonfinite_updates"] = self.nonfinite_updates
-        self._stage_seconds, self._env, self._lags, self._grad_norm_max = {}, EnvEfficiency(), [], None
+        self._stage_seconds, self._env, self._grad_norm_max = {}, EnvEfficiency(), None
+        self._lag_sum = self._lag_count = self._lag_max = 0
         return out
 
 
@@ -182,9 +190,10 @@ class Metrics:
 
     def add_episodes(self, returns: list[float], lengths: list[int], step: int) -> None:
         if returns:
-            self._pending_episodes += [(step, r) for r in returns]
-            self._pending_returns += returns
-            self._pending_lengths += lengths
+            if self.writer is not None:  # kept for the writer alone: a rank that logs nothing would keep them all
+                self._pending_episodes += [(step, r) for r in returns]
+                self._pending_returns += returns
+                self._pending_lengths += lengths
             self.recent_returns.extend(returns)
             self.episodes += len(returns)
 

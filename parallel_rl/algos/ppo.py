@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..config import Config, ConfigError, check_positive_int, check_unit_interval, setting
-from ..contracts import Batch, UpdateResult
+from ..contracts import GRAD_NORM_STEP_MAX, Batch, UpdateResult
 from ..envs import EnvSpec
 from ..registry import register
 from .base import clipped_rewards, clipped_step, minibatch_count_fits, policy_lag_bound
@@ -156,5 +156,7 @@ class PPO(PAAC):
                     ):
                         totals.setdefault(tag, []).append(value.detach())
         metrics = {tag: torch.stack(values).mean() for tag, values in totals.items()}
+        if "diag/grad_norm" in totals:
+            metrics[GRAD_NORM_STEP_MAX] = torch.stack(totals["diag/grad_norm"]).max()
         metrics["diag/value_mean"] = old_values[valid].mean()
         return UpdateResult({**metrics, **self.flow.results()}, skipped_steps=skipped)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AlgoConfig, Config, ConfigError, setting
-from ..contracts import Batch, UpdateResult
+from ..contracts import GRAD_NORM_STEP_MAX, Batch, UpdateResult
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn import QNetwork
@@ -122,6 +122,7 @@ class PQN:
         return UpdateResult({
             "losses/q": torch.stack(losses).mean(),
             "diag/grad_norm": torch.stack(grad_norms).mean(),
+            GRAD_NORM_STEP_MAX: torch.stack(grad_norms).max(),
             "diag/value_mean": values.flatten()[valid].mean(),
             "charts/epsilon": self.acting.epsilon.clone(),
             **self.flow.results(),

@@ -38,7 +38,7 @@ from ..config import (
     check_positive_int,
     setting,
 )
-from ..contracts import Batch, UpdateResult
+from ..contracts import GRAD_NORM_STEP_MAX, Batch, UpdateResult
 from ..diagnostics import GradientFlow
 from ..envs import EnvSpec
 from ..nn.quantile import QuantileQNetwork
@@ -193,6 +193,7 @@ class QRDQN:
         self.flow.begin_update()
         stats = [self.gradient_step() for _ in range(steps)]
         metrics.update({tag: torch.stack([s[tag] for s, _ in stats]).mean() for tag in stats[0][0]})
+        metrics[GRAD_NORM_STEP_MAX] = torch.stack([s["diag/grad_norm"] for s, _ in stats]).max()
         metrics["diag/gradient_steps"] = torch.tensor(float(self.gradient_steps))
         metrics.update(self.flow.results())
         return UpdateResult(metrics, skipped_steps=(~torch.stack([stepped for _, stepped in stats])).sum().float())
