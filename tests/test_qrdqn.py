@@ -173,7 +173,9 @@ def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path,
 @pytest.mark.parametrize("args, names", [
     (["--set", "replay.capacity=40"], ["replay.capacity = 40", "algo.rollout_length", "env.frame_stack"]),
     (["--set", "algo.exploration=apex"], ["algo.exploration", "linear", "per_actor"]),
-    (["--set", "algo.warmup_steps=100000"], ["algo.warmup_steps = 100000", "replay.capacity = 50000"]),
+    (["--set", "algo.warmup_steps=100000"], ["algo.warmup_steps = 100000", "replay.capacity 50000"]),
+    # 50000 // 3 envs = 16666 steps each: the replay holds 49998, and learning never started
+    (["--actors", "3", "--set", "algo.warmup_steps=50000"], ["algo.warmup_steps = 50000", "the 49998 agent steps"]),
     (["--env", "Pendulum-v1"], ["continuous actions", "needs discrete actions", "--config simbav2_pendulum"]),
 ])
 def test_bad_input_exits_2_with_a_message(args, names, tmp_path):

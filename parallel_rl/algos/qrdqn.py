@@ -81,7 +81,8 @@ class QRDQNConfig(RewardClipConfig, EpsilonGreedyConfig, ReplayCadenceConfig, Al
     num_quantiles: int = setting("Quantiles of the return distribution per action (Dopamine: 200).", 200)
     kappa: float = setting("Threshold of the quantile-Huber loss (quadratic below, linear above).", 1.0)
     n_step: int = setting("Steps of the multi-step return, computed by the replay at sampling time (Dopamine: 3).", 3)
-    target_period: int = setting("Agent steps between hard copies of the online network into the target network (Dopamine: 8000).", 8000)
+    target_period: int = setting("Agent steps between hard copies of the online network into the target network (Dopamine: "
+                                 "8000), counted as gradient steps (x algo.utd_ratio): on N ranks, N x this many agent steps of all ranks.", 8000)
     epsilon_decay_steps: int = setting("Agent steps after the warm-up over which epsilon decays linearly from epsilon_start to "
                                        "epsilon_end (Dopamine: 250000).", 250_000)
     exploration: Literal["linear", "per_actor"] = setting(
@@ -113,9 +114,11 @@ class QRDQNConfig(RewardClipConfig, EpsilonGreedyConfig, ReplayCadenceConfig, Al
                 f"({cfg.actors.num_envs}) = {rows} agent steps per env, and one rollout plus a frame stack and an n-step window "
                 f"need algo.rollout_length ({self.rollout_length}) + env.frame_stack ({cfg.env.frame_stack}) + algo.n_step "
                 f"({self.n_step}) = {needed}. Raise replay.capacity to at least {needed * cfg.actors.num_envs}.")
-        if self.warmup_steps > replay.capacity:
-            raise ConfigError(f"algo.warmup_steps = {self.warmup_steps} exceeds replay.capacity = {replay.capacity}: "
-                              f"the replay would never hold enough agent steps for learning to start.")
+        held = rows * cfg.actors.num_envs  # whole steps of every env: the replay's rows
+        if self.warmup_steps > held:
+            raise ConfigError(f"algo.warmup_steps = {self.warmup_steps} exceeds the {held} agent steps the replay holds "
+                              f"(replay.capacity {replay.capacity} // actors.num_envs {cfg.actors.num_envs} = {rows} steps "
+                              f"per env): learning would never start. Lower algo.warmup_steps or raise replay.capacity.")
         if replay.save_with_checkpoint:
             raise ConfigError("replay.save_with_checkpoint = true is supported by algo.name = 'sac' only: qrdqn refills its "
                               "frame replay for algo.warmup_steps agent steps after a resume. Set replay.save_with_checkpoint=false.")
