@@ -225,6 +225,21 @@ def test_replay_ring_buffer_sampling_and_state():
     assert replay.state_dict()["rewards"].tolist() == [9, 10, 11, 12]
 
 
+def test_a_full_replay_loads_each_row_where_it_was_so_a_restored_generator_draws_the_same():
+    """Loaded oldest-first from row 0, a wrapped buffer had its rows shifted, and the same
+    seeded draw of row indices sampled other transitions after a resume."""
+    replay = UniformReplay(5, (1,), np.float32, (1,), CPU)
+    replay.add(transitions([1, 2, 3, 4, 5, 6, 7]))  # wrapped: the oldest (3) sits in row 2
+    restored = UniformReplay(5, (1,), np.float32, (1,), CPU)
+    restored.load_state_dict(replay.state_dict())
+    assert torch.equal(restored.data["rewards"], replay.data["rewards"]) and restored.position == replay.position
+    draw = replay.sample(50, torch.Generator().manual_seed(3)).rewards
+    assert torch.equal(restored.sample(50, torch.Generator().manual_seed(3)).rewards, draw)
+    restored.add(transitions([8]))
+    replay.add(transitions([8]))
+    assert torch.equal(restored.data["rewards"], replay.data["rewards"])  # the next overwrites the oldest
+
+
 # ---------------------------------------------------------------------------- warm-up and UTD
 
 

@@ -103,17 +103,25 @@ class UniformReplay:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        """The filled rows in age order (oldest first), so any capacity can load them."""
+        """The filled rows in age order (oldest first), so any capacity can load them, and
+        where the oldest sits (``position``), so a buffer of the same capacity puts every row
+        back where it was: sampling draws row indices, and a resumed run, its generator
+        restored, then draws the transitions the uninterrupted run would."""
         if self.size < self.capacity:
             order = torch.arange(self.size)
         else:
             order = (self.position + torch.arange(self.capacity)) % self.capacity
         order = order.to(self.storage_device)
-        return {name: tensor.index_select(0, order).cpu() for name, tensor in self.data.items()}
+        return {**{name: tensor.index_select(0, order).cpu() for name, tensor in self.data.items()},
+                "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
+        rows = Transitions(**{f.name: state[f.name] for f in fields(Transitions)})
+        oldest_at = int(state.get("position", 0))  # checkpoints before it was saved: from row 0
         self.position = self.size = 0
-        self.add(Transitions(**{f.name: state[f.name] for f in fields(Transitions)}))
+        if len(rows.rewards) == self.capacity:  # full, and the same capacity: each row where it was
+            self.position = oldest_at
+        self.add(rows)
 
 
 __all__ = ["Transitions", "UniformReplay", "choose_storage"]
