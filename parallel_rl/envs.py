@@ -103,6 +103,15 @@ class EpisodeTracker:
         self.game_done = game_done
         return autoreset
 
+    def end_games(self, ended: np.ndarray) -> None:
+        """The games of ``ended`` are over after this step, though ``update`` read no ending
+        in it (the step was a reset step to it): reported now, and the next step resets."""
+        if ended.any():
+            self.finished_returns.extend(self.returns[ended].tolist())
+            self.finished_lengths.extend(self.lengths[ended].tolist())
+            self.game_done = self.game_done | ended
+            self.resets = self.resets | ended
+
     def pop(self) -> tuple[list[float], list[int]]:
         out = self.finished_returns, self.finished_lengths
         self.finished_returns, self.finished_lengths = [], []
@@ -158,12 +167,85 @@ class ObservationFlattener:
         return obs.reshape(len(obs), -1)
 
 
+class AleAsEnvPool:
+    """What the ALE backend adds so that its games play and look as EnvPool's.
+
+    - **Stacks at a game's start.** ALE fills the older slots of a new game's stack with
+      zeros; EnvPool repeats the first frame, the form the frame replay's stack rule reads
+      (``replay/frames.py``). The zeros are replaced by the first frame.
+    - **FIRE after a life lost** (``episodic_life`` with ``fire_reset``). EnvPool ends the
+      learning episode and spends the next step resetting it, pressing FIRE; ALE plays on,
+      and in Breakout the ball waits until the agent serves. The step after a life lost is
+      FIRE in place of the agent's action, a reset step as EnvPool's (``autoreset``: no
+      transition, not counted in the game's return or length). EnvPool's random no-ops
+      before that FIRE are not played.
+    - **A life lost on the step that reaches the episode limit** comes as terminated, not
+      truncated, though ALE resets the game next step: it ends the game.
+    """
+
+    def __init__(self, num_envs: int, episode_steps: int, frame_stack: int, episodic_life: bool, fire_action: int | None):
+        self.episode_steps, self.frame_stack = episode_steps, frame_stack
+        self.episodic_life, self.fire_action = episodic_life, fire_action
+        self.lives = np.zeros(num_envs, np.int64)  # after the last step: a life lost from a game over
+        self.steps_in_game = np.zeros(num_envs, np.int64)  # ALE's limit counts them, reset steps aside
+        self.frames_in_game = np.zeros(num_envs, np.int64)  # frames the stack has taken since the game began
+        self.fire_next = np.zeros(num_envs, bool)
+        self.firing = np.zeros(num_envs, bool)  # the step under way presses FIRE in place of the agent's action
+
+    def started(self, obs: np.ndarray, lives: np.ndarray) -> np.ndarray:
+        self.lives = lives
+        self.steps_in_game[:] = self.frames_in_game[:] = 0
+        self.fire_next[:] = self.firing[:] = False
+        return self._first_frame_repeated(obs)
+
+    def actions(self, actions: np.ndarray) -> np.ndarray:
+        self.firing = self.fire_next
+        if self.firing.any():
+            actions = actions.copy()
+            actions[self.firing] = self.fire_action
+        return actions
+
+    def received(self, obs: np.ndarray, terminated: np.ndarray, lives: np.ndarray,
+                 tracker: EpisodeTracker) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(obs, game_over, continuing) of a step, for ``EpisodeTracker.update``; before it."""
+        new_game = tracker.resets & ~self.firing  # this step reset the game
+        self.steps_in_game = np.where(new_game, 0, self.steps_in_game + 1)
+        self.frames_in_game = np.where(new_game, 0, self.frames_in_game + 1)
+        game_over = continuing = None
+        if self.episodic_life:
+            at_limit = self.steps_in_game >= self.episode_steps
+            life_lost = terminated & (lives > 0) & (lives < self.lives) & ~at_limit
+            game_over = terminated & ~life_lost
+            if self.fire_action is None:
+                continuing = life_lost  # the next step is a real transition of the same game
+            else:
+                continuing = np.zeros_like(life_lost)  # the next step presses FIRE: a reset step
+                self.fire_next = life_lost
+        self.lives = lives
+        return self._first_frame_repeated(obs), game_over, continuing
+
+    def updated(self, tracker: EpisodeTracker, game_over: np.ndarray | None, truncated: np.ndarray) -> None:
+        """After ``EpisodeTracker.update``: a FIRE step is a reset step to the tracker, which
+        reads no ending in it; a game that ended on one is reported here, and a life lost on
+        one makes the next FIRE a reset step too."""
+        if game_over is None or not self.firing.any():
+            return
+        tracker.end_games(self.firing & (game_over | truncated))
+        tracker.resets |= self.fire_next
+
+    def _first_frame_repeated(self, obs: np.ndarray) -> np.ndarray:
+        for i in np.flatnonzero(self.frames_in_game < self.frame_stack - 1):
+            first = self.frame_stack - 1 - self.frames_in_game[i]
+            obs[i, :first] = obs[i, first]
+        return obs
+
+
 class VecEnv:
     """``num_envs`` environments stepped together; numpy in, numpy out."""
 
     def __init__(self, env, spec: EnvSpec, num_envs: int, flatten: ObservationFlattener,
                  action_bounds: tuple[np.ndarray, np.ndarray] | None = None, episodic_life: bool = False,
-                 action_repeat: int = 1):
+                 action_repeat: int = 1, ale_fire_action: int | None = None):
         self._env = env
         self._action_repeat = action_repeat  # EnvPool's tasks: repeated here; gymnasium's: by RepeatAction per env
         self._sent: np.ndarray | None = None
@@ -177,10 +259,8 @@ class VecEnv:
         self._action_dtype = np.int32 if spec.discrete else np.float32
         self._env_ids = np.arange(num_envs, dtype=np.int32)
         self._pending: np.ndarray | None = None
-        self._lives: np.ndarray | None = None  # ALE: lives after the last step, to tell a life lost from a game over
-        # ALE: each env's steps since its game began. A life lost on the step that reaches the
-        # episode limit comes as terminated, not truncated, though ALE resets the game next step
-        self._steps_in_game = np.zeros(num_envs, np.int64)
+        self._ale = (AleAsEnvPool(num_envs, spec.max_episode_steps, spec.obs_shape[0], episodic_life, ale_fire_action)
+                     if spec.backend == "ale" else None)
 
     @property
     def recv_releases_gil(self) -> bool:
@@ -191,9 +271,8 @@ class VecEnv:
     def reset(self) -> np.ndarray:
         obs, info = self._env.reset()
         self.tracker = EpisodeTracker(self.num_envs)
-        if self.spec.backend == "ale":
-            self._lives = np.asarray(info["lives"])[np.argsort(info["env_id"])]
-            self._steps_in_game[:] = 0
+        if self._ale is not None:
+            return self._ale.started(self._flatten(obs), np.asarray(info["lives"])[np.argsort(info["env_id"])])
         return self._flatten(obs)
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -210,8 +289,8 @@ class VecEnv:
         if self.spec.backend == "envpool":
             self._env.send(actions, self._env_ids)
             self._sent = actions
-        elif self.spec.backend == "ale":
-            self._env.send(actions)
+        elif self._ale is not None:
+            self._env.send(self._ale.actions(actions))
         else:
             self._pending = actions
 
@@ -228,23 +307,20 @@ class VecEnv:
             terminated = np.asarray(terminated, bool)
             if self.spec.backend == "envpool":
                 game_over = np.asarray(info["terminated"], bool) if self._episodic_life else None
-            else:
-                lives = np.asarray(info["lives"])
-                self._steps_in_game = np.where(self.tracker.resets, 0, self._steps_in_game + 1)
-                if self._episodic_life:  # ALE ends a learning episode at a life lost and plays on
-                    at_limit = self._steps_in_game >= self.spec.max_episode_steps
-                    continuing = terminated & (lives > 0) & (lives < self._lives) & ~at_limit
-                    game_over = terminated & ~continuing
-                self._lives = lives
+            obs = self._flatten(obs)
+            if self._ale is not None:
+                obs, game_over, continuing = self._ale.received(obs, terminated, np.asarray(info["lives"]), self.tracker)
         else:
             obs, reward, terminated, truncated, _ = self._env.step(self._pending)
-        obs = self._flatten(obs)
+            obs = self._flatten(obs)
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool)
         if self._action_repeat > 1 and self.spec.backend == "envpool":
             obs, reward, terminated, truncated = self._repeat(obs, reward, terminated, truncated)
         reward = np.asarray(reward, np.float32)
         autoreset = self.tracker.update(reward, terminated, truncated, game_over, continuing)
+        if self._ale is not None:
+            self._ale.updated(self.tracker, game_over, truncated)
         return StepResult(obs, reward, terminated, truncated, autoreset)
 
     def _repeat(self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
@@ -508,6 +584,7 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
     ``render`` asks the backend for RGB frames (``VecEnv.render``), for videos.
     """
     backend = choose_backend(cfg)
+    fire_action = None  # ALE: FIRE after a life lost (AleAsEnvPool)
     if backend == "envpool":
         import envpool
 
@@ -535,6 +612,8 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
             env = AtariVectorEnv(ale_games()[cfg.id], num_envs, num_threads=num_threads or default_num_threads(num_envs),
                                  **_ale_kwargs(cfg))
         env.reset(seed=seed)  # env i is seeded with seed + i, as EnvPool seeds its envs
+        if cfg.episodic_life and cfg.fire_reset:
+            fire_action = _fire_action(ale_games()[cfg.id])
     else:
         is_atari = False
         make_kwargs = {"max_episode_steps": cfg.max_episode_steps * cfg.action_repeat} if cfg.max_episode_steps else {}
@@ -562,7 +641,18 @@ def make_env(cfg: EnvConfig, num_envs: int, seed: int, num_threads: int = 0, ren
     act_space, action_bounds = _unit_action_space(act_space)
     spec = EnvSpec(cfg.id, backend, flatten.shape, flatten.dtype, act_space, is_atari, _episode_limit(env, cfg, backend, is_atari))
     return VecEnv(env, spec, num_envs, flatten, action_bounds, episodic_life=is_atari and cfg.episodic_life,
-                  action_repeat=1 if is_atari else cfg.action_repeat)
+                  action_repeat=1 if is_atari else cfg.action_repeat, ale_fire_action=fire_action)
+
+
+def _fire_action(game: str) -> int | None:
+    """The index of FIRE in ``game``'s minimal action set (the agent's actions), None without it."""
+    import ale_py
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(game))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions else None
 
 
 class RepeatAction(gym.Wrapper):

@@ -157,6 +157,28 @@ def test_a_life_lost_on_the_episode_limits_step_ends_the_game(backend):
         assert life_lost_at_the_limit >= 5
 
 
+@pytest.mark.parametrize("backend", ["envpool", "ale"])
+def test_after_a_life_lost_the_ball_is_served_and_the_serve_is_no_transition(backend):
+    """With episodic life and FIRE reset, EnvPool spends the step after a life lost resetting
+    and presses FIRE: an agent that never presses FIRE still plays Breakout to its end. ALE
+    played on, its ball waiting for a serve that never came until the time limit. The step
+    after each life lost is a reset step on both: no transition, the learner's mask."""
+    env = make_env(EnvConfig(id="Breakout-v5", backend=backend, episodic_life=True, fire_reset=True),
+                   num_envs=4, seed=2)
+    env.reset()
+    lives_lost = games = 0
+    after_a_life_lost = np.zeros(4, bool)
+    for _ in range(600):
+        step = env.step(np.zeros(4, np.int64))  # NOOP alone
+        assert np.array_equal(step.autoreset[after_a_life_lost], np.ones(after_a_life_lost.sum(), bool))
+        life_lost = step.terminated & ~step.autoreset & ~env.tracker.game_done
+        lives_lost += int(life_lost.sum())
+        games += int(env.tracker.game_done.sum())
+        after_a_life_lost = life_lost
+    env.close()
+    assert games >= 4 and lives_lost >= 4 * games  # each game played through its 5 lives
+
+
 @pytest.mark.parametrize("env_id", ["Pong-v5", "Breakout-v5"])
 def test_ale_backend_has_the_spaces_of_envpool(env_id):
     specs = [make_env(EnvConfig(id=env_id, backend=backend), num_envs=2, seed=0).spec for backend in ("envpool", "ale")]

@@ -118,6 +118,9 @@ def _atari_stream(env_id, num_envs, horizon, rollouts, **env_overrides):
 @pytest.mark.parametrize("env_id, overrides, life_loss_continues_stack", [
     ("Pong-v5", {"max_episode_steps": 20}, False),  # a reset refills the stack with its first frame
     ("Breakout-v5", {"episodic_life": "true", "max_episode_steps": 200}, True),  # a lost life continues the stack
+    # ALE zero-fills a new game's stack, and plays on after a life lost: the backend makes both EnvPool's
+    ("Pong-v5", {"max_episode_steps": 20, "backend": "ale"}, False),
+    ("Breakout-v5", {"episodic_life": "true", "fire_reset": "true", "max_episode_steps": 200, "backend": "ale"}, True),
 ])
 def test_stacks_are_rebuilt_exactly_as_envpool_stacked_them(env_id, overrides, life_loss_continues_stack):
     num_envs, horizon, rollouts, rows, n_step = 4, 16, 12, 50, 3  # 192 steps per env into 50 rows: the ring wraps
