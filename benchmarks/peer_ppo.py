@@ -8,7 +8,10 @@ minibatches), whole processes timed in alternation on the same machine.
 
 Prints, per contender, the median wall-clock of the whole process and the median agent
 steps/s over the steady part (agent steps between the first and last progress report over
-the seconds between them), then the ratio ours / peer. ``--set`` applies to every run of
+the seconds between them), then the ratio ours / peer. The peer reports, after each
+iteration k, ``k x 1024 / (seconds since its reset)``: each report gives the time at which
+it was printed, and its steady rate is taken between the first and the last report as ours
+is (its own last figure would count its first iteration and reset too). ``--set`` applies to every run of
 ours; each ``--variant`` (space-separated KEY=VALUE overrides on top, "" for none) is a
 contender of its own. Within each repeat every contender runs once, and each repeat starts one
 contender later than the one before, so drift of a shared machine lands on all of them.
@@ -27,15 +30,26 @@ from pathlib import Path
 
 PEER_SPS = re.compile(r"SPS:\s*(\d+)")
 OURS_STEP = re.compile(r"^step\s+([\d.]+)([kM]?)/")
+PEER_ENVS, PEER_ROLLOUT = 8, 128  # ppo_atari's settings, given to the peer explicitly
+
+
+def peer_steady_sps(reports: list[int]) -> float:
+    """Agent steps/s between the peer's first and last report: report k (from 1) is
+    ``k x PEER_ENVS x PEER_ROLLOUT / t_k``, t_k the seconds from its reset to the report."""
+    if len(reports) < 2:
+        return float("nan")
+    per_iteration = PEER_ENVS * PEER_ROLLOUT
+    times = [(k + 1) * per_iteration / sps for k, sps in enumerate(reports)]
+    return (len(reports) - 1) * per_iteration / (times[-1] - times[0])
 
 
 def run_peer(peer: Path, steps: int) -> tuple[float, float]:
     began = time.perf_counter()
-    out = subprocess.run([sys.executable, str(peer), "--env-id", "Pong-v5", "--total-timesteps", str(steps), "--num-envs", "8",
-                          "--no-track"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, str(peer), "--env-id", "Pong-v5", "--total-timesteps", str(steps),
+                          "--num-envs", str(PEER_ENVS), "--num-steps", str(PEER_ROLLOUT), "--no-track"],
+                         capture_output=True, text=True, check=True)
     wall = time.perf_counter() - began
-    rates = [int(m) for m in PEER_SPS.findall(out.stdout + out.stderr)]
-    return wall, float(rates[-1]) if rates else float("nan")  # the peer counts from its own start: its last figure
+    return wall, peer_steady_sps([int(m) for m in PEER_SPS.findall(out.stdout + out.stderr)])
 
 
 def run_ours(steps: int, extra: list[str], config: str = "ppo_atari") -> tuple[float, float]:
@@ -68,6 +82,9 @@ def main() -> None:
     parser.add_argument("--variant", dest="variants", action="append", default=None, metavar='"KEY=VALUE ..."',
                         help="a contender of ours: overrides on top of --set (repeatable; default: one, with none)")
     args = parser.parse_args()
+    if args.repeats < 1 or args.steps < 2 * PEER_ENVS * PEER_ROLLOUT:
+        parser.error(f"--repeats {args.repeats} --steps {args.steps}: give 1 or more repeats and at least "
+                     f"{2 * PEER_ENVS * PEER_ROLLOUT} steps (two of the peer's iterations, for a steady rate)")
     if args.variants is not None and len({" ".join(v.split()) for v in args.variants}) < len(args.variants):
         parser.error(f"--variant given twice with the same overrides: {args.variants}")
     shared = [f for o in args.overrides for f in ("--set", o)]
