@@ -17,6 +17,8 @@ import argparse
 import statistics
 import time
 
+from arguments import require_positive  # benchmarks/arguments.py, beside this script
+
 from parallel_rl.bench import train_run
 from parallel_rl.config import build_config
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, the same for both (repeatable)")
     args = parser.parse_args()
+    require_positive(parser, args, "rounds", "seconds")
     off, on = ("eager", "compiled") if args.switch == "compile" else ("off", "on")
     print(f"perf.{args.switch}{''.join(' --set ' + o for o in args.overrides)}\n")
     print(f"| recipe | {off} | {on} | {on} / {off} | seconds outside the window, {off} / {on} |")

@@ -54,6 +54,7 @@ import torch
 
 from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos import make_algorithm, native_bf16
+from parallel_rl.bench import stopped_unless_done
 from parallel_rl.config import Config, build_config
 from parallel_rl.runtime.runner import Runner
 
@@ -178,7 +179,7 @@ def section_algorithms(sizes: Sizes, work: Path) -> dict:
             return algo
 
         began = time.perf_counter()
-        summary = Runner(cfg, work / f"algo_{name}", write_logs=False, algorithm=recording).run()
+        summary = stopped_unless_done(Runner(cfg, work / f"algo_{name}", write_logs=False, algorithm=recording).run())
         finite = bool(losses) and all(math.isfinite(v) for v in losses)
         results[name] = {"updates": summary.updates, "losses_logged": len(losses), "finite": finite,
                          "seconds": round(time.perf_counter() - began, 2)}
@@ -244,11 +245,11 @@ def cuda_graphs_recorded(device: torch.device) -> bool:
 def section_checkpoint(sizes: Sizes, work: Path) -> dict:
     run_dir = work / "checkpoint_run"
     cfg = quiet(build_config("ppo_classic", {"device": sizes.device, "total_steps": 1_024, "actors.procs": 0}))
-    first = Runner(cfg, run_dir).run()
+    first = stopped_unless_done(Runner(cfg, run_dir).run())
     resumed = ckpt.resume(run_dir, {"device": "cpu", "total_steps": 2_048}, [])
     if resumed.step != first.final_step:
         raise AssertionError(f"the checkpoint holds step {resumed.step}, the run ended at {first.final_step}")
-    second = Runner(quiet(resumed.config), run_dir, resumption=resumed).run()
+    second = stopped_unless_done(Runner(quiet(resumed.config), run_dir, resumption=resumed).run())
     if second.final_step < 2_048:
         raise AssertionError(f"the resumed run stopped at step {second.final_step}")
     return {"written_on": sizes.device, "resumed_on": "cpu", "step_at_resume": resumed.step, "final_step": second.final_step}
@@ -367,7 +368,7 @@ def ppo_pong_run(sizes: Sizes, work: Path, envs: int, seconds: float, cuda_graph
                                           "perf.cuda_graphs": cuda_graphs, **default_perf(sizes)},
                              ["checkpoint.interval_steps=0"]))
     run_dir = work / f"ppo_pong_{envs}{'_cuda_graphs' if cuda_graphs else ''}"
-    summary = Runner(cfg, run_dir, write_logs=False).run(max_seconds=seconds)
+    summary = stopped_unless_done(Runner(cfg, run_dir, write_logs=False).run(max_seconds=seconds))
     return {"envs": envs, "seconds": round(summary.seconds, 1), "agent_steps": summary.steps,
             "sps": round(summary.sps), "episodes": summary.episodes, "recent_return": summary.recent_return}
 
@@ -394,15 +395,22 @@ def ppo_pong_seconds(sizes: Sizes, spare: float) -> float:
     return min(sizes.pong_seconds, max(PPO_PONG_LEAST_S, spare - PPO_PONG_START_UP_S))
 
 
-def section_ranks(sizes: Sizes, work: Path) -> dict:
+def section_ranks(sizes: Sizes, work: Path, seconds: float) -> dict:
+    """Steady agent steps/s on 1, 2 (and 4) ranks; every launch ends within ``seconds`` of
+    the section's start."""
     from ranks import run_cell  # benchmarks/ranks.py, beside this script
+
+    deadline = time.perf_counter() + seconds
 
     gpus = torch.cuda.device_count() if sizes.device == "cuda" else 0
     counts = [1, 2, *([4] if gpus >= 4 else [])]
     extra = ("--device", sizes.device, "--actors", str(sizes.ranks_envs))
     rows = []
     for ranks in counts:
-        sps, wall = run_cell(sizes.ranks_recipe, ranks, sizes.ranks_steps, work / f"ranks_{ranks}", extra)
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            break
+        sps, wall = run_cell(sizes.ranks_recipe, ranks, sizes.ranks_steps, work / f"ranks_{ranks}", extra, timeout_s=left)
         rows.append({"ranks": ranks, "sps": round(sps), "wall_s": round(wall, 1)})
     single = rows[0]["sps"]
     for row in rows:
@@ -471,7 +479,10 @@ def main() -> int:
     if sizes.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it on the GPU machine, or --smoke for the CPU smoke run.", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: {exc.strerror}; give a folder that can be created and written to")
     started = time.perf_counter()
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
     if torch.cuda.is_available():
@@ -491,7 +502,7 @@ def main() -> int:
             "bench": lambda: section_bench(sizes, work),
             "nature_cnn": lambda: section_nature_cnn(
                 sizes, deadline=time.perf_counter() + min(sizes.cnn_most_s, budget.spare("nature_cnn"))),
-            "ranks": lambda: section_ranks(sizes, work),
+            "ranks": lambda: section_ranks(sizes, work, budget.spare("ranks")),
             "ppo_pong": lambda: section_ppo_pong(sizes, work, ppo_pong_seconds(sizes, budget.spare("ppo_pong"))),
         }
         if list(sections) != list(sizes.needs_s):
@@ -504,6 +515,12 @@ def main() -> int:
             else:
                 try:
                     entry = {"ok": True, "result": run()}
+                except KeyboardInterrupt as stop:  # Ctrl-C, or a signal a run stopped on: the check ends here
+                    report["sections"][name] = {"ok": False, "error": "interrupted", "seconds": time.perf_counter() - began}
+                    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+                    (args.out / "gpu_check.md").write_text(markdown(report))
+                    print(f"{name}: interrupted; wrote what was measured to {args.out}", file=sys.stderr)
+                    return 128 + getattr(stop, "signum", 2)
                 except Exception:
                     entry = {"ok": False, "error": traceback.format_exc()}
             entry["seconds"] = time.perf_counter() - began

@@ -19,6 +19,8 @@ import os
 import statistics
 from dataclasses import replace
 
+from arguments import require_positive  # benchmarks/arguments.py, beside this script
+
 from parallel_rl.bench import train_sps
 from parallel_rl.config import Config, build_config
 from parallel_rl.runtime.layout import resolve_env_groups, resolve_procs, thread_layout
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    require_positive(parser, args, "repeats", "seconds")
     cores = os.cpu_count() or 1
     cells = {(recipe, key): cell_config(recipe, *key) if key != DEFAULT else cell_config(recipe, None, None, None)
              for recipe in args.recipes for key in [DEFAULT, *grid(cores)]}

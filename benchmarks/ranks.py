@@ -16,7 +16,9 @@ split cost there, not a speed-up.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,24 +26,54 @@ import tempfile
 import time
 from pathlib import Path
 
-from parallel_rl.config import build_config
+from parallel_rl.config import ConfigError, build_config
 
 DONE = re.compile(r"done: ([\d,]+) agent steps \(([\d,]+) SPS after start-up\)")
 
 
-def run_cell(recipe: str, ranks: int, steps: int, run_dir: Path, extra: tuple[str, ...] = ()) -> tuple[float, float]:
-    """(steady agent steps/s, wall-clock seconds of the whole process) of one launch."""
+class CellFailed(RuntimeError):
+    """A launch that exited with an error, printed no result or ran past its time."""
+
+
+def run_cell(recipe: str, ranks: int, steps: int, run_dir: Path, extra: tuple[str, ...] = (),
+             timeout_s: float = 3600.0) -> tuple[float, float]:
+    """(steady agent steps/s, wall-clock seconds of the whole process) of one launch.
+
+    The launch runs in a session of its own: past ``timeout_s`` the whole session is ended,
+    torchrun's rank processes with it (a hung collective would keep them, and the GPUs)."""
     command = [sys.executable, "-m", "parallel_rl", "launch", "--config", recipe, "--steps", str(steps),
                "--run-dir", str(run_dir), "--set", "logging.interval_s=5", "--set", "checkpoint.interval_steps=0", *extra]
     if ranks > 1:
         command += ["--nproc-per-node", str(ranks)]
     began = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        end_session(proc)
+        raise CellFailed(f"{recipe} on {ranks} rank(s) ran past {timeout_s:.0f} s and was stopped") from None
+    except BaseException:
+        end_session(proc)
+        raise
     wall = time.perf_counter() - began
-    found = DONE.search(out.stdout)
-    if out.returncode != 0 or found is None:
-        raise SystemExit(f"{recipe} on {ranks} rank(s) failed (exit {out.returncode}):\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
+    found = DONE.search(stdout)
+    if proc.returncode != 0 or found is None:
+        raise CellFailed(f"{recipe} on {ranks} rank(s) failed (exit {proc.returncode}):\n{stdout[-2000:]}{stderr[-3000:]}")
     return float(found.group(2).replace(",", "")), wall
+
+
+def end_session(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the launch's whole session (its ranks included), SIGKILL after ``grace_s``."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            proc.communicate(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main() -> None:
@@ -58,13 +90,19 @@ def main() -> None:
     rows = ["| recipe | envs in all | ranks | agent steps/s | updates/s | wall-clock (s) | N ranks / 1 rank |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for recipe in args.recipes:
-        cfg = build_config(recipe)
+        try:
+            cfg = build_config(recipe)
+        except ConfigError as exc:
+            parser.error(f"--recipes {recipe}: {exc}")
         steps = args.steps or (100_000 if "atari" in recipe else 200_000)
         figures: dict[int, list[tuple[float, float]]] = {1: [], args.ranks: []}
         with tempfile.TemporaryDirectory(prefix="parallel-rl-ranks-") as tmp:
             for round_ in range(args.repeats):
                 for ranks in figures:
-                    sps, wall = run_cell(recipe, ranks, steps, Path(tmp) / f"r{ranks}_{round_}")
+                    try:
+                        sps, wall = run_cell(recipe, ranks, steps, Path(tmp) / f"r{ranks}_{round_}")
+                    except CellFailed as exc:
+                        raise SystemExit(str(exc)) from None
                     figures[ranks].append((sps, wall))
                     print(f"# {recipe}, {ranks} rank(s), round {round_ + 1}: {sps:,.0f} SPS, {wall:.1f} s", flush=True)
         batch = cfg.actors.num_envs * cfg.algo.rollout_length

@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+from arguments import require_positive  # benchmarks/arguments.py, beside this script
 
 from parallel_rl.algos.sac import SAC
 from parallel_rl.bench import (
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="learner device (default cpu)")
     parser.add_argument("--only", choices=["learner", "actors"], help="measure only one of the two parts")
     args = parser.parse_args(argv)
+    require_positive(parser, args, "repeats", "seconds", "learner_steps")
     cores = os.cpu_count() or 1
     print(f"# {RECIPE}: {cores} cores, torch {torch.__version__}, device {args.device}; "
           f"medians of {args.repeats} interleaved {args.seconds:.0f}-s repeats\n", flush=True)

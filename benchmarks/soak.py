@@ -68,15 +68,17 @@ def main() -> int:
                    "--set", f"algo.name={args.algo}", "--set", "logging.console=false",
                    "--set", "checkpoint.interval_steps=1000000"]
         print(" ".join(command), flush=True)
-        runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  start_new_session=True)
+        # its messages go to a file: a pipe nobody reads while it runs would stall it once full
+        errors = (Path(folder) / "stderr.txt").open("w+")
+        runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, text=True, start_new_session=True)
         began = time.monotonic()
         samples: list[tuple[float, dict[str, int]]] = []
         try:
             while (elapsed := time.monotonic() - began) < args.minutes * 60:
                 time.sleep(min(args.interval_s, max(0.0, args.minutes * 60 - elapsed)))
                 if runner.poll() is not None:
-                    raise SystemExit(f"the run ended early (exit code {runner.returncode}):\n{runner.stderr.read()}")
+                    errors.seek(0)
+                    raise SystemExit(f"the run ended early (exit code {runner.returncode}):\n{errors.read()[-5000:]}")
                 sizes = {"runner": rss_kib(runner.pid)}
                 sizes.update({f"actor {k}": rss_kib(pid) for k, pid in enumerate(actor_pids(runner.pid))})
                 samples.append((time.monotonic() - began, {name: kib for name, kib in sizes.items() if kib is not None}))
@@ -89,6 +91,7 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     os.killpg(runner.pid, signal.SIGKILL)
                     runner.wait()
+            errors.close()
         checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
         steps = int(checkpoints[-1].stem[5:]) if checkpoints else 0
     if len(samples) < 2:

@@ -40,6 +40,8 @@ import sys
 import tempfile
 import time
 
+from arguments import require_positive  # benchmarks/arguments.py, beside this script
+
 MEASURE = """
 import json, sys
 from dataclasses import replace
@@ -197,6 +199,7 @@ def main() -> None:
     parser.add_argument("--groups-bare", action="store_true",
                         help="also step the actor process's env groups alternately with nothing else (see above)")
     args = parser.parse_args()
+    require_positive(parser, args, "rounds", "seconds", "actors")
     refuse_bad_checkouts(parser, args.checkouts)
     if args.groups_bare and args.actor_procs != 1:
         parser.error(f"--groups-bare measures one actor process's loop; --actor-procs is {args.actor_procs}, give 1")

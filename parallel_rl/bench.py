@@ -109,11 +109,14 @@ def raw_env_sps(cfg: Config, seconds: float, num_threads: int) -> float:
         else:
             actions = rng.uniform(-1, 1, size=(64, n, *env.spec.action_space.shape)).astype(np.float32)
         raw = env._env
+        # EnvPool steps once per call where the env repeats an action (VecEnv repeats it), so
+        # an agent step is env.action_repeat of its steps; gymnasium's envs repeat inside
+        env_steps_per_agent_step = cfg.env.action_repeat if env.spec.backend == "envpool" else 1
         steps, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
             raw.step(actions[steps % 64])
             steps += 1
-        return steps * n / elapsed
+        return steps * n / elapsed / env_steps_per_agent_step
     finally:
         env.close()
 

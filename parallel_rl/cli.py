@@ -264,8 +264,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not math.isfinite(args.seconds) or args.seconds <= 0 or args.repeats < 1:
         raise ConfigError(f"--seconds {args.seconds} / --repeats {args.repeats}: both must be positive (and the seconds finite).")
     result = run_bench(cfg, args.seconds, args.repeats, progress=not args.json)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    print(json.dumps(null_for_unmeasured(result), indent=2, allow_nan=False) if args.json else format_table(result))
     return 0
+
+
+def null_for_unmeasured(value):
+    """``value`` with every NaN or infinity (a figure a phase too short could not give, such
+    as updates/s from one update) as None: JSON has no NaN, and strict readers refuse it."""
+    if isinstance(value, dict):
+        return {key: null_for_unmeasured(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [null_for_unmeasured(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def cmd_envs(args: argparse.Namespace) -> int:

@@ -70,6 +70,10 @@ def test_benchmark_script_refuses_bad_arguments(name, flag):
     ("acting_call.py", [".", "--recipe", "nope"], "'nope'"), ("acting_call.py", [".", "--rounds", "0"], "--rounds (0)"),
     ("training_ab.py", [".", "--case", "nope:seed=1"], "'nope'"), ("training_ab.py", [".", "--rounds", "0"], "--rounds (0)"),
     ("send_wakeup.py", ["--steps", "0"], "--steps (0)"),
+    ("transport_ab.py", [".", "--rounds", "0"], "--rounds 0"), ("compile_cost.py", ["--rounds", "0"], "--rounds 0"),
+    ("sac_throughput.py", ["--repeats", "0"], "--repeats 0"), ("layouts.py", ["--seconds", "0"], "--seconds 0.0"),
+    ("peer_ppo.py", ["--repeats", "0"], "--repeats 0"), ("ranks.py", ["--recipes", "nope"], "--recipes nope"),
+    ("gpu_check.py", ["--smoke", "--out", __file__], f"--out {__file__}: File exists"),
 ])
 def test_benchmark_script_refuses_a_bad_recipe_or_count(name, args, named):
     out = script(name, *args)

@@ -225,6 +225,17 @@ def test_bench_reports_three_figures_as_json():
     assert result["end_to_end_efficiency"] == pytest.approx(result["train_sps_median"] / result["raw_sps_median"])
 
 
+def test_bench_json_gives_null_for_a_figure_it_could_not_measure():
+    """json.dumps wrote NaN (updates/s from a phase of one update), which strict JSON readers refuse."""
+    import json
+
+    from parallel_rl.cli import null_for_unmeasured
+
+    result = {"train_updates_per_s": float("nan"), "per_repeat": [1.5, float("inf")], "env": "Pong-v5", "repeats": 3}
+    text = json.dumps(null_for_unmeasured(result), allow_nan=False)
+    assert json.loads(text) == {"train_updates_per_s": None, "per_repeat": [1.5, None], "env": "Pong-v5", "repeats": 3}
+
+
 def test_a_listing_whose_reader_stops_early_exits_quietly():
     """`parallel-rl envs | head -1`: the reader closes the pipe; no traceback, exit 0."""
     import subprocess
