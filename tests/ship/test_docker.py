@@ -124,8 +124,10 @@ def test_size_parser():
 def test_compose_services():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert set(services) == {"trainer", "tensorboard"}
-    trainer, board = services["trainer"], services["tensorboard"]
+    assert set(services) == {"trainer", "trainer-cpu", "tensorboard"}
+    trainer, cpu_trainer, board = services["trainer"], services["trainer-cpu"], services["tensorboard"]
+    # the same trainer without the GPU reservation, which a host without NVIDIA's runtime refuses
+    assert "deploy" not in cpu_trainer and {k: v for k, v in trainer.items() if k != "deploy"} == cpu_trainer
 
     for service in (trainer, board):
         build = service["build"]
