@@ -119,8 +119,9 @@ class Policy(nn.Module):
 
 # An update of several optimizer steps logs the mean of their gradient norms as ``diag/grad_norm``,
 # and may give the largest under this key: the logged ``diag/grad_norm_max`` is its largest since
-# the last write (a mean of 16 minibatch steps shows a tenfold spike in one of them as 1.6-fold)
-GRAD_NORM_STEP_MAX = "diag/grad_norm_step_max"
+# the last write (a mean of 16 minibatch steps shows a tenfold spike in one of them as 1.6-fold).
+# No tag of its own, so no tag's form
+GRAD_NORM_STEP_MAX = "_grad_norm_of_the_largest_step"
 
 
 @dataclass

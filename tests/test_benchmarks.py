@@ -156,12 +156,13 @@ def test_a_replayed_stretch_takes_the_same_updates_twice_and_a_placebo_changes_t
     assert placebo[:2] == first[:2] and all(p != f for p, f in zip(placebo[2:], first[2:], strict=True))  # from the perturbed update on
 
 
-def test_thread_cpu_shares_come_from_the_middle_half_of_the_measurement():
+def test_thread_cpu_shares_come_from_the_middle_half_of_the_measurement(monkeypatch):
     """``transport_ab.py --thread-cpu``'s arithmetic on made-up /proc samples every 0.5 s: start-up
     (the learner busy building envs) until t = 1.75, the measurement until t = 5, then an exit that
     uses no CPU. With ``seconds`` = 4 the middle half is t = 2 to 4, clear of start-up."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its helpers beside it, as when it runs as a script
     spec = importlib.util.spec_from_file_location("transport_ab", BENCHMARKS / "transport_ab.py")
     transport_ab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(transport_ab)

@@ -270,3 +270,26 @@ def test_a_gpu_index_the_machine_lacks_is_refused_before_anything_starts(monkeyp
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"device = 'cuda:2' but this machine has 2 GPUs \(cuda:0 to cuda:1\)"):
         resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize(("backend", "agent_steps_per_step"), [("envpool", 0.5), ("gymnasium", 1.0)])
+def test_bench_raw_figure_counts_agent_steps_where_the_env_repeats_actions(monkeypatch, backend, agent_steps_per_step):
+    """EnvPool steps each env once per call, and VecEnv repeats an action by stepping again:
+    an agent step is env.action_repeat of the raw loop's steps there (gymnasium's envs
+    repeat inside one step). Counted as agent steps, the raw figure was twice too high with
+    a repeat of 2, and the transport's efficiency half what it was. A clock that ticks a
+    second a reading makes the loop's steps the same for every setting."""
+    import itertools
+    import types
+
+    from parallel_rl import bench
+    from parallel_rl.config import build_config
+
+    def raw_figure(action_repeat: int) -> float:
+        ticks = itertools.count()
+        monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+        cfg = build_config("simbav2_pendulum", {"actors.num_envs": 2},
+                           [f"env.backend={backend}", f"env.action_repeat={action_repeat}"])
+        return bench.raw_env_sps(cfg, 4.0, 1)
+
+    assert raw_figure(2) == pytest.approx(agent_steps_per_step * raw_figure(1))
