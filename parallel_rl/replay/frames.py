@@ -137,10 +137,10 @@ class FrameReplay:
         self.priority_exponent, self.importance_exponent = priority_exponent, importance_exponent
         layout = frame_layout(self.rows, num_envs, self.frame_shape, torch_dtype(obs_dtype), prioritized)
         self.nbytes = layout_bytes(layout)
-        self.storage_device, pinned = choose_storage(self.nbytes, device)
+        self.storage_device = choose_storage(self.nbytes, device)
         self.data: dict[str, torch.Tensor] = {}
         for name, (shape, dtype) in layout.items():
-            tensor = torch.empty(shape, dtype=dtype, device=self.storage_device, pin_memory=pinned)
+            tensor = torch.empty(shape, dtype=dtype, device=self.storage_device)
             if name == "priority_tree":
                 tensor.zero_()
             else:  # pre-faults the pages; a read of never-written rows would show the sentinel

@@ -1,8 +1,8 @@
 """Uniform replay of vector transitions (s, a, r, s', terminated) in preallocated tensors.
 
 Storage lives on the learner's device when it fits there (on a GPU: at most half of the
-memory free at allocation), else in host memory, pinned when the learner is a GPU so
-that sampled batches copy fast. Sampling draws indices uniformly from what is stored.
+memory free at allocation), else in host memory; a GPU learner's minibatches are gathered
+into pinned buffers, so that they copy fast. Sampling draws indices uniformly from what is stored.
 The buffer can be saved with checkpoints (only the filled part is written).
 """
 
@@ -32,14 +32,17 @@ def torch_dtype(dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
-def choose_storage(nbytes: int, device: torch.device) -> tuple[torch.device, bool]:
-    """(where to store ``nbytes`` of replay, whether host memory is pinned)."""
+def choose_storage(nbytes: int, device: torch.device) -> torch.device:
+    """Where to store ``nbytes`` of replay: the learner's GPU where it fits, else host memory.
+
+    Host storage is not pinned: sampled rows are gathered into small buffers first, which is
+    what the copy to the GPU reads (pinned ones for the uniform replay); and torch's pinned
+    allocator rounds a request up to a power of two, so a 66 GB frame replay would ask for
+    128 GiB of page-locked memory."""
     if device.type != "cuda":
-        return torch.device("cpu"), False
+        return torch.device("cpu")
     free, _ = torch.cuda.mem_get_info(device)
-    if nbytes <= GPU_MEMORY_FRACTION * free:
-        return device, False
-    return torch.device("cpu"), True
+    return device if nbytes <= GPU_MEMORY_FRACTION * free else torch.device("cpu")
 
 
 class UniformReplay:
@@ -57,10 +60,10 @@ class UniformReplay:
             "terminated": ((capacity,), torch.bool),
         }
         self.nbytes = sum(math.prod(shape) * torch.empty(0, dtype=dtype).element_size() for shape, dtype in shapes.values())
-        self.storage_device, pinned = choose_storage(self.nbytes, device)
+        self.storage_device = choose_storage(self.nbytes, device)
         self.data: dict[str, torch.Tensor] = {}
         for name, (shape, dtype) in shapes.items():
-            tensor = torch.empty(shape, dtype=dtype, device=self.storage_device, pin_memory=pinned)
+            tensor = torch.empty(shape, dtype=dtype, device=self.storage_device)
             tensor.fill_(sentinel(dtype))  # reading unwritten rows shows up as NaN
             self.data[name] = tensor
         # host storage, GPU learner: gather into pinned memory, then one fast copy per field
