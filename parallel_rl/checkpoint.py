@@ -183,8 +183,8 @@ def restore(algo, state: dict[str, Any], path: Path, env_id: str) -> None:
 
 
 def training_state(algo, cfg: Config, step: int, updates: int, recent_returns: Iterable[float],
-                   nonfinite_updates: int = 0) -> dict[str, Any]:
-    """Everything a resume needs, in the current format."""
+                   nonfinite_updates: int = 0, device: torch.device | None = None) -> dict[str, Any]:
+    """Everything a resume needs, in the current format; ``device`` is the learner's."""
     return {
         "format": FORMAT,
         "algo": algo.state_dict(),
@@ -193,21 +193,25 @@ def training_state(algo, cfg: Config, step: int, updates: int, recent_returns: I
         "config": cfg.to_dict(),
         "torch_rng": torch.get_rng_state(),
         # the learner's draws on a GPU (SAC's sampling noise, a replay sampled on the device) come
-        # from the CUDA generators, which torch.manual_seed at resume would otherwise rewind
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        # from its GPU's generator, which torch.manual_seed at resume would otherwise rewind
+        "cuda_rng": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "recent_returns": list(recent_returns),
         "nonfinite_updates": nonfinite_updates,  # diag/nonfinite_updates counts over the whole run
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """The random number generators as the checkpoint left them; the CUDA ones only where this
-    machine has as many GPUs as the one that wrote it (a GPU run resumed on a CPU keeps its
-    CPU generator's state alone)."""
+def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """The random number generators as the checkpoint left them: the CPU's, and the saved
+    learner GPU's on the resuming learner's GPU (``device``), whichever its number and however
+    many GPUs this machine has (a GPU run resumed on a CPU keeps its CPU generator's alone)."""
     torch.set_rng_state(state["torch_rng"])
-    cuda_states = state.get("cuda_rng")
-    if cuda_states and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_states):
-        torch.cuda.set_rng_state_all(cuda_states)
+    saved = state.get("cuda_rng")
+    if saved is None or device is None or device.type != "cuda":
+        return
+    if isinstance(saved, torch.Tensor):
+        torch.cuda.set_rng_state(saved, device)
+    elif saved and torch.cuda.device_count() == len(saved):  # checkpoints of every GPU's, before 2026-12-07
+        torch.cuda.set_rng_state_all(saved)
 
 
 @dataclass

@@ -129,6 +129,7 @@ def check_before_start(cfg, resumption: ckpt.Resumption | None) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from .algos import refuse_unbuildable_compile
     from .envs import choose_backend
     from .runtime.runner import Runner, learner_device, new_run_dir
 
@@ -155,7 +156,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
                               "that stopped before its first one): delete or move it, or choose another --run-dir.")
     ranks = 1 if args.nproc_per_node is None else args.nproc_per_node
     distributed.check_supported(cfg, ranks)  # before any rank starts: a bad config exits 2 here, once
-    learner_device(cfg)
+    device = learner_device(cfg, probe_compile=False)
+    if ranks == 1 or device.type != "cuda":  # a launcher of several ranks lives as long as they do: a compile
+        refuse_unbuildable_compile(cfg, device)  # probe here would hold GPU 0 all along; each rank probes its own
     if args.dry_run:
         check_before_start(cfg, resumption)
         print(dump_yaml(cfg), end="")

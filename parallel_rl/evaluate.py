@@ -136,7 +136,7 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
     # auto judged the training run's length; a few episodes never repay compiling or recording
     # graphs, and a run compiled elsewhere is evaluated eagerly (the same actions) on a machine
     # where inductor cannot build code
-    compiles = cfg.perf.compile is True and inductor_builds_code(torch_device.type)
+    compiles = cfg.perf.compile is True and inductor_builds_code(str(torch_device))
     cfg = replace(cfg, perf=replace(cfg.perf, compile=compiles, cuda_graphs=False))
     torch.manual_seed(seed)  # sampled actions too: the same seed plays the same episodes
     num_envs = min(episodes, MAX_EVAL_ENVS)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -270,6 +271,44 @@ def test_a_gpu_index_the_machine_lacks_is_refused_before_anything_starts(monkeyp
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"device = 'cuda:2' but this machine has 2 GPUs \(cuda:0 to cuda:1\)"):
         resolve_device("cuda:2")
+
+
+def test_actor_processes_act_on_their_learners_gpu(monkeypatch):
+    """``actors.device: auto`` (or a bare ``cuda``) in a spawned actor process meant GPU 0,
+    whatever GPU its learner had: on 4 ranks every rank's actors crowded beside rank 0's
+    learner. They now take the learner's GPU; a GPU named outright, or the CPU, stays."""
+    from parallel_rl import distributed
+    from parallel_rl.runtime.runner import resolve_actors_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    learner = torch.device("cuda", 2)
+    assert resolve_actors_device("auto", learner) == learner == resolve_actors_device("cuda", learner)
+    assert resolve_actors_device("cuda:3", learner) == torch.device("cuda", 3)
+    assert resolve_actors_device("cpu", learner) == torch.device("cpu")
+    assert resolve_actors_device("auto", torch.device("cpu")) == torch.device("cuda", 0)
+    monkeypatch.setattr(distributed, "_world", distributed.World(rank=1, size=2, local_rank=1))
+    assert resolve_actors_device("auto", torch.device("cpu")) == torch.device("cuda", 1)  # a CPU learner's rank: its GPU
+
+
+def test_a_checkpoint_keeps_the_learner_gpus_generator_and_gives_it_to_the_resuming_learners_gpu(monkeypatch):
+    """All GPUs' generators were saved and restored by number, and only where the GPU count
+    matched: a run on cuda:0 resumed on cuda:1, or under another CUDA_VISIBLE_DEVICES,
+    drew its first updates' random numbers again from the seed."""
+    from parallel_rl import checkpoint as checkpoints
+    from parallel_rl.config import build_config
+
+    saved_from, restored_to = [], []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved_from.append(device) or torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored_to.append((state.tolist(), device)))
+    algo = types.SimpleNamespace(state_dict=dict)
+    state = checkpoints.training_state(algo, build_config("paac_classic"), 10, 1, [], device=torch.device("cuda", 0))
+    assert saved_from == [torch.device("cuda", 0)]
+    checkpoints.restore_rng(state, torch.device("cuda", 1))
+    assert restored_to == [([7], torch.device("cuda", 1))]
+    checkpoints.restore_rng(state, torch.device("cpu"))  # resumed on a CPU: the CPU's generator alone
+    assert len(restored_to) == 1
+    assert checkpoints.training_state(algo, build_config("paac_classic"), 10, 1, [], device=torch.device("cpu"))["cuda_rng"] is None
 
 
 @pytest.mark.parametrize(("backend", "agent_steps_per_step"), [("envpool", 0.5), ("gymnasium", 1.0)])

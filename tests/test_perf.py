@@ -88,7 +88,7 @@ def test_compile_auto_compiles_only_a_convolutional_encoder_on_a_cpu_in_a_long_r
     atari, cartpole = build_config("ppo_atari"), build_config("ppo_classic")
     atari_spec, cartpole_spec = env_spec(atari.env), env_spec(cartpole.env)
     assert atari.perf.compile == "auto" and atari.total_steps >= algos.COMPILE_AUTO_MIN_STEPS
-    monkeypatch.setattr(algos, "inductor_builds_code", lambda device_type="cpu": True)
+    monkeypatch.setattr(algos, "inductor_builds_code", lambda device="cpu": True)
     assert algos.compiles(atari, atari_spec, CPU)
     assert not algos.compiles(atari, atari_spec, torch.device("cuda"))  # no win measured on a GPU yet
     assert not algos.compiles(build_config("ppo_atari", {"total_steps": 999_999}), atari_spec, CPU)  # start-up not repaid
@@ -101,11 +101,11 @@ def test_compile_auto_compiles_only_a_convolutional_encoder_on_a_cpu_in_a_long_r
     assert algos.compiles(build_config("pqn_atari", {"total_steps": 10**7}), atari_spec, CPU)
     assert algos.compiles(build_config("ppo_classic", {"perf.compile": True}), cartpole_spec, CPU)  # asked for: on
     assert not algos.compiles(build_config("ppo_atari", {"perf.compile": False}), atari_spec, CPU)
-    monkeypatch.setattr(algos, "inductor_builds_code", lambda device_type="cpu": False)
+    monkeypatch.setattr(algos, "inductor_builds_code", lambda device="cpu": False)
     assert not algos.compiles(atari, atari_spec, CPU)  # no C++ compiler, headers or OpenMP: eager, not a failed run
 
     # and auto really compiles the network the learner and acting share, once an algorithm is built
-    monkeypatch.setattr(algos, "inductor_builds_code", lambda device_type="cpu": True)
+    monkeypatch.setattr(algos, "inductor_builds_code", lambda device="cpu": True)
     net = make_algorithm(atari_spec, atari, CPU).policy().net
     assert net._compiled_call_impl is not None
     net = make_algorithm(atari_spec, build_config("ppo_atari", {"total_steps": 2048}), CPU).policy().net

@@ -146,7 +146,7 @@ def refuse_unbuildable_compile(cfg: Config, device: torch.device) -> None:
     """``perf.compile: true`` where inductor cannot build code for ``device``: a one-paragraph
     error before anything starts, not inductor's traceback at the first forward pass
     (``auto`` stays eager there instead)."""
-    if cfg.perf.compile is True and not inductor_builds_code(device.type):
+    if cfg.perf.compile is True and not inductor_builds_code(str(device)):
         needs = "a C++ compiler, Python's headers and OpenMP" + (" and Triton" if device.type == "cuda" else "")
         raise ConfigError(f"perf.compile = true asks torch.compile for the network on {device.type}, but inductor cannot "
                           f"build {device.type} code on this machine (it needs {needs}): install what is missing, or "
@@ -161,14 +161,17 @@ def compile_mode(cfg: Config, spec: EnvSpec, device: torch.device) -> str | None
 
 
 @functools.cache
-def inductor_builds_code(device_type: str = "cpu") -> bool:
-    """Whether inductor can build and run code for ``device_type`` here: on a CPU it needs a
-    C++ compiler, Python's headers and OpenMP (on CUDA, Triton as well), and a machine missing
-    one would otherwise fail at the run's first forward pass. A one-line function, compiled
-    once per process and device type (seconds; inductor caches the build on disk)."""
+def inductor_builds_code(device: str = "cpu") -> bool:
+    """Whether inductor can build and run code for ``device`` here (``cpu``, ``cuda:1``): on a
+    CPU it needs a C++ compiler, Python's headers and OpenMP (on CUDA, Triton as well), and a
+    machine missing one would otherwise fail at the run's first forward pass. A one-line
+    function, compiled once per process and device (seconds; inductor caches the build on
+    disk). On a GPU it runs there, so ask with the learner's own GPU: a bare ``cuda`` is the
+    current one, GPU 0 until a rank has chosen its own, and a probe there leaves a CUDA
+    context (about half a GB) on GPU 0 for the life of the process."""
     try:
         double = torch.compile(lambda x: x * 2.0 + 1.0, fullgraph=True)
-        return bool(double(torch.ones(4, device=device_type)).eq(3.0).all())
+        return bool(double(torch.ones(4, device=device)).eq(3.0).all())
     except Exception:  # whatever failed (no compiler, no headers, no OpenMP), compiling the network would fail too
         return False
 

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -52,6 +52,17 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     return device
 
 
+def resolve_actors_device(name: str, learner: torch.device) -> torch.device:
+    """The actor processes' device: ``actors.device``, where ``auto`` or a bare ``cuda`` on a
+    GPU machine is the learner's own GPU (each rank's ``cuda:LOCAL_RANK``), so that acting runs
+    beside its learner: a bare ``cuda`` in a spawned process is GPU 0, where every rank's
+    actors would crowd beside rank 0's learner."""
+    device = resolve_device(name, "actors.device")
+    if device.type == "cuda" and device.index is None:
+        return learner if learner.type == "cuda" else distributed.rank_device(torch.device("cuda", 0))
+    return device
+
+
 COMPILED = {None: "", "default": ", network compiled (perf.compile)", "reduce-overhead": ", network in CUDA graphs (perf.cuda_graphs)"}
 
 
@@ -70,16 +81,19 @@ def amp_note(cfg: Config, device: torch.device, actor_device: torch.device | Non
     return note + ")"
 
 
-def learner_device(cfg: Config) -> torch.device:
+def learner_device(cfg: Config, probe_compile: bool = True) -> torch.device:
     """The learner's device, refusing the switches that need another (and an acting device
-    this machine lacks: actor processes would fail on it only once started)."""
+    this machine lacks: actor processes would fail on it only once started). Without
+    ``probe_compile`` the caller checks that ``perf.compile: true`` can build code itself, on
+    the GPU it will use (``refuse_unbuildable_compile``)."""
     resolve_device(cfg.actors.device, "actors.device")
     device = resolve_device(cfg.device)
     if cfg.perf.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"perf.cuda_graphs = true records CUDA graphs, but the learner runs on {device} (device = "
                           f"{cfg.device!r}{', and CUDA is not available here' if cfg.device == 'auto' else ''}): "
                           "use device=cuda on a machine with a GPU, or perf.cuda_graphs=false.")
-    refuse_unbuildable_compile(cfg, device)
+    if probe_compile:
+        refuse_unbuildable_compile(cfg, device)
     return device
 
 
@@ -157,9 +171,10 @@ class Runner:
             return self._run(max_seconds)
 
     def _run(self, max_seconds: float | None) -> RunSummary:
-        device = learner_device(self.cfg)
+        device = learner_device(self.cfg, probe_compile=False)
         world = distributed.init(self.cfg, device)
         try:
+            refuse_unbuildable_compile(self.cfg, distributed.rank_device(device))  # on this rank's own GPU
             summary, algo = self._run_rank(distributed.rank_device(device), max_seconds)
             # on every rank, signalled or not: they stopped after the same update (a signal is
             # agreed on at the exchange), so the replicas are equal however each one's stop came about
@@ -176,6 +191,7 @@ class Runner:
         spec = env_spec(cfg.env)
         # this rank's envs, seeds and learning rate, and the learner's precision for its actor processes too
         local = with_amp_resolved(distributed.rank_config(cfg), spec, device)
+        local = replace(local, actors=replace(local.actors, device=str(resolve_actors_device(local.actors.device, device))))
         self.write_logs = self.write_logs and world.main
         procs = resolve_procs(local)
         learner_threads, env_threads = thread_layout(local, procs)
@@ -186,7 +202,7 @@ class Runner:
         if (resumed := self.resumption) is not None:
             ckpt.restore(algo, resumed.state, resumed.checkpoint, cfg.env.id)
             step, updates = resumed.step, int(resumed.state["updates"])
-            ckpt.restore_rng(resumed.state)
+            ckpt.restore_rng(resumed.state, device)
             if not world.main:  # the checkpoint holds rank 0's generators: this rank draws a stream of its own
                 torch.manual_seed(local.seed + step)
         distributed.broadcast_state(algo.state_dict())  # one policy: every replica starts from rank 0's weights
@@ -211,7 +227,7 @@ class Runner:
                      f"{'per actor process' if procs else ''} | learner on {device} with {learner_threads} torch threads"
                      f"{COMPILED[compile_mode(local, spec, device)]}"
                      f"{', convolutions channels-last (perf.channels_last)' if uses_channels_last(local, spec, device) else ''}"
-                     f"{amp_note(local, device, resolve_device(local.actors.device, 'actors.device') if procs else None, auto)} | "
+                     f"{amp_note(local, device, torch.device(local.actors.device) if procs else None, auto)} | "
                      f"{os.cpu_count()} cores")
             if world.active and isinstance(cfg.algo, ReplayCadenceConfig):
                 minibatch = cfg.replay.minibatch_size
@@ -229,12 +245,13 @@ class Runner:
             else:
                 source = InlineSource(local, spec, algo, device, env_threads)
         try:
-            return self._train(algo, source, step, updates, max_seconds), algo
+            return self._train(algo, source, step, updates, max_seconds, device), algo
         finally:
             if source is not None:
                 source.close()
 
-    def _train(self, algo: Algorithm, source: BatchSource | None, step: int, updates: int, max_seconds: float | None) -> RunSummary:
+    def _train(self, algo: Algorithm, source: BatchSource | None, step: int, updates: int, max_seconds: float | None,
+               device: torch.device) -> RunSummary:
         cfg = self.cfg
         metrics = Metrics(self.run_dir / "tb" if self.write_logs else None, cfg.total_steps, cfg.logging.interval_s,
                           cfg.logging.return_window, cfg.logging.console and self.write_logs, start_step=step)
@@ -247,7 +264,7 @@ class Runner:
         stats.lr = algo.set_progress(step / cfg.total_steps)
 
         def training_state() -> dict:
-            return ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns, stats.nonfinite_updates)
+            return ckpt.training_state(algo, cfg, step, updates, metrics.recent_returns, stats.nonfinite_updates, device)
 
         def scalars() -> dict[str, float]:
             return {**stats.scalars(), **(source.diagnostics() if source is not None else {})}
