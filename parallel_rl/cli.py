@@ -47,7 +47,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=int, help="number of environments stepped in parallel (actors.num_envs)")
     p.add_argument("--actor-procs", type=int, metavar="K",
                    help="actor processes sharing the environments; 0 = synchronous, -1 = from the cores: inline below 4, "
-                        "one per 4 above (actors.procs)")
+                        "one per 4 above, at most 8 (actors.procs)")
     p.add_argument("--env", help="environment id, e.g. Pong-v5 or CartPole-v1 (env.id)")
     p.add_argument("--steps", type=int, help="agent steps to train for, all environments together (total_steps)")
     p.add_argument("--seed", type=int, help="random seed (seed)")

@@ -65,9 +65,10 @@ class EnvConfig:
 @dataclass
 class ActorsConfig:
     num_envs: int = setting("Number of environments stepped in parallel (PAAC's n_e); `--actors` sets it.", 32)
-    num_threads: int = setting("EnvPool worker threads; 0 sizes them from the cores left after the learner.", 0)
+    num_threads: int = setting("EnvPool worker threads; 0 sizes them from the cores: all of them acting inline (at most one "
+                               "per env), with K actor processes the cores left after the learner, split over them.", 0)
     device: str = setting("Device for policy inference in actor processes: auto, cpu, cuda, cuda:N.", "auto")
-    procs: int = setting("Actor processes (K) sharing the environments; 0 runs the actor loop inline (synchronous, exact); -1 picks K from the core count (inline below 4 cores, one per 4 cores above).", -1)
+    procs: int = setting("Actor processes (K) sharing the environments; 0 runs the actor loop inline (synchronous, exact); -1 picks K from the core count (inline below 4 cores, one per 4 cores above, at most 8).", -1)
     env_groups: int = setting("Groups of envs per actor stepped alternately, so inference for one overlaps stepping of the "
                               "other; 0 picks 1 when acting inline on a CPU learner (no core is free to overlap), 2 otherwise.", 0)
     slots_per_actor: int = setting("Shared-memory rollout slots per actor process (2 = double buffering).", 2)
@@ -252,7 +253,8 @@ class Config:
     total_steps: int = setting("Agent steps to train for, summed over all environments (frames = steps x frame_skip).", 10_000_000)
     seed: int = setting("Seed for environments, network initialisation and sampling.", 1)
     device: str = setting("Learner device: auto (cuda when available), cpu, cuda, cuda:N.", "auto")
-    torch_threads: int = setting("torch intra-op threads in the learner process; 0 uses all cores.", 0)
+    torch_threads: int = setting("torch intra-op threads in the learner process; 0: all of this rank's cores acting inline, "
+                                 "cores // (K + 1) with K actor processes.", 0)
     max_nonfinite_updates: int = setting(
         "An update whose loss or gradient is NaN/inf is skipped (weights and optimizer state untouched, counted in "
         "diag/nonfinite_updates); this many in a row stop the run with exit code 1, its final checkpoint holding the last good weights.", 10)
