@@ -8,7 +8,9 @@ Sections, each timed and recorded even when another fails:
   2. switches    -- `perf.optimizer_kernel: fused`, `perf.amp: bf16`, `perf.compile`,
                     compile+bf16 and `perf.cuda_graphs` against float32 eager with torch's
                     default Adam: one PPO update's losses on the same batch within tolerance,
-                    compiling really done, CUDA graphs really recorded;
+                    compiling really done, CUDA graphs really recorded; CUDA graphs again
+                    with policy lag (PPO's own pass over the batch, whose values the graphs'
+                    memory pool must not overwrite) against eager with the same lag;
   3. checkpoint  -- a run written on the device resumes on the CPU with the same step counter;
   4. ppo_8_envs  -- `ppo_atari` as it is, 8 envs x 128 steps, for 15 s: agent steps/s, and again
                     with `perf.cuda_graphs`;
@@ -80,6 +82,7 @@ class Sizes:
     ranks_steps: int
     switches_recipe: str
     switches: tuple[str, ...]
+    lagged_switch: str  # checked again with policy lag, where PPO evaluates the batch in a pass of its own
     budget_s: float  # the whole check's wall-clock, from after torch and CUDA are up
     needs_s: dict[str, float]  # each section's least useful wall-clock, start-up included, in the order they run
 
@@ -97,10 +100,10 @@ FULL_NEEDS_S = {"algorithms": 20.0, "switches": 40.0, "checkpoint": 5.0, "ppo_8_
 FULL = Sizes("cuda", 8, 256, 5.0, (-1,), (256, 1024, 4096), 0.5, 45.0,
              ("eager", "bf16", "bf16+channels_last", "compile", "compile+bf16", "cuda_graphs"), 64, 180.0, 15.0,
              "ppo_atari", 64, 60_000, "ppo_atari", ("fused", "bf16", "channels_last", "compile", "compile+bf16", "cuda_graphs"),
-             340.0, FULL_NEEDS_S)
+             "cuda_graphs", 340.0, FULL_NEEDS_S)
 # the smoke's budget is loose: it checks that every section runs, on a CPU that may be busy with other tests
 SMOKE = Sizes("cpu", 2, 8, 1.5, (0, 1), (8, 16), 0.2, 60.0, ("eager", "bf16", "channels_last"), 8, 3.0, 4.0, "paac_classic", 16, 4000,
-              "ppo_classic", ("fused", "bf16"), 600.0, dict.fromkeys(FULL_NEEDS_S, 1.0))
+              "ppo_classic", ("fused", "bf16"), "bf16", 600.0, dict.fromkeys(FULL_NEEDS_S, 1.0))
 PPO_PONG_START_UP_S = 20.0  # building 64 ALE envs and the first update, before ppo_pong's run counts its time
 PPO_PONG_LEAST_S = 20.0
 
@@ -204,11 +207,12 @@ def section_switches(sizes: Sizes) -> dict:
     spec = env_spec(base.env)
     batch = fixed_batch(base, device)
 
-    def losses_of(switch: str) -> dict[str, float]:
+    def losses_of(switch: str, policy_lag: int = 0) -> dict[str, float]:
         graphs = switch == "cuda_graphs"
         cfg = replace(base, perf=replace(base.perf, compile="compile" in switch, amp="bf16" if "bf16" in switch else "off",
                                          cuda_graphs=graphs, optimizer_kernel="fused" if switch == "fused" else "default",
-                                         channels_last=switch == "channels_last"))
+                                         channels_last=switch == "channels_last"),
+                      actors=replace(base.actors, max_policy_lag=policy_lag))
         torch.manual_seed(1)  # the same initial weights and minibatch shuffles
         torch._dynamo.reset()
         counters.clear()
@@ -221,16 +225,18 @@ def section_switches(sizes: Sizes) -> dict:
                                  "times or recorded none (its log says why)")
         return {tag: float(v) for tag, v in metrics.items() if tag.startswith("losses/")}
 
-    eager = losses_of("eager")
-    rows = {}
-    for switch in sizes.switches:
-        losses = losses_of(switch)
+    def compared(switch: str, eager: dict[str, float], losses: dict[str, float], name: str) -> dict:
         worst = max(abs(losses[tag] - value) / max(abs(value), 1e-2) for tag, value in eager.items())
-        rows[switch] = {"largest_relative_difference": round(worst, 5), "tolerance": SWITCH_TOLERANCE[switch]}
         off = [tag for tag, value in eager.items()
                if abs(losses[tag] - value) > SWITCH_TOLERANCE[switch] * abs(value) + SWITCH_ABSOLUTE]
         if off:
-            raise AssertionError(f"{switch}: losses {losses} differ from eager's {eager} beyond tolerance in {off}")
+            raise AssertionError(f"{name}: losses {losses} differ from eager's {eager} beyond tolerance in {off}")
+        return {"largest_relative_difference": round(worst, 5), "tolerance": SWITCH_TOLERANCE[switch]}
+
+    eager = losses_of("eager")
+    rows = {switch: compared(switch, eager, losses_of(switch), switch) for switch in sizes.switches}
+    lagged = f"{sizes.lagged_switch}, policy lag 2"
+    rows[lagged] = compared(sizes.lagged_switch, losses_of("eager", 2), losses_of(sizes.lagged_switch, 2), lagged)
     return {"recipe": sizes.switches_recipe, "eager_losses": eager, "switches": rows}
 
 

@@ -115,7 +115,7 @@ def test_gpu_check_smoke_runs_every_section_where_envpool_is_absent(tmp_path):
     assert layouts["1"]["raw_sps"] == layouts["0"]["raw_sps"] and layouts["1"]["phase_wall_s"]["raw"] == []
     assert all(row["inference_obs_per_s"] > 0 and row["update_obs_per_s"] > 0 for row in sections["nature_cnn"]["rows"])
     assert all(sections[name]["agent_steps"] > 0 for name in ("ppo_8_envs", "ppo_pong"))
-    assert set(sections["switches"]["switches"]) == {"fused", "bf16"} and sections["switches"]["eager_losses"]
+    assert set(sections["switches"]["switches"]) == {"fused", "bf16", "bf16, policy lag 2"} and sections["switches"]["eager_losses"]
     assert [row["ranks"] for row in sections["ranks"]["rows"]] == [1, 2] and all(row["sps"] > 0 for row in sections["ranks"]["rows"])
     assert "| eager | 8 |" in (out / "gpu_check.md").read_text()
 
