@@ -49,17 +49,21 @@ class Batch:
     # the batch went to the device: finding them there would stall the learner on a GPU until
     # the copy lands (nonzero's size is data-dependent). None: found from ``autoreset`` on use.
     transition_indices: torch.Tensor | None = None
+    # [T + 1], on the host: how many of ``transition_indices`` come before step t, so that a
+    # batch of some of the steps (``steps``) takes its own indices without asking the device
+    transitions_before: tuple[int, ...] | None = None
 
     @classmethod
     def from_arrays(cls, arrays: dict, device: torch.device) -> Batch:
         """From numpy arrays or CPU tensors (pinned ones copy without blocking)."""
         non_blocking = device.type == "cuda"
-        tensors = {f.name: torch.as_tensor(arrays[f.name]) for f in fields(cls) if f.name != "transition_indices"}
+        tensors = {f.name: torch.as_tensor(arrays[f.name]) for f in fields(cls) if f.name not in HOST_FOUND}
         transitions = _transition_indices(tensors["autoreset"])
+        before = (0, *torch.cumsum((~tensors["autoreset"]).sum(1), 0).tolist())
         if non_blocking:
             transitions = transitions.pin_memory()  # a pageable copy would wait for the device's queue
         return cls(**{name: t.to(device, non_blocking=non_blocking) for name, t in tensors.items()},
-                   transition_indices=transitions.to(device, non_blocking=non_blocking))
+                   transition_indices=transitions.to(device, non_blocking=non_blocking), transitions_before=before)
 
     def transitions(self) -> torch.Tensor:
         """Flat [T * N] indices of the steps that are transitions (not auto-resets)."""
@@ -76,10 +80,20 @@ class Batch:
         return self.rewards.shape[0]
 
     def steps(self, start: int, stop: int) -> Batch:
-        """Steps ``start:stop`` of every env, a batch in their own right (views, no copy)."""
+        """Steps ``start:stop`` of every env, a batch in their own right (views, no copy), with
+        their transitions' indices where this batch knows where they lie."""
         following = self.obs[stop] if stop < self.horizon else self.next_obs
-        parts = {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in ("next_obs", "transition_indices")}
-        return Batch(**parts, next_obs=following)
+        parts = {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in ("next_obs", *HOST_FOUND)}
+        if self.transition_indices is None or self.transitions_before is None:
+            return Batch(**parts, next_obs=following)
+        first, last = self.transitions_before[start], self.transitions_before[stop]
+        return Batch(**parts, next_obs=following,
+                     transition_indices=self.transition_indices[first:last] - start * self.rewards.shape[1],
+                     transitions_before=tuple(count - first for count in self.transitions_before[start : stop + 1]))
+
+
+# the fields found on the host from the others, not copied from the rollout's arrays
+HOST_FOUND = ("transition_indices", "transitions_before")
 
 
 def _transition_indices(autoreset: torch.Tensor) -> torch.Tensor:

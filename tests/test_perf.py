@@ -595,6 +595,28 @@ def test_on_policy_updates_take_the_transitions_found_on_the_host(recipe, monkey
     assert_same_update(found_on_host, expected=found_in_update, rel=0)
 
 
+def test_a_delivery_split_into_pieces_gives_each_its_transitions_without_asking_the_device(monkeypatch):
+    """A replay learner that publishes within a rollout learns from pieces of it
+    (``Delivery.split``); the pieces found their transitions with ``nonzero`` on the device,
+    a host sync per piece on a GPU. The host's counts of transitions before each step now
+    give each piece its own indices: those ``autoreset`` gives, with no ``nonzero`` called."""
+    from parallel_rl.contracts import Delivery
+
+    batch = fixed_batch(build_config("qrdqn_classic", {"actors.num_envs": 4, "algo.rollout_length": 16}), CPU)
+    assert 0 < len(batch.transition_indices) < batch.num_steps  # CartPole's episodes end within the rollout
+    with monkeypatch.context() as patched:
+        for name in ("nonzero", "argwhere"):
+            patched.setattr(torch.Tensor, name, lambda *_, name=name: pytest.fail(f"the split called Tensor.{name}"))
+            patched.setattr(torch, name, lambda *_, name=name: pytest.fail(f"the split called torch.{name}"))
+        pieces = [d.batch for d in Delivery(batch).split(5)]  # 5 + 5 + 5 + 1 steps
+        found = [piece.transitions() for piece in pieces]
+        halves = [half.transitions() for half in (pieces[1].steps(0, 2), pieces[1].steps(2, 5))]  # a piece split again
+    assert [p.horizon for p in pieces] == [5, 5, 5, 1]
+    for piece, indices in zip(pieces, found, strict=True):
+        assert torch.equal(indices, (~piece.autoreset).flatten().nonzero().squeeze(1))
+    assert torch.equal(torch.cat([halves[0], halves[1] + 2 * 4]), found[1])
+
+
 def test_acting_runs_in_inference_mode_and_gives_what_no_grad_gives():
     """Rollouts act under `torch.inference_mode` (no version counters or view tracking); the
     actions, log-probabilities and values are those of the same pass under no_grad, and the
