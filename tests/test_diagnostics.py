@@ -230,5 +230,6 @@ def test_many_step_updates_give_their_largest_steps_gradient_norm(recipe):
     cfg = build_config(recipe, {"actors.num_envs": 4}, ["logging.diag_interval=0"])
     algo = make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu"))
     metrics = algo.update(fixed_batch(cfg, torch.device("cpu"))).metrics
-    assert float(metrics[GRAD_NORM_STEP_MAX]) >= float(metrics["diag/grad_norm"]) > 0
+    # the minibatches' norms differ: their largest lies above their mean, which the key held before
+    assert float(metrics[GRAD_NORM_STEP_MAX]) > float(metrics["diag/grad_norm"]) > 0
 
