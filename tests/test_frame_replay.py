@@ -190,6 +190,30 @@ def test_a_prioritized_replay_of_stacked_frames_fills_from_empty_in_short_rollou
     assert filled == sorted(filled)  # rows enter one per step once the first is complete
 
 
+
+def test_prioritized_replay_asks_nothing_of_the_device_and_keeps_every_sum(monkeypatch):
+    """Adding, sampling and updating priorities run without a host sync (``torch.unique``, a
+    tensor read as a Python number: each waits for a GPU), and every inner node of the tree
+    stays the sum of its children, rows drawn twice in one update included."""
+    replay = _vector_replay(capacity=64, n_step=2, prioritized=True, num_envs=3)
+    tree = replay.data["priority_tree"]
+    one_env = _rollout(list(range(8)), [1] * 8, [F] * 8, [F] * 8, [F] * 8, 8.0)
+    rollout = {key: torch.cat([value] * 3, dim=0 if key == "next_obs" else 1) for key, value in one_env.items()}
+    replay.add(**rollout)
+    assert replay.can_sample()  # once per update: the only read of the tree
+    with monkeypatch.context() as patched:
+        patched.setattr(torch, "unique", lambda *_, **__: pytest.fail("torch.unique syncs with a GPU"))
+        for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+            patched.setattr(torch.Tensor, name, lambda *_, name=name: pytest.fail(f"Tensor.{name} syncs with a GPU"))
+        replay.add(**rollout)
+        sample = replay.sample(6)
+        twice = torch.cat([sample.index[:3], sample.index[:3]])  # each of three rows drawn twice
+        replay.update_priorities(twice, torch.arange(6, dtype=torch.float32) * 4)
+        replay.add(**rollout)
+    inner = torch.arange(1, replay.leaves)
+    assert torch.equal(tree[inner], tree[2 * inner] + tree[2 * inner + 1])
+    assert torch.equal(replay.max_priority, (torch.tensor(20.0, dtype=torch.float64) + 1e-6).pow(0.5))
+
 def test_overwritten_rows_leave_the_priority_tree():
     replay = _vector_replay(capacity=8, n_step=1, prioritized=True)
     for start in range(0, 40, 4):

@@ -183,7 +183,7 @@ class QRDQN:
         metrics = {
             "charts/epsilon": self.acting.epsilon.clone(),
             "diag/replay_size": torch.tensor(float(len(replay))),
-            "diag/replay_breaks": torch.tensor(float(replay.breaks)),
+            "diag/replay_breaks": replay.breaks.float(),
         }
         # this rank's replay against its share of the warm-up, which counts all ranks' agent steps (as epsilon's does)
         ready = len(replay) >= distributed.rank_share(algo.warmup_steps) and replay.can_sample()
@@ -218,8 +218,8 @@ class QRDQN:
         # a NaN/inf loss or gradient skips the step (counted by the runner) rather than
         # poisoning the weights and, through the priorities, the replay
         grad_norm, stepped = clipped_step(self.optimizer, loss, self.net, algo.max_grad_norm, self.flow)
-        if self.replay.prioritized and bool(stepped):  # the priorities go to the host's sum tree: a sync anyway
-            self.replay.update_priorities(sample.index, per_sample.detach())
+        if self.replay.prioritized:
+            self.replay.update_priorities(sample.index, per_sample.detach(), stepped)
         self.gradient_steps += 1
         if self.gradient_steps % self.target_every == 0:
             self.target_net.load_state_dict(self.net.state_dict())

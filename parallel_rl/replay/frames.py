@@ -147,12 +147,14 @@ class FrameReplay:
                 tensor.fill_(sentinel(dtype))
             self.data[name] = tensor
         self.leaves = tree_size(self.rows * num_envs)
-        self.max_priority = 1.0  # in tree units (priority ** alpha): what new rows get
+        # in tree units (priority ** alpha): what new rows get; a tensor on the storage device,
+        # so that raising it after an update asks nothing of a GPU
+        self.max_priority = torch.ones((), dtype=torch.float64, device=self.storage_device)
         self.cursor = 0  # the row written next
         self.size = 0  # rows stored per env
         self.blind = torch.zeros(num_envs, dtype=torch.long, device=self.storage_device)  # rows not to sample after a break
         self.last_next_obs: torch.Tensor | None = None
-        self.breaks = 0
+        self.breaks = torch.zeros((), dtype=torch.long, device=self.storage_device)  # envs whose stream broke, in all
         self.generator = torch.Generator(device=self.storage_device)
         self.generator.manual_seed(seed)
 
@@ -176,8 +178,14 @@ class FrameReplay:
         """Rows stored: one per agent step, final observations included."""
         return self.size * self.num_envs
 
+    def holds_a_whole_window(self) -> bool:
+        """Whether some row has a whole stack behind it and an n-step window ahead."""
+        return self.size >= self.frame_stack + self.n_step
+
     def can_sample(self) -> bool:
-        return self.size >= self.frame_stack + self.n_step and (not self.prioritized or float(self.data["priority_tree"][1]) > 0)
+        """Whether ``sample`` may be called: once per update, as it reads the prioritized tree's
+        total (a host sync on a GPU); within the update that total stays above 0."""
+        return self.holds_a_whole_window() and (not self.prioritized or float(self.data["priority_tree"][1]) > 0)
 
     # ------------------------------------------------------------------ writing
     def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
@@ -189,9 +197,7 @@ class FrameReplay:
         if horizon > self.rows:
             raise ValueError(f"a rollout of {horizon} steps does not fit in {self.rows} rows per env")
         if self.last_next_obs is not None:
-            broken = (obs[0] != self.last_next_obs).flatten(1).any(1)
-            if bool(broken.any()):
-                self._break_streams(broken)
+            self._break_streams((obs[0] != self.last_next_obs).flatten(1).any(1))
         self.last_next_obs = next_obs.clone()
 
         autoreset = autoreset.to(dev)
@@ -215,15 +221,17 @@ class FrameReplay:
             self._refresh_priorities(rows, horizon)
 
     def _break_streams(self, broken: torch.Tensor) -> None:
-        """The envs in ``broken`` continue from a state that does not follow their last row."""
-        self.breaks += int(broken.sum())
+        """The envs where ``broken`` ([N] bool) continue from a state that does not follow their
+        last row. Masks, not indexing by ``broken``: nothing here waits for a GPU."""
+        self.breaks += broken.sum()
         if self.size == 0:
             return
+        flags = self.data["flags"]
         last = (self.cursor - 1) % self.rows
-        self.data["flags"][last, broken] &= ~SAMPLEABLE & 0xFF
+        flags[last] &= torch.where(broken, ~SAMPLEABLE & 0xFF, 0xFF).to(torch.uint8)
         if self.size >= 2:
-            self.data["flags"][(last - 1) % self.rows, broken] |= TRUNCATED
-        self.blind[broken] = self.frame_stack - 1
+            flags[(last - 1) % self.rows] |= (broken.to(torch.uint8) * TRUNCATED)
+        self.blind = torch.where(broken, self.frame_stack - 1, self.blind)
 
     def _oldest(self) -> int:
         return (self.cursor - self.size) % self.rows
@@ -252,7 +260,9 @@ class FrameReplay:
         node = leaves + self.leaves
         tree[node] = values
         for _ in range(self.leaves.bit_length() - 1):
-            node = torch.unique(node // 2)
+            # siblings share a parent: it is written once per child, each time with the same sum
+            # (``torch.unique`` would write it once, at the cost of a host sync on a GPU)
+            node = node // 2
             tree[node] = tree[2 * node] + tree[2 * node + 1]
 
     # ------------------------------------------------------------------ reading
@@ -275,8 +285,10 @@ class FrameReplay:
 
     def sample(self, batch_size: int) -> FrameSample:
         """``batch_size`` transitions drawn with replacement among the sampleable rows:
-        uniformly, or in proportion to their priorities."""
-        if not self.can_sample():
+        uniformly, or in proportion to their priorities. Call only where ``can_sample`` said
+        so: a prioritized tree with no mass left is not checked again here (that would ask a GPU
+        at every gradient step)."""
+        if not self.holds_a_whole_window():
             raise RuntimeError(f"the replay holds {self.size} rows per env and cannot be sampled yet "
                                f"(it needs frame_stack + n_step = {self.frame_stack + self.n_step})")
         if self.prioritized:
@@ -341,13 +353,22 @@ class FrameReplay:
         weights = (probs / probs.min()).pow(-self.importance_exponent)  # largest weight 1
         return leaves // self.num_envs, leaves % self.num_envs, weights
 
-    def update_priorities(self, index: torch.Tensor, losses: torch.Tensor) -> None:
-        """Set the sampled rows' priorities to their latest losses (raised to priority_exponent)."""
-        values = (losses.detach().to(self.storage_device, torch.float64).abs() + MIN_PRIORITY).pow(self.priority_exponent)
+    def update_priorities(self, index: torch.Tensor, losses: torch.Tensor, stepped: torch.Tensor | None = None) -> None:
+        """Set the sampled rows' priorities to their latest losses (raised to priority_exponent).
+
+        ``stepped``: a bool tensor, whether the optimizer took the step these losses came from;
+        where it did not (a non-finite loss or gradient), every priority stays as it was. A
+        tensor rather than a Python bool, so that the caller need not wait for a GPU to decide."""
         index = index.to(self.storage_device)
+        values = (losses.detach().to(self.storage_device, torch.float64).abs() + MIN_PRIORITY).pow(self.priority_exponent)
+        highest = torch.maximum(self.max_priority, values.max())
+        if stepped is not None:
+            stepped = stepped.to(self.storage_device)
+            values = torch.where(stepped, values, self.data["priority_tree"][index + self.leaves])
+            highest = torch.where(stepped, highest, self.max_priority)
         # a row drawn twice in one minibatch keeps one of its losses
         self._set_leaves(index, values)
-        self.max_priority = max(self.max_priority, float(values.max()))
+        self.max_priority = highest
 
 
 __all__ = ["FrameReplay", "FrameSample", "frame_layout", "n_step_targets"]
