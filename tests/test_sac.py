@@ -202,6 +202,36 @@ def test_rollout_transitions_skip_autoreset_and_keep_final_observations():
     assert out.terminated.tolist() == [F, F, T, F, F]  # the truncation bootstraps
 
 
+def test_rollout_transitions_take_the_indices_found_on_the_host(monkeypatch):
+    """Through the runtime a batch carries its transitions' indices, found on the host: taking
+    the transitions out of it asks nothing of the device (no ``nonzero`` behind a mask)."""
+    import dataclasses
+
+    batch = Batch(
+        obs=torch.arange(6.0).view(3, 2, 1), actions=torch.zeros(3, 2, 1), behaviour_log_probs=torch.zeros(3, 2),
+        behaviour_values=torch.full((3, 2), torch.nan), rewards=torch.arange(6.0).view(3, 2),
+        terminated=torch.tensor([[F, T], [F, F], [F, F]]), truncated=torch.zeros(3, 2, dtype=torch.bool),
+        autoreset=torch.tensor([[F, F], [F, T], [F, F]]), next_obs=torch.tensor([[6.0], [7.0]]),
+    )
+    expected = rollout_transitions(batch)
+    found = dataclasses.replace(batch, transition_indices=torch.tensor([0, 1, 2, 4, 5]))
+    indexed = torch.Tensor.__getitem__
+
+    def unmasked(tensor, index):
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool:
+            pytest.fail("indexed by a mask, which finds its indices on the device")
+        return indexed(tensor, index)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.Tensor, "__getitem__", unmasked)
+        for name in ("nonzero", "argwhere"):
+            patched.setattr(torch.Tensor, name, lambda *_, name=name: pytest.fail(f"Tensor.{name} on the device"))
+        out = rollout_transitions(found)
+    for name in ("obs", "actions", "rewards", "next_obs", "terminated"):
+        assert torch.equal(getattr(out, name), getattr(expected, name)), name
+    assert out.rewards.tolist() == [0, 1, 2, 4, 5]
+
+
 def transitions(values: list[float]) -> Transitions:
     v = torch.tensor(values)
     return Transitions(obs=v.unsqueeze(1), actions=v.unsqueeze(1), rewards=v, next_obs=v.unsqueeze(1) + 0.5,

@@ -49,14 +49,13 @@ def rollout_transitions(batch: Batch) -> Transitions:
     step (which is the auto-reset step skipped here).
     """
     following = torch.cat([batch.obs[1:], batch.next_obs.unsqueeze(0)], dim=0)
-    valid = ~batch.autoreset
-    return Transitions(
-        obs=batch.obs[valid],
-        actions=batch.actions[valid],
-        rewards=batch.rewards[valid],
-        next_obs=following[valid],
-        terminated=batch.terminated[valid],
-    )
+    index = batch.transitions()  # found on the host where the batch came through the runtime: no device sync
+
+    def taken(steps: torch.Tensor) -> torch.Tensor:
+        return steps.flatten(0, 1).index_select(0, index)
+
+    return Transitions(obs=taken(batch.obs), actions=taken(batch.actions), rewards=taken(batch.rewards),
+                       next_obs=taken(following), terminated=taken(batch.terminated))
 
 
 @dataclass
