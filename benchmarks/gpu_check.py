@@ -57,6 +57,7 @@ import torch
 from parallel_rl import checkpoint as ckpt
 from parallel_rl.algos import make_algorithm, native_bf16
 from parallel_rl.bench import stopped_unless_done
+from parallel_rl.cli import null_for_unmeasured
 from parallel_rl.config import Config, build_config
 from parallel_rl.runtime.runner import Runner
 
@@ -467,6 +468,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(out: Path, report: dict) -> None:
+    """``report`` as ``out/gpu_check.json`` (strict JSON: a figure a section could not measure
+    is null, not NaN) and ``out/gpu_check.md``."""
+    (out / "gpu_check.json").write_text(json.dumps(null_for_unmeasured(report), indent=2, default=str, allow_nan=False))
+    (out / "gpu_check.md").write_text(markdown(report))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
@@ -523,8 +531,7 @@ def main() -> int:
                     entry = {"ok": True, "result": run()}
                 except KeyboardInterrupt as stop:  # Ctrl-C, or a signal a run stopped on: the check ends here
                     report["sections"][name] = {"ok": False, "error": "interrupted", "seconds": time.perf_counter() - began}
-                    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-                    (args.out / "gpu_check.md").write_text(markdown(report))
+                    write_report(args.out, report)
                     print(f"{name}: interrupted; wrote what was measured to {args.out}", file=sys.stderr)
                     return 128 + getattr(stop, "signum", 2)
                 except Exception:
@@ -533,8 +540,7 @@ def main() -> int:
             report["sections"][name] = entry
             print(f"{name}: {'skipped' if 'skipped' in entry else 'ok' if entry['ok'] else 'FAILED'} in {entry['seconds']:.1f} s",
                   flush=True)
-            (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-            (args.out / "gpu_check.md").write_text(markdown(report))
+            write_report(args.out, report)
     skipped = [name for name, section in report["sections"].items() if "skipped" in section]
     print(f"wrote {args.out / 'gpu_check.md'} and gpu_check.json in {time.perf_counter() - started:.0f} s"
           + (f"; skipped for time: {', '.join(skipped)}" if skipped else ""))

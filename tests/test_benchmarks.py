@@ -100,7 +100,7 @@ def test_gpu_check_smoke_runs_every_section_where_envpool_is_absent(tmp_path):
     result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--smoke", "--out", str(out)],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((out / "gpu_check.json").read_text())
+    report = strict_json((out / "gpu_check.json").read_text())
     assert set(report["sections"]) == {"algorithms", "switches", "checkpoint", "bench", "nature_cnn", "ppo_8_envs", "ppo_pong",
                                          "ranks"}
     assert all(section["ok"] for section in report["sections"].values())
@@ -181,15 +181,40 @@ def test_thread_cpu_shares_come_from_the_middle_half_of_the_measurement(monkeypa
                     "the machine idle 50.0% of a core"), line
 
 
-def test_gpu_check_budget_skips_what_cannot_fit_and_stretches_the_last_section_into_what_is_left(monkeypatch):
-    """The GPU check's budget on a made-up clock: a section starts only where the time left
-    covers its own least need, and a stretching section keeps back what the later ones need."""
+def strict_json(text: str):
+    """``text`` parsed as JSON proper, which has no NaN or Infinity."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def load_gpu_check(monkeypatch):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gpu_check", BENCHMARKS / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up there
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_gpu_check_writes_strict_json_where_a_section_measured_nothing(monkeypatch, tmp_path):
+    """A figure a section could not measure (updates/s of one update) is NaN in Python; the
+    report's JSON holds null there, which strict readers accept."""
+    gpu_check = load_gpu_check(monkeypatch)
+    report = {"mode": "smoke", "machine": "test", "sections": {
+        "ppo_pong": {"ok": True, "result": {"updates_per_s": float("nan"), "returns": [1.5, float("inf")]}, "seconds": 2.0}}}
+    gpu_check.write_report(tmp_path, report)
+    written = strict_json((tmp_path / "gpu_check.json").read_text())
+    assert written["sections"]["ppo_pong"]["result"] == {"updates_per_s": None, "returns": [1.5, None]}
+    assert "- updates_per_s: nan" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_budget_skips_what_cannot_fit_and_stretches_the_last_section_into_what_is_left(monkeypatch):
+    """The GPU check's budget on a made-up clock: a section starts only where the time left
+    covers its own least need, and a stretching section keeps back what the later ones need."""
+    gpu_check = load_gpu_check(monkeypatch)
     now = [0.0]
     budget = gpu_check.Budget(300.0, {"first": 50.0, "stretch": 20.0, "last": 60.0}, clock=lambda: now[0])
     assert budget.allows("first") and budget.spare("first") == 300.0 - 80.0
