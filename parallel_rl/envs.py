@@ -490,7 +490,11 @@ def _ale_kwargs(cfg: EnvConfig) -> dict:
         img_width=cfg.image_size,
         grayscale=True,
         maxpool=True,
-        noop_max=cfg.noop_max,
+        # EnvPool plays 1 + U[0, noop_max - 1] - fire no-ops, then FIRE where fire_reset: 1 to
+        # noop_max frames either way. ALE plays FIRE first, then U[0, n - 1] - fire no-ops, so at
+        # n = noop_max + 1 it plays EnvPool's 1 to noop_max frames with FIRE; without FIRE 0 to
+        # noop_max no-ops (it cannot be made to play at least one)
+        noop_max=cfg.noop_max + 1,
         repeat_action_probability=cfg.sticky_action_prob,
         # ALE's own episodic_life resets the whole game at a life lost; its life-loss signal
         # ends the learning episode and plays on, as EnvPool's episodic_life does

@@ -189,6 +189,24 @@ def test_ale_backend_has_the_spaces_of_envpool(env_id):
     assert ale_spec.max_episode_steps == envpool_spec.max_episode_steps == 27_000 and ale_spec.is_atari
 
 
+
+@pytest.mark.parametrize("env_id, fire_reset, frames", [("Breakout-v5", True, {1, 2, 3}), ("Pong-v5", False, {0, 1, 2, 3})])
+def test_ale_backend_starts_games_after_as_many_no_ops_as_envpool(env_id, fire_reset, frames):
+    """EnvPool starts a game after 1 to noop_max frames (no-ops, the last of them FIRE where
+    the game has it and fire_reset is on). ALE's vector env, given our settings, plays the same
+    1 to noop_max with FIRE, and 0 to noop_max no-ops without it."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    from parallel_rl.envs import _ale_kwargs, ale_games
+
+    cfg = EnvConfig(id=env_id, backend="ale", noop_max=3, fire_reset=fire_reset)
+    env = AtariVectorEnv(ale_games()[env_id], 64, num_threads=1, **_ale_kwargs(cfg))
+    try:
+        _, info = env.reset(seed=0)
+        assert set(np.asarray(info["episode_frame_number"]).tolist()) == frames
+    finally:
+        env.close()
+
 def random_play(env_id: str, backend: str, steps: int, episodic_life: bool) -> tuple[np.ndarray, np.ndarray, int]:
     env = make_env(EnvConfig(id=env_id, backend=backend, episodic_life=episodic_life), num_envs=16, seed=1, num_threads=2)
     rng = np.random.default_rng(0)
