@@ -309,30 +309,56 @@ LISTINGS = {"envs", "config"}  # commands that only print, whose reader may stop
 def _run_command(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, ckpt.CheckpointError) as exc:
-        print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        code = _report_failure(args.command, exc)
+        if code is None:
+            raise
+        return code
+
+
+# failures the CLI explains in a paragraph of its own, without a traceback
+EXPLAINED_FAILURES = (ConfigError, ckpt.CheckpointError, ActorProcessFailure, NonFiniteUpdates, ckpt.CheckpointWriteError,
+                      distributed.ReplicaDivergence, distributed.RankFailure, BrokenPipeError)
+
+
+def _report_failure(command: str, exc: BaseException) -> int | None:
+    """Say why ``command`` failed and return its exit code, for the failures the CLI explains
+    (``EXPLAINED_FAILURES``); None for any other."""
+    if isinstance(exc, (ConfigError, ckpt.CheckpointError)):
+        print(f"parallel-rl {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ActorProcessFailure as exc:
-        print(f"parallel-rl {args.command}: error: {exc}\nThe run was stopped; the checkpoints it had written are intact.", file=sys.stderr)
+    if isinstance(exc, ActorProcessFailure):
+        print(f"parallel-rl {command}: error: {exc}\nThe run was stopped; the checkpoints it had written are intact.", file=sys.stderr)
         return EXIT_FAILURE
-    except (NonFiniteUpdates, ckpt.CheckpointWriteError, distributed.ReplicaDivergence) as exc:
-        print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
+    if isinstance(exc, (NonFiniteUpdates, ckpt.CheckpointWriteError, distributed.ReplicaDivergence, distributed.RankFailure)):
+        print(f"parallel-rl {command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except distributed.RankFailure as exc:
-        print(f"parallel-rl {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         # the reader of stdout went away (`parallel-rl envs | head`): a listing is done, anything else stopped
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail again
-        if args.command in LISTINGS:
+        if command in LISTINGS:
             return 0
-        print(f"parallel-rl {args.command}: error: standard output was closed, so it stopped.", file=sys.stderr)
+        print(f"parallel-rl {command}: error: standard output was closed, so it stopped.", file=sys.stderr)
         return EXIT_FAILURE
+    return None
+
+
+def _failure_interrupted(interrupt: BaseException) -> BaseException | None:
+    """The explained failure a stop signal arrived in the wake of, if any: a rank whose peer
+    died hears of it from its failed collective, then torchrun's SIGTERM arrives while it
+    closes down; the failure is what the user must read."""
+    seen = interrupt.__context__
+    while seen is not None:
+        if isinstance(seen, EXPLAINED_FAILURES):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     # SIGTERM, like Ctrl-C, ends anything before or after a run with 128 + its number; a
     # running Runner installs its own handlers (stop after the update, final checkpoint)
+    args = None
     with signals.handled(signals.raise_interrupted):
         try:
             args = build_parser().parse_args(argv)
@@ -340,10 +366,18 @@ def main(argv: list[str] | None = None) -> int:
             return _run_command(args)
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
+            failure = _failure_interrupted(exc)
+            if args is not None and failure is not None:
+                code = _report_failure(args.command, failure)
+                print(f"({signal.Signals(signum).name} arrived while it stopped.)", file=sys.stderr)
+                return code
             print(f"\ninterrupted by {signal.Signals(signum).name}", file=sys.stderr)
             return signals.exit_code(signum)
         finally:
-            supervision.reap_children()
+            # the command has ended and said how: a stop signal now (torchrun's SIGTERM to a rank
+            # that failed, a second Ctrl-C) must not turn that into a traceback
+            with signals.handled(signal.SIG_IGN):
+                supervision.reap_children()
 
 
 def exit_process(code: int) -> None:

@@ -332,3 +332,51 @@ def test_bench_raw_figure_counts_agent_steps_where_the_env_repeats_actions(monke
         return bench.raw_env_sps(cfg, 4.0, 1)
 
     assert raw_figure(2) == pytest.approx(agent_steps_per_step * raw_figure(1))
+
+
+def test_a_rank_failure_that_a_stop_signal_interrupts_is_still_named(monkeypatch, capsys):
+    """A rank whose peer died learns it from a failed collective; torchrun's SIGTERM can then
+    arrive while it closes down. The run's error is the rank failure, said in its paragraph,
+    not 'interrupted by SIGTERM'."""
+    import signal
+
+    from parallel_rl import cli, distributed
+    from parallel_rl.runtime import signals
+
+    def peer_died_then_sigterm(args):
+        try:
+            raise distributed.RankFailure("rank 0 of 2: averaging gradients with the other ranks failed; another rank died")
+        finally:
+            raise signals.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setitem(cli.COMMANDS, "config", peer_died_then_sigterm)
+    code = cli.main(["config"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_FAILURE
+    assert "parallel-rl config: error: rank 0 of 2" in err and "another rank died" in err and "SIGTERM arrived" in err
+    assert "interrupted by" not in err
+
+    def plain_sigterm(args):
+        raise signals.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setitem(cli.COMMANDS, "config", plain_sigterm)
+    assert cli.main(["config"]) == 143 and "interrupted by SIGTERM" in capsys.readouterr().err
+
+
+def test_a_stop_signal_while_the_children_are_reaped_changes_nothing(monkeypatch, capsys):
+    """Once the command has ended, a stop signal arriving while its child processes are
+    joined neither raises out of ``main`` (a traceback) nor changes its exit code."""
+    import signal
+    import time
+
+    from parallel_rl import cli
+    from parallel_rl.runtime import supervision
+
+    def signalled_while_reaping():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # Python runs the handler at the next instruction: within this wait
+
+    monkeypatch.setattr(supervision, "reap_children", signalled_while_reaping)
+    monkeypatch.setitem(cli.COMMANDS, "config", lambda args: 0)
+    assert cli.main(["config"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
