@@ -93,6 +93,7 @@ class Run:
     mean_return: float | None = None
     seconds: float = 0.0
     status: str = "not run"
+    log_start: int = 0  # the byte of the log where this attempt's output begins
 
 
 @dataclass
@@ -285,10 +286,14 @@ def expand(sweep: Sweep, prefix: list[str]) -> list[Run]:
     return runs
 
 
-def final_return(log: Path) -> float | None:
-    """The "recent mean return" of the last `done:` line of a run's log, if any."""
+def final_return(log: Path, since: int = 0) -> float | None:
+    """The "recent mean return" of the last `done:` line of a run's log from byte ``since`` on
+    (where this attempt began: a log is appended to, and an earlier attempt's line is not this
+    one's), if any."""
     try:
-        lines = log.read_text(errors="replace").splitlines()
+        with log.open("rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return None
     for line in reversed(lines):
@@ -324,6 +329,7 @@ class Scheduler:
     def _start(self, run: Run, index: int) -> None:
         run.run_dir.parent.mkdir(parents=True, exist_ok=True)
         log = run.log.open("a")
+        run.log_start = log.tell()
         log.write(f"$ {shlex.join(run.argv)}\n")
         log.flush()
         # A session of its own: Ctrl-C reaches the sweep only, which forwards it exactly once.
@@ -338,7 +344,7 @@ class Scheduler:
         log.close()
         run.exit_code = proc.returncode
         run.seconds = time.monotonic() - began
-        run.mean_return = final_return(run.log)
+        run.mean_return = final_return(run.log, run.log_start)
         run.status = "ok" if run.exit_code == 0 else ("stopped" if run.exit_code in (130, 143, -signal.SIGINT, -signal.SIGTERM) else "FAILED")
         shown = "-" if run.mean_return is None else f"{run.mean_return:.2f}"
         self._print(f"      {run.status:7s} {run.name}: exit {run.exit_code}, return {shown}, {run.seconds:.1f} s")

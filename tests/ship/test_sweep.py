@@ -179,6 +179,20 @@ def test_final_return_reads_the_last_done_line(module, tmp_path):
     assert module.final_return(tmp_path / "missing.log") is None
 
 
+
+def test_a_failed_attempt_shows_no_return_from_an_earlier_attempts_log(module, tmp_path):
+    """A run's log is appended to: a run started again that fails must not show (and add to
+    the sweep's mean) the return an earlier attempt left in the same log."""
+    log = tmp_path / "CartPole-v1__base__s1.log"
+    log.write_text("done: 300,000 agent steps in 12.7 s (23,553 SPS), 1573 episodes, recent mean return 487.00; checkpoint c\n")
+    run = module.Run("CartPole-v1__base__s1", tmp_path / "CartPole-v1__base__s1", log, [sys.executable, "-c", "raise SystemExit(1)"])
+    out = tmp_path / "out.txt"
+    with out.open("w") as printed:
+        module.Scheduler([run], parallel=1, out=printed).run()
+    assert run.status == "FAILED" and run.mean_return is None, out.read_text()
+    assert "487.00" in log.read_text()  # the earlier attempt's log is kept
+    assert "mean of the final returns" not in module.summary([run])
+
 def test_expand_order_names_and_overrides(module):
     spec = module.parse_sweep({"config": "c", "envs": ["A-v1", "ALE/B-v5"], "seeds": [1, 2], "steps": 1e6,
                                "set": ["x=1"], "overrides": [{"name": "v", "set": ["y=2"]}], "run_root": "r"}, "s")
