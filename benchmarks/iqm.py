@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from parallel_rl.config import ConfigError
-from parallel_rl.report import find_runs, group_runs, load_run
+from parallel_rl.report import find_runs, group_runs, load_run, pooling_warnings
 from parallel_rl.stats import normalized_score, stratified_bootstrap_ci
 
 EXIT_USAGE = 2
@@ -52,7 +52,9 @@ def variant_scores(paths: list[Path]) -> tuple[dict[str, dict[str, list[tuple[fl
         except KeyError as exc:
             warnings.append(f"{group.env} ({len(group.runs)} runs): {exc.args[0]}; only its raw-score IQM is given")
             per_run = [(float(run.final_score), group.env, None) for run in group.runs]
-        scores[group.label][per_run[0][1]] = [(raw, normalised) for raw, _, normalised in per_run]
+        # keyed by the env id: two ids of one game (Pong-v5, Pong-v4) are two tasks, neither lost
+        scores[group.label][group.env] = [(raw, normalised) for raw, _, normalised in per_run]
+        warnings += pooling_warnings(group)
     all_tasks = sorted({task for per_task in scores.values() for task in per_task})
     for label, per_task in scores.items():
         missing = [t for t in all_tasks if t not in per_task]

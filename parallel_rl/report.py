@@ -137,7 +137,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
         runs = [p for p in below if (p / "tb").is_dir()]
         if not runs:
             raise ConfigError(f"{str(path)!r} holds no run directory: a run directory has a config.yaml and a tb/ folder.")
-        found += [p for p in runs if p not in found]
+        seen = {p.resolve() for p in found}  # one run named two ways (a folder and its parent, a link) is one run
+        found += [p for p in runs if p.resolve() not in seen]
     return found
 
 

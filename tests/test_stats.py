@@ -69,8 +69,26 @@ def test_iqm_script_reads_runs_and_groups_variants(tmp_path, capsys):
     assert small["iqm"] == pytest.approx(1.0) and small["ci"] == pytest.approx([1.0, 1.0])
     # scores 0, 1, 0.5 in both games: IQM of (0, 0, .5, .5, 1, 1) = mean(0, .5, .5, 1) = 0.5
     assert default["iqm"] == pytest.approx(0.5)
-    assert default["mean_per_game"] == pytest.approx({"Breakout": 0.5, "Pong": 0.5})
+    assert default["mean_per_game"] == pytest.approx({"Breakout-v5": 0.5, "Pong-v5": 0.5})
     assert script.main([str(tmp_path / "nothing-here")]) == 2
+
+
+def test_iqm_script_keeps_two_ids_of_one_game_apart_and_counts_a_run_named_twice_once(tmp_path, capsys):
+    """Pong-v5 and Pong-v4 are two tasks of one variant, neither overwriting the other; a run
+    reached through two paths is one run."""
+    spec = importlib.util.spec_from_file_location("iqm_script", Path(__file__).parents[1] / "benchmarks" / "iqm.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for seed in (1, 2):
+        _fake_run(tmp_path, "Pong-v5", 32, seed, [-21.0] * 8 + [11.0] * 2)
+        _fake_run(tmp_path, "Pong-v4", 32, seed, [-21.0] * 10)
+    some_run = next(p.parent for p in tmp_path.rglob("config.yaml"))
+    spelt_otherwise = some_run / ".." / some_run.name
+    assert script.main([str(tmp_path), str(spelt_otherwise), "--json", "--reps", "200"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["raw_iqm_per_task"]["Pong-v5"]["runs"] == 2 and row["raw_iqm_per_task"]["Pong-v4"]["runs"] == 2
+    assert row["raw_iqm_per_task"]["Pong-v5"]["iqm"] == pytest.approx(11.0)
+    assert row["raw_iqm_per_task"]["Pong-v4"]["iqm"] == pytest.approx(-21.0)
 
 
 def test_classic_control_scores_are_normalised_from_random_play_to_solved():
