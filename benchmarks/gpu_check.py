@@ -405,19 +405,26 @@ def ppo_pong_seconds(sizes: Sizes, spare: float) -> float:
 def section_ranks(sizes: Sizes, work: Path, seconds: float) -> dict:
     """Steady agent steps/s on 1, 2 (and 4) ranks; every launch ends within ``seconds`` of
     the section's start."""
-    from ranks import run_cell  # benchmarks/ranks.py, beside this script
+    from ranks import CellTimedOut, run_cell  # benchmarks/ranks.py, beside this script
 
     deadline = time.perf_counter() + seconds
 
     gpus = torch.cuda.device_count() if sizes.device == "cuda" else 0
     counts = [1, 2, *([4] if gpus >= 4 else [])]
     extra = ("--device", sizes.device, "--actors", str(sizes.ranks_envs))
-    rows = []
+    rows, not_measured = [], []
     for ranks in counts:
         left = deadline - time.perf_counter()
         if left <= 0:
-            break
-        sps, wall = run_cell(sizes.ranks_recipe, ranks, sizes.ranks_steps, work / f"ranks_{ranks}", extra, timeout_s=left)
+            not_measured.append(f"{ranks} ranks: no time left in the section")
+            continue
+        try:
+            sps, wall = run_cell(sizes.ranks_recipe, ranks, sizes.ranks_steps, work / f"ranks_{ranks}", extra, timeout_s=left)
+        except CellTimedOut as exc:
+            if not rows:  # nothing to compare with: the section failed
+                raise
+            not_measured.append(f"{ranks} ranks: {exc}")  # the time ran short; the rows measured stand
+            continue
         rows.append({"ranks": ranks, "sps": round(sps), "wall_s": round(wall, 1)})
     single = rows[0]["sps"]
     for row in rows:
@@ -426,7 +433,7 @@ def section_ranks(sizes: Sizes, work: Path, seconds: float) -> dict:
         row["scaling_efficiency"] = round(row["sps"] / (row["ranks"] * single), 2) if row["ranks"] <= max(gpus, 1) else None
     backend = "nccl" if gpus >= 2 else "gloo (ranks share one GPU: NCCL refuses that)" if gpus == 1 else "gloo (CPU)"
     return {"recipe": sizes.ranks_recipe, "envs_in_all": sizes.ranks_envs, "steps": sizes.ranks_steps, "gpus": gpus,
-            "backend": backend, "rows": rows}
+            "backend": backend, "rows": rows, "not_measured": not_measured}
 
 
 def markdown(report: dict) -> str:
@@ -462,6 +469,7 @@ def markdown(report: dict) -> str:
                       "| ranks | agent steps/s | speed-up | scaling efficiency | wall-clock (s) |", "|---:|---:|---:|---:|---:|"]
             lines += [f"| {r['ranks']} | {r['sps']:,} | {r['speed_up']:.2f} | {r['scaling_efficiency'] if r['scaling_efficiency'] is not None else '-'} | "
                       f"{r['wall_s']} |" for r in result["rows"]]
+            lines += [f"- not measured: {text}" for text in result.get("not_measured", [])]
         else:
             lines += [f"- {key}: {value}" for key, value in result.items()]
         lines.append("")

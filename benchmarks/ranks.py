@@ -32,7 +32,11 @@ DONE = re.compile(r"done: ([\d,]+) agent steps \(([\d,]+) SPS after start-up\)")
 
 
 class CellFailed(RuntimeError):
-    """A launch that exited with an error, printed no result or ran past its time."""
+    """A launch that exited with an error or printed no result (``CellTimedOut``: ran past its time)."""
+
+
+class CellTimedOut(CellFailed):
+    """A launch stopped for running past its time: the time was short, nothing failed."""
 
 
 def run_cell(recipe: str, ranks: int, steps: int, run_dir: Path, extra: tuple[str, ...] = (),
@@ -51,7 +55,7 @@ def run_cell(recipe: str, ranks: int, steps: int, run_dir: Path, extra: tuple[st
         stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         end_session(proc)
-        raise CellFailed(f"{recipe} on {ranks} rank(s) ran past {timeout_s:.0f} s and was stopped") from None
+        raise CellTimedOut(f"{recipe} on {ranks} rank(s) ran past {timeout_s:.0f} s and was stopped") from None
     except BaseException:
         end_session(proc)
         raise
