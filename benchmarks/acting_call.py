@@ -13,7 +13,7 @@ groups of a 256-env actor process; each recipe's network acts for its own envs, 
 it does inline on a CPU.
 
 Each figure is the median of ``--calls`` calls after a warm-up, in a fresh process per
-checkout and round; the checkouts take turns within a round.
+checkout and round; the checkouts take turns within a round, in reversed order every other round.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transport_ab import add_checkouts_argument, in_checkout, refuse_bad_checkouts  # noqa: E402
+from transport_ab import add_checkouts_argument, in_checkout, refuse_bad_checkouts, turn_order  # noqa: E402
 
 from parallel_rl.config import recipe_names  # noqa: E402
 
@@ -93,7 +93,7 @@ def main() -> None:
     envs: dict[str, int] = {}
     for round_ in range(args.rounds):
         for recipe in recipes:
-            for checkout in args.checkouts:
+            for checkout in turn_order(args.checkouts, round_):
                 timed = measure(checkout, recipe, args.calls)
                 figures[recipe, checkout].append(timed["ms"])
                 envs[recipe] = timed["envs"]

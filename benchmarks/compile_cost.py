@@ -17,7 +17,7 @@ import argparse
 import statistics
 import time
 
-from arguments import require_positive  # benchmarks/arguments.py, beside this script
+from arguments import refuse_bad_configs, require_positive  # beside this script
 
 from parallel_rl.bench import train_run
 from parallel_rl.config import build_config
@@ -34,6 +34,11 @@ def main() -> None:
                         help="any other setting, the same for both (repeatable)")
     args = parser.parse_args()
     require_positive(parser, args, "rounds", "seconds")
+    switched_too = [o for o in args.overrides if o.split("=", 1)[0].strip() == f"perf.{args.switch}"]
+    if switched_too:
+        parser.error(f"--set {switched_too[0]}: perf.{args.switch} is the switch this script turns off and on; "
+                     "a --set of it would make both runs the same")
+    refuse_bad_configs(parser, args.recipes, overrides=args.overrides)
     off, on = ("eager", "compiled") if args.switch == "compile" else ("off", "on")
     print(f"perf.{args.switch}{''.join(' --set ' + o for o in args.overrides)}\n")
     print(f"| recipe | {off} | {on} | {on} / {off} | seconds outside the window, {off} / {on} |")

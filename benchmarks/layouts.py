@@ -19,7 +19,7 @@ import os
 import statistics
 from dataclasses import replace
 
-from arguments import require_positive  # benchmarks/arguments.py, beside this script
+from arguments import refuse_bad_configs, require_positive  # beside this script
 
 from parallel_rl.bench import train_sps
 from parallel_rl.config import Config, build_config
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     require_positive(parser, args, "repeats", "seconds")
+    refuse_bad_configs(parser, args.recipes)
     cores = os.cpu_count() or 1
     cells = {(recipe, key): cell_config(recipe, *key) if key != DEFAULT else cell_config(recipe, None, None, None)
              for recipe in args.recipes for key in [DEFAULT, *grid(cores)]}

@@ -44,11 +44,15 @@ def peer_steady_sps(reports: list[int]) -> float:
 
 
 def run_peer(peer: Path, steps: int) -> tuple[float, float]:
-    began = time.perf_counter()
-    out = subprocess.run([sys.executable, str(peer), "--env-id", "Pong-v5", "--total-timesteps", str(steps),
-                          "--num-envs", str(PEER_ENVS), "--num-steps", str(PEER_ROLLOUT), "--no-track"],
-                         capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - began
+    # in a folder of its own: the peer writes TensorBoard files under ./runs even with --no-track
+    with tempfile.TemporaryDirectory(prefix="peer-ppo-") as cwd:
+        began = time.perf_counter()
+        out = subprocess.run([sys.executable, str(peer.resolve()), "--env-id", "Pong-v5", "--total-timesteps", str(steps),
+                              "--num-envs", str(PEER_ENVS), "--num-steps", str(PEER_ROLLOUT), "--no-track"],
+                             capture_output=True, text=True, cwd=cwd)
+        wall = time.perf_counter() - began
+    if out.returncode:
+        raise SystemExit(f"the peer {peer} exited with {out.returncode}:\n{out.stderr.strip()[-3000:]}")
     return wall, peer_steady_sps([int(m) for m in PEER_SPS.findall(out.stdout + out.stderr)])
 
 
@@ -85,6 +89,8 @@ def main() -> None:
     if args.repeats < 1 or args.steps < 2 * PEER_ENVS * PEER_ROLLOUT:
         parser.error(f"--repeats {args.repeats} --steps {args.steps}: give 1 or more repeats and at least "
                      f"{2 * PEER_ENVS * PEER_ROLLOUT} steps (two of the peer's iterations, for a steady rate)")
+    if not args.peer.is_file():
+        parser.error(f"--peer {args.peer}: no such file; give the peer's script (CleanRL's ppo_atari_envpool.py)")
     if args.variants is not None and len({" ".join(v.split()) for v in args.variants}) < len(args.variants):
         parser.error(f"--variant given twice with the same overrides: {args.variants}")
     shared = [f for o in args.overrides for f in ("--set", o)]

@@ -196,9 +196,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for which in [args.only] if args.only else ("peer", "ours"):
             out = Path(tmp) / f"{which}.json"
-            subprocess.run([sys.executable, __file__, "--child", which, "--peer", str(args.peer), "--steps", str(args.steps),
-                            "--child-out", str(out), *[f"--set={item}" for item in args.overrides]],
-                           check=True, stdout=subprocess.DEVNULL)
+            # in the temporary folder: the peer writes TensorBoard files under ./runs even with --no-track
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", which, "--peer", str(args.peer.resolve()),
+                            "--steps", str(args.steps), "--child-out", str(out), *[f"--set={item}" for item in args.overrides]],
+                           check=True, stdout=subprocess.DEVNULL, cwd=tmp)
             reports[which] = json.loads(out.read_text())
     iteration_steps = ENVS * STEPS_PER_ENV
     names = {"peer": "CleanRL", "ours": "parallel-rl"}

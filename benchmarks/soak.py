@@ -3,7 +3,7 @@
 Starts `parallel-rl launch` (IMPALA, 2 actor processes by default) in a temporary run
 directory, samples the resident set size (RSS, from /proc) of the runner and of each
 actor process every --interval-s seconds (a minute by default), prints a table, then the
-growth from the first sample (taken a minute in, once start-up is over) to the last, and
+growth from the first sample at least a minute in (start-up over) to the last, and
 stops the run with SIGINT. Not part of the test suite: it takes --minutes.
 
     python benchmarks/soak.py --minutes 20
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 GOAL_GROWTH = 0.05
+START_UP_S = 60.0  # growth is measured from the first sample past this, once start-up is over
 
 
 def rss_kib(pid: int) -> int | None:
@@ -94,9 +95,12 @@ def main() -> int:
             errors.close()
         checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
         steps = int(checkpoints[-1].stem[5:]) if checkpoints else 0
-    if len(samples) < 2:
-        print("fewer than two samples: nothing to compare")
+    after_start_up = [sample for sample in samples if sample[0] >= START_UP_S]
+    if len(after_start_up) < 2:
+        print(f"fewer than two samples after the first {START_UP_S:.0f} s of start-up: nothing to compare "
+              "(run longer, or sample more often)")
         return 1
+    samples = after_start_up
     print_growth(samples, steps, runner.returncode)
     return 0
 
@@ -113,10 +117,10 @@ def print_row(sample: tuple[float, dict[str, int]], header: bool) -> None:
 def print_growth(samples: list[tuple[float, dict[str, int]]], steps: int, exit_code: int) -> None:
     (t0, first), (t1, last) = samples[0], samples[-1]
     print(f"\ngrowth from minute {t0 / 60:.1f} to minute {t1 / 60:.1f} ({steps:,} agent steps; run stopped with exit code {exit_code}):")
-    for name in first:
-        if name in last:
-            print(f"  {name:8s} {first[name] / 1024:8.1f} -> {last[name] / 1024:8.1f} MiB  {100 * (last[name] / first[name] - 1):+6.2f}%")
-    total0, total1 = sum(first.values()), sum(last.values())
+    both = [name for name in first if name in last]  # a process started or ended between them is left out of the total too
+    for name in both:
+        print(f"  {name:8s} {first[name] / 1024:8.1f} -> {last[name] / 1024:8.1f} MiB  {100 * (last[name] / first[name] - 1):+6.2f}%")
+    total0, total1 = sum(first[name] for name in both), sum(last[name] for name in both)
     growth = total1 / total0 - 1
     verdict = "within" if growth < GOAL_GROWTH else "ABOVE"
     print(f"  {'total':8s} {total0 / 1024:8.1f} -> {total1 / 1024:8.1f} MiB  {100 * growth:+6.2f}%  ({verdict} the {100 * GOAL_GROWTH:.0f}% goal)")

@@ -2,7 +2,7 @@
 
 For each round, recipe and checkout in turn: ``bench``'s training phase (``train_sps``, the
 run's own layout, compilation and warm-up excluded) for ``--seconds``, in a process that
-imports that checkout's package. The checkouts alternate within a round, so drift of a
+imports that checkout's package. The checkouts alternate within a round (reversed every other round), so drift of a
 shared machine lands on both; the table gives each cell's median over the rounds.
 
     git worktree add /tmp/before COMMIT
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transport_ab import add_checkouts_argument, in_checkout, refuse_bad_checkouts  # noqa: E402
+from transport_ab import add_checkouts_argument, in_checkout, refuse_bad_checkouts, turn_order  # noqa: E402
 
 from parallel_rl.config import recipe_names  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
     figures: dict[tuple[int, str], list[float]] = {}
     for round_ in range(args.rounds):
         for i, (recipe, sets) in enumerate(cases):
-            for checkout in args.checkouts:
+            for checkout in turn_order(args.checkouts, round_):
                 figures.setdefault((i, checkout), []).append(measure(checkout, recipe, sets, args.seconds))
             print(f"round {round_ + 1}, {args.case[i] if args.case else recipe}: "
                   + ", ".join(f"{c} {figures[i, c][-1]:,.0f}" for c in args.checkouts), flush=True)

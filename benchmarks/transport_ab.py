@@ -4,10 +4,12 @@
     python benchmarks/transport_ab.py A B --set actors.num_threads=2 --seconds 15
     python benchmarks/transport_ab.py . --groups-bare --rounds 4
 
-Each round runs, each in a process of its own: raw stepping of the envs (``bench``'s raw
-figure, the actors' threads), then for each checkout the pipeline (``bench``'s transport
-probe: a uniformly random policy and a learner that learns nothing) for ``--seconds``.
-The checkouts take turns within a round, so drift of a shared machine lands on both.
+Each round runs, each in a process of its own and for ``--seconds``: raw stepping of the
+envs with each checkout's code (``bench``'s raw figure, the actors' threads), then each
+checkout's pipeline (``bench``'s transport probe: a uniformly random policy and a learner
+that learns nothing), each pipeline's ratio taken to its own checkout's raw figure. The
+checkouts take turns within a round, in reversed order every other round, so drift of a
+shared machine lands on both.
 
 ``--groups-bare`` adds a third figure to each round: the actor process's own env groups
 (the same pools, envs and threads) stepped alternately in a fixed order, by a
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from arguments import require_positive  # benchmarks/arguments.py, beside this script
+from arguments import refuse_bad_configs, require_positive  # beside this script
 
 MEASURE = """
 import json, sys
@@ -135,6 +137,12 @@ def add_checkouts_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkouts", nargs="+", help="one or two source trees (each holding parallel_rl/)")
 
 
+def turn_order(checkouts: list[str], round_: int) -> list[str]:
+    """The checkouts in the order round ``round_`` (from 0) measures them: reversed every other
+    round, so that steady drift of a shared machine favours neither."""
+    return list(checkouts) if round_ % 2 == 0 else list(checkouts)[::-1]
+
+
 def refuse_bad_checkouts(parser: argparse.ArgumentParser, checkouts: list[str]) -> None:
     """Exit 2 (through ``parser``) on more than two checkouts or on a folder without the package."""
     if len(checkouts) > 2:
@@ -201,28 +209,37 @@ def main() -> None:
     args = parser.parse_args()
     require_positive(parser, args, "rounds", "seconds", "actors")
     refuse_bad_checkouts(parser, args.checkouts)
+    refuse_bad_configs(parser, ["paac_atari"], {"env.id": args.env, "actors.num_envs": args.actors,
+                                                "actors.procs": args.actor_procs}, args.set)
     if args.groups_bare and args.actor_procs != 1:
         parser.error(f"--groups-bare measures one actor process's loop; --actor-procs is {args.actor_procs}, give 1")
-    raw: list[float] = []
+    # raw stepping with each checkout's own code (a change may touch how envs are made), and
+    # the checkouts' order reversed every other round, so that drift lands on each alike
+    raw: dict[str, list[float]] = {c: [] for c in args.checkouts}
     bare: list[float] = []
     pipeline: dict[str, list[float]] = {c: [] for c in args.checkouts}
     for r in range(args.rounds):
-        raw.append(measure(args.checkouts[0], "raw", args))
+        order = turn_order(args.checkouts, r)
+        for checkout in order:
+            raw[checkout].append(measure(checkout, "raw", args))
         if args.groups_bare:
             bare.append(measure(args.checkouts[0], "groups_bare", args))
-        for checkout in args.checkouts:
+        for checkout in order:
             pipeline[checkout].append(measure(checkout, "pipeline", args))
-        print(f"round {r + 1}: raw {raw[-1]:,.0f}, " + (f"groups bare {bare[-1]:,.0f}, " if bare else "") +", ".join(f"{c} {v[-1]:,.0f}" for c, v in pipeline.items()), flush=True)
-    base = statistics.median(raw)
+        print(f"round {r + 1}: " + ", ".join(f"raw {c} {v[-1]:,.0f}" for c, v in raw.items()) + ", "
+              + (f"groups bare {bare[-1]:,.0f}, " if bare else "") + ", ".join(f"{c} {v[-1]:,.0f}" for c, v in pipeline.items()),
+              flush=True)
+    base = {c: statistics.median(v) for c, v in raw.items()}
     print(f"\n| measurement | agent steps/s (median of {args.rounds}) | ratio to raw |\n|---|---:|---:|")
-    print(f"| raw stepping | {base:,.0f} | 1.00 |")
+    for checkout, values in raw.items():
+        print(f"| raw stepping, {checkout} ({' / '.join(f'{v:,.0f}' for v in values)}) | {base[checkout]:,.0f} | 1.00 |")
     if bare:
-        print(f"| the actor's env groups stepped bare, alternately ({' / '.join(f'{v:,.0f}' for v in bare)}) | "
-              f"{statistics.median(bare):,.0f} | {statistics.median(bare) / base:.2f} |")
+        first = args.checkouts[0]
+        print(f"| the actor's env groups stepped bare, alternately, {first} ({' / '.join(f'{v:,.0f}' for v in bare)}) | "
+              f"{statistics.median(bare):,.0f} | {statistics.median(bare) / base[first]:.2f} |")
     for checkout, values in pipeline.items():
         print(f"| pipeline, {checkout} ({' / '.join(f'{v:,.0f}' for v in values)}) | {statistics.median(values):,.0f} | "
-              f"{statistics.median(values) / base:.2f} |")
-
+              f"{statistics.median(values) / base[checkout]:.2f} (of its own raw) |")
 
 if __name__ == "__main__":
     main()

@@ -39,7 +39,7 @@ def script(name, *args):
     pytest.param("optimizer_kernel_cpu.py", ["--recipes", "qrdqn_classic", "--seconds", "1", "--rounds", "1"],
                  ["| recipe | optimizer | default", "| qrdqn_classic | adam | "], marks=pytest.mark.slow),
     pytest.param("transport_ab.py", [".", "--groups-bare", "--thread-cpu", "--rounds", "1", "--seconds", "1", "--actors", "8"],
-                 ["| raw stepping |", "| the actor's env groups stepped bare, alternately", "| pipeline, . (",
+                 ["| raw stepping, . (", "| the actor's env groups stepped bare, alternately", "| pipeline, . (",
                   "  raw .: ", "the stepping process Python thread", "; the machine idle"],
                  marks=pytest.mark.slow),
     pytest.param("acting_call.py", [".", "--recipe", "transport_probe", "--recipe", "paac_classic", "--rounds", "1", "--calls", "20"],
@@ -74,6 +74,10 @@ def test_benchmark_script_refuses_bad_arguments(name, flag):
     ("sac_throughput.py", ["--repeats", "0"], "--repeats 0"), ("layouts.py", ["--seconds", "0"], "--seconds 0.0"),
     ("peer_ppo.py", ["--repeats", "0"], "--repeats 0"), ("ranks.py", ["--recipes", "nope"], "--recipes nope"),
     ("gpu_check.py", ["--smoke", "--out", __file__], f"--out {__file__}: File exists"),
+    ("layouts.py", ["--recipes", "nosuch"], "nosuch"), ("compile_cost.py", ["--recipes", "nope"], "nope"),
+    ("compile_cost.py", ["--set", "nope=1"], "nope"), ("transport_ab.py", [".", "--env", "Nope-v0"], "Nope-v0"),
+    ("compile_cost.py", ["--set", "perf.compile=true"], "--set perf.compile=true"),
+    ("peer_ppo.py", ["--peer", "/nonexistent/peer.py"], "/nonexistent/peer.py"),
 ])
 def test_benchmark_script_refuses_a_bad_recipe_or_count(name, args, named):
     out = script(name, *args)
@@ -210,6 +214,36 @@ def test_gpu_check_writes_strict_json_where_a_section_measured_nothing(monkeypat
     assert written["sections"]["ppo_pong"]["result"] == {"updates_per_s": None, "returns": [1.5, None]}
     assert "- updates_per_s: nan" in (tmp_path / "gpu_check.md").read_text()
 
+
+
+def test_gpu_check_ranks_keeps_the_rows_measured_when_a_later_launch_runs_out_of_time(monkeypatch, tmp_path):
+    """The 2-rank launch cut off at the section's deadline leaves the 1-rank row and says what
+    was not measured; a launch that failed, or a first one out of time, fails the section."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # where gpu_check finds ranks.py, as when run as a script
+    gpu_check = load_gpu_check(monkeypatch)
+    import ranks
+
+    calls = []
+
+    def cell(recipe, count, steps, run_dir, extra, timeout_s):
+        calls.append(count)
+        if count == 2:
+            raise ranks.CellTimedOut(f"{recipe} on 2 rank(s) ran past {timeout_s:.0f} s and was stopped")
+        return 1000.0, 5.0
+
+    monkeypatch.setattr(ranks, "run_cell", cell)
+    result = gpu_check.section_ranks(gpu_check.SMOKE, tmp_path, seconds=60.0)
+    assert calls == [1, 2] and [row["ranks"] for row in result["rows"]] == [1]
+    assert len(result["not_measured"]) == 1 and "2 ranks" in result["not_measured"][0]
+    report = {"mode": "smoke", "machine": "test", "sections": {"ranks": {"ok": True, "result": result, "seconds": 60.0}}}
+    assert "- not measured: 2 ranks" in gpu_check.markdown(report)
+
+    def failed(recipe, count, steps, run_dir, extra, timeout_s):
+        raise ranks.CellFailed("exit 1")
+
+    monkeypatch.setattr(ranks, "run_cell", failed)
+    with pytest.raises(ranks.CellFailed):
+        gpu_check.section_ranks(gpu_check.SMOKE, tmp_path, seconds=60.0)
 
 def test_gpu_check_budget_skips_what_cannot_fit_and_stretches_the_last_section_into_what_is_left(monkeypatch):
     """The GPU check's budget on a made-up clock: a section starts only where the time left
