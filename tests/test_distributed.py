@@ -2,7 +2,6 @@
 directory, steps counted over ranks, bad configs refused before any rank starts."""
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -18,16 +17,22 @@ from parallel_rl.algos import make_algorithm
 from parallel_rl.config import build_config
 from parallel_rl.runtime.runner import Runner
 
+_RENDEZVOUS_STORES = []  # held for the session: their ports stay taken until the ranks have met
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The port of a rendezvous store this test process keeps open, as torchrun's agent does:
+    a port merely found free and closed again could be taken (by another worker's gloo
+    connections) before rank 0 bound it, seconds later."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    _RENDEZVOUS_STORES.append(store)
+    return store.port
 
 
 def as_rank(rank: int, size: int, port: int) -> None:
+    # every rank a client of the test's store (TORCHELASTIC_USE_AGENT_STORE), none binding the port
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
 
 
 def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: int, overrides: tuple[str, ...] = ()) -> None:
