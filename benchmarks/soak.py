@@ -95,14 +95,7 @@ def main() -> int:
             errors.close()
         checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem[5:]))
         steps = int(checkpoints[-1].stem[5:]) if checkpoints else 0
-    after_start_up = [sample for sample in samples if sample[0] >= START_UP_S]
-    if len(after_start_up) < 2:
-        print(f"fewer than two samples after the first {START_UP_S:.0f} s of start-up: nothing to compare "
-              "(run longer, or sample more often)")
-        return 1
-    samples = after_start_up
-    print_growth(samples, steps, runner.returncode)
-    return 0
+    return 0 if print_growth(samples, steps, runner.returncode) else 1
 
 
 def print_row(sample: tuple[float, dict[str, int]], header: bool) -> None:
@@ -114,7 +107,14 @@ def print_row(sample: tuple[float, dict[str, int]], header: bool) -> None:
           flush=True)
 
 
-def print_growth(samples: list[tuple[float, dict[str, int]]], steps: int, exit_code: int) -> None:
+def print_growth(samples: list[tuple[float, dict[str, int]]], steps: int, exit_code: int) -> bool:
+    """The growth from the first sample past start-up to the last; False where fewer than two
+    samples came after start-up (nothing to compare)."""
+    samples = [sample for sample in samples if sample[0] >= START_UP_S]
+    if len(samples) < 2:
+        print(f"fewer than two samples after the first {START_UP_S:.0f} s of start-up: nothing to compare "
+              "(run longer, or sample more often)")
+        return False
     (t0, first), (t1, last) = samples[0], samples[-1]
     print(f"\ngrowth from minute {t0 / 60:.1f} to minute {t1 / 60:.1f} ({steps:,} agent steps; run stopped with exit code {exit_code}):")
     both = [name for name in first if name in last]  # a process started or ended between them is left out of the total too
@@ -124,6 +124,7 @@ def print_growth(samples: list[tuple[float, dict[str, int]]], steps: int, exit_c
     growth = total1 / total0 - 1
     verdict = "within" if growth < GOAL_GROWTH else "ABOVE"
     print(f"  {'total':8s} {total0 / 1024:8.1f} -> {total1 / 1024:8.1f} MiB  {100 * growth:+6.2f}%  ({verdict} the {100 * GOAL_GROWTH:.0f}% goal)")
+    return True
 
 
 if __name__ == "__main__":

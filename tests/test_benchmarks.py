@@ -291,3 +291,36 @@ def test_gpu_check_refuses_a_budget_that_is_not_a_positive_number_of_seconds(tmp
     out = script("gpu_check.py", "--smoke", flag, "0", "--out", str(tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{flag} must be a positive number of seconds, not 0.0" in out.stderr
+
+
+def test_soak_growth_starts_after_start_up_and_totals_only_processes_sampled_throughout(capsys):
+    """A sample taken during start-up is not the baseline, and an actor process present in
+    only one of the two samples compared stays out of the total."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("soak", BENCHMARKS / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    start_up = (10.0, {"runner": 100, "actor 0": 50})
+    baseline = (60.0, {"runner": 1000, "actor 0": 1000})
+    latest = (120.0, {"runner": 1010, "actor 0": 1010, "actor 1": 5000})
+    assert soak.print_growth([start_up, baseline, latest], steps=0, exit_code=0)
+    out = capsys.readouterr().out
+    assert "growth from minute 1.0 to minute 2.0" in out and "+1.00%  (within the 5% goal)" in out
+    assert "actor 1" not in out
+    assert not soak.print_growth([start_up, baseline], steps=0, exit_code=0)
+    assert "nothing to compare" in capsys.readouterr().out
+
+
+def test_side_by_side_scripts_give_each_contender_every_place_in_turn(monkeypatch):
+    """Over as many rounds as contenders, each is measured once in every position, so steady
+    drift of the machine favours none (two are reversed every other round)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from transport_ab import turn_order
+
+    for contenders in (["a", "b"], ["peer", "x", "y"]):
+        orders = [turn_order(contenders, r) for r in range(len(contenders))]
+        assert all(sorted(order) == sorted(contenders) for order in orders)
+        for place in range(len(contenders)):
+            assert sorted(order[place] for order in orders) == sorted(contenders)
+    assert turn_order(["a", "b"], 1) == ["b", "a"] and turn_order(["a", "b"], 2) == ["a", "b"]
