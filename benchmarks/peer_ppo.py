@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from transport_ab import turn_order  # beside this script
+
 PEER_SPS = re.compile(r"SPS:\s*(\d+)")
 OURS_STEP = re.compile(r"^step\s+([\d.]+)([kM]?)/")
 PEER_ENVS, PEER_ROLLOUT = 8, 128  # ppo_atari's settings, given to the peer explicitly
@@ -100,7 +102,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {peer_name: [], **{name: [] for name in variants}}
     contenders = [peer_name, *variants]
     for i in range(args.repeats):  # alternate, each repeat starting one contender later, so drift lands on all
-        for name in contenders[i % len(contenders):] + contenders[:i % len(contenders)]:
+        for name in turn_order(contenders, i):
             if name == peer_name:
                 results[name].append(run_peer(args.peer, args.steps))
             else:

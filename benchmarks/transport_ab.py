@@ -137,10 +137,12 @@ def add_checkouts_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkouts", nargs="+", help="one or two source trees (each holding parallel_rl/)")
 
 
-def turn_order(checkouts: list[str], round_: int) -> list[str]:
-    """The checkouts in the order round ``round_`` (from 0) measures them: reversed every other
-    round, so that steady drift of a shared machine favours neither."""
-    return list(checkouts) if round_ % 2 == 0 else list(checkouts)[::-1]
+def turn_order(contenders: list, round_: int) -> list:
+    """The contenders in the order round ``round_`` (from 0) measures them: each round starts
+    one later (two are reversed every other round), so that steady drift of a shared machine
+    favours none."""
+    start = round_ % len(contenders)
+    return list(contenders[start:]) + list(contenders[:start])
 
 
 def refuse_bad_checkouts(parser: argparse.ArgumentParser, checkouts: list[str]) -> None:
