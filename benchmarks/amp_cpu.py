@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import cnn_throughput  # noqa: E402
 from peer_ppo import run_ours  # noqa: E402
+from transport_ab import turn_order  # noqa: E402
 
 from parallel_rl.algos import make_policy, native_bf16  # noqa: E402
 from parallel_rl.config import build_config  # noqa: E402
@@ -61,7 +62,7 @@ def network_cells(config: str, compiled: bool, seconds: float, rounds: int) -> l
     for batch in (*ACTING_BATCHES, UPDATE_BATCHES[config]):
         figures: dict[str, list[dict]] = {"float32": [], "bf16": []}
         for round_ in range(rounds):
-            for amp in (("float32", "bf16") if round_ % 2 == 0 else ("bf16", "float32")):
+            for amp in turn_order(["float32", "bf16"], round_):
                 variant = ("compile" if compiled else "eager") + ("_bf16" if amp == "bf16" else "")
                 torch.manual_seed(0)
                 net = make_policy(spec, replace(cfg, perf=replace(cfg.perf, amp="off")), cpu).net
@@ -111,7 +112,7 @@ def run_table(configs: list[str], rounds: int) -> None:
     for config in configs:
         runs: dict[str, list[float]] = {"off": [], "bf16": []}
         for round_ in range(rounds):
-            for amp in (("off", "bf16") if round_ % 2 == 0 else ("bf16", "off")):
+            for amp in turn_order(["off", "bf16"], round_):
                 overrides = ["--set", f"perf.amp={amp}", "--set", f"perf.compile={RUN_COMPILE[config]}"]
                 overrides += [arg for setting in RUN_OVERRIDES.get(config, ()) for arg in ("--set", setting)]
                 runs[amp].append(run_ours(RUN_STEPS[config], overrides, config=config)[1])

@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 from statistics import median
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transport_ab import turn_order  # noqa: E402  (beside this script)
+
 SOLVED = 475.0
 EVAL_EPISODES = 20
 EXIT_USAGE = 2
@@ -79,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict]] = {name: [] for name in variants}
     try:
         for index, seed in enumerate(args.seeds):
-            order = list(variants) if index % 2 == 0 else list(reversed(variants))  # neither always goes first
-            for name in order:
+            for name in turn_order(list(variants), index):
                 rows[name].append(solve_once(seed, variants[name]))
     except RuntimeError as exc:
         print(f"cartpole_solve.py: error: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ of them) and `fused` (Adam only: one pass over all of them).
 
 Every cell is a full training run of ``--seconds`` after start-up (`bench`'s training figure),
 eager (``perf.compile=false``) so that a short run measures the learner rather than
-compiling; the kernels take turns in every round, the order reversed each round, so
+compiling; the kernels take turns in every round, each round starting one later, so
 drift of a shared machine lands on all. The replay-based recipes learn from their 1,024th
 agent step on (their own warm-ups are 1k to 20k steps of random acting) in a replay of 100k
 transitions, so the figure is the learner's. Prints the Markdown table for
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amp_cpu import RUN_OVERRIDES  # noqa: E402
+from transport_ab import turn_order  # noqa: E402
 
 from parallel_rl.bench import train_sps  # noqa: E402
 from parallel_rl.config import Config, build_config  # noqa: E402
@@ -69,7 +70,7 @@ def main() -> None:
     figures: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.recipes for k in kernels(r)}
     for recipe in args.recipes:
         for round_ in range(args.rounds):
-            for kernel in kernels(recipe) if round_ % 2 == 0 else kernels(recipe)[::-1]:
+            for kernel in turn_order(kernels(recipe), round_):
                 figures[(recipe, kernel)].append(train_sps(cell_config(recipe, kernel), args.seconds))
         print(f"{recipe} done", flush=True)
     print(f"\n{os.cpu_count()} cores, torch {torch.__version__}; medians of {args.rounds} alternated "

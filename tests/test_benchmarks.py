@@ -324,3 +324,19 @@ def test_side_by_side_scripts_give_each_contender_every_place_in_turn(monkeypatc
         for place in range(len(contenders)):
             assert sorted(order[place] for order in orders) == sorted(contenders)
     assert turn_order(["a", "b"], 1) == ["b", "a"] and turn_order(["a", "b"], 2) == ["a", "b"]
+
+
+def test_three_optimizer_kernels_each_take_every_place_in_turn(monkeypatch, capsys):
+    """The kernel script's three contenders (Adam: default, foreach, fused) rotate, rather than
+    reverse, so the middle place is not always the same kernel's."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import optimizer_kernel_cpu
+
+    measured: list[str] = []
+    monkeypatch.setattr(optimizer_kernel_cpu, "cell_config", lambda recipe, kernel: kernel)
+    monkeypatch.setattr(optimizer_kernel_cpu, "train_sps", lambda kernel, seconds: measured.append(kernel) or 1.0)
+    monkeypatch.setattr(sys, "argv", ["optimizer_kernel_cpu.py", "--recipes", "ppo_classic", "--rounds", "3"])
+    optimizer_kernel_cpu.main()
+    rounds = [measured[i:i + 3] for i in range(0, 9, 3)]
+    for place in range(3):
+        assert sorted(order[place] for order in rounds) == ["default", "foreach", "fused"]
