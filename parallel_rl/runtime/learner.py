@@ -32,8 +32,19 @@ class UpdateRecord:
     seconds: float  # the update alone
 
 
+@dataclass
+class UpdateWindow:
+    """Whether the algorithm's state may be ahead of the step and update counts its caller
+    holds: ``learn`` opens it as an update starts, the caller closes it once it has taken that
+    update's record. A checkpoint written while it is open (an exception raised inside an
+    update: a second Ctrl-C, an out-of-memory error) would pair the new weights and optimizer
+    state, perhaps half-stepped, with the counts from before them."""
+
+    open: bool = False
+
+
 def learn(algo: Algorithm, source: BatchSource, cfg: Config, step: int, updates: int,
-          should_stop: Callable[[], bool]) -> Iterator[UpdateRecord]:
+          should_stop: Callable[[], bool], window: UpdateWindow | None = None) -> Iterator[UpdateRecord]:
     """Train from ``step`` (after ``updates`` updates) until ``cfg.total_steps`` or ``should_stop()``.
 
     Raises NonFiniteUpdates once ``cfg.max_nonfinite_updates`` updates in a row were skipped,
@@ -59,6 +70,8 @@ def learn(algo: Algorithm, source: BatchSource, cfg: Config, step: int, updates:
                 return  # the rest of the delivery is dropped unlearned, and not counted
             began = time.perf_counter()
             lr = algo.set_progress(step / cfg.total_steps)
+            if window is not None:
+                window.open = True
             result = algo.update(piece.batch)
             updates += 1
             source.published(updates)

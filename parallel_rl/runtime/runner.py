@@ -36,7 +36,7 @@ from ..envs import env_spec
 from ..metrics import EnvEfficiency, Metrics, UpdateStats
 from . import signals
 from .layout import resolve_procs, thread_layout
-from .learner import learn
+from .learner import UpdateWindow, learn
 from .pipeline import ActorProcessPool, InlineSource
 
 
@@ -277,10 +277,12 @@ class Runner:
         env_efficiency = EnvEfficiency()  # like sps, of the steady state: from the second update on
         last_path: Path | None = None
         disk_refused = False
+        window = UpdateWindow()
         try:
-            records = learn(algo, source, cfg, step, updates, self._should_stop) if source is not None else ()
+            records = learn(algo, source, cfg, step, updates, self._should_stop, window) if source is not None else ()
             for record in records:
                 step, updates = record.step, record.updates
+                window.open = False
                 stats.add(record)
                 if updates == first_update + 1:
                     start, start_step = time.perf_counter(), step
@@ -310,6 +312,11 @@ class Runner:
                     # a run stopped by a signal before its first update still gets a checkpoint (of
                     # its initial state), so the run directory can be resumed rather than being a dead end
                     wanted = (updates > 0 or self._stop_signal is not None or self._stopped_at_start) and not disk_refused
+                    if wanted and window.open and checkpoints is not None:
+                        wanted = False
+                        newest = last_path or ckpt.latest(checkpoints.directory)
+                        self.log(f"stopped inside an update: no final checkpoint, as it would not match step {step:,}; "
+                                 f"the newest is {newest or 'none'}")
                     if checkpoints is not None and wanted and (last_path is None or last_path.name != f"step_{step}.pt"):
                         last_path = checkpoints.save(training_state(), step)
                     if self.write_logs and updates > first_update and not disk_refused:

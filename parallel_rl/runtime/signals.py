@@ -3,7 +3,8 @@
 - The CLI turns either signal into :class:`Interrupted` until a runner takes over, so a
   signal during configuration or start-up ends in the exit code below, not a traceback.
 - The runner records the first signal and stops after the current update with a final
-  checkpoint; a second signal raises :class:`Interrupted` at once. Once stopping, it does
+  checkpoint; a second signal raises :class:`Interrupted` at once (no final checkpoint if it
+  lands inside an update: see ``learner.UpdateWindow``). Once stopping, it does
   not count actor processes that die meanwhile as failures (a SIGTERM sent to the whole process
   group ends them too).
 - Actor processes ignore SIGINT: Ctrl-C reaches the whole process group, and the runner

@@ -87,3 +87,42 @@ def test_an_interrupt_while_actors_start_leaves_nothing(tmp_path, monkeypatch):
         ActorProcessPool(cfg, spec, algo, torch.device("cpu"), 2, tmp_path, env_threads=1, start_version=0, log=lambda _: None)
     assert len(started) == 1 and not started[0].is_alive(), "the actor already started was left running"
     assert not (tmp_path / "ipc").exists(), "the control socket was left behind"
+
+
+@pytest.mark.parametrize("updates_before", [0, 2])
+def test_a_second_stop_signal_inside_an_update_leaves_no_checkpoint_that_mislabels_it(tmp_path, capsys, updates_before):
+    """Ctrl-C twice while an update is under way: the second raises at once, after the
+    optimizer stepped but before the step and update counts moved on. A final checkpoint
+    written then would hold the new weights under the old counts (resumed, the update is
+    taken twice). Every checkpoint left must hold the weights that its own update count says."""
+    from parallel_rl.algos.paac import PAAC
+    from parallel_rl.runtime.runner import Runner
+
+    weights_after = [None]  # the policy's weights after each number of updates, from 0
+
+    class PressedTwice(PAAC):
+        def update(self, batch):
+            result = super().update(batch)
+            if len(weights_after) == updates_before + 1:  # the optimizer has stepped; the counts have not moved
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+            weights_after.append({k: v.clone() for k, v in self.acting.state_dict().items()})
+            return result
+
+    cfg = build_config("paac_classic", overrides=["logging.console=true", "actors.procs=0", "actors.num_envs=4",
+                                                  "total_steps=2000", "checkpoint.interval_steps=0"])
+
+    def make(spec, c, device):
+        algo = PressedTwice(spec, c, device)
+        weights_after[0] = {k: v.clone() for k, v in algo.acting.state_dict().items()}
+        return algo
+
+    with pytest.raises(signals.Interrupted):
+        Runner(cfg, tmp_path / "run", algorithm=make).run()
+    assert len(weights_after) == updates_before + 1, "the second signal did not stop the run inside the update"
+    for path in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints"):
+        state = ckpt.load(path)
+        saved, expected = state["algo"]["policy"], weights_after[state["updates"]]
+        assert all(torch.equal(saved[k], expected[k]) for k in expected), \
+            f"{path.name} says {state['updates']} updates but holds other weights"
+    assert "stopped inside an update: no final checkpoint" in capsys.readouterr().out
