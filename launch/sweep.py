@@ -204,9 +204,11 @@ def parse_sweep(data: Any, stem: str) -> Sweep:
 
 def load_sweep(path: Path) -> Sweep:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SweepError(f"cannot read {str(path)!r}: {exc.strerror}.") from None
+    except UnicodeDecodeError as exc:
+        raise SweepError(f"cannot be decoded as UTF-8 text (byte {exc.start}): not a sweep's YAML file.") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -29,6 +31,48 @@ CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 # 1: the algorithm's acting network under "net", acting state (epsilon) inside it.
 # 2: the algorithm's Policy (contracts.py) under "policy": network and acting state together.
 FORMAT = 2
+
+
+RUN_LOCK = ".lock"
+
+
+def lock_run_directory(run_dir: Path) -> IO[str]:
+    """Hold ``run_dir`` for this process until the returned file is closed, or refuse (exit 2)
+    while another process holds it: two runs writing one directory would each delete the
+    other's checkpoints (each keeps only its newest) and interleave their logs. An advisory
+    lock (flock) that the kernel drops when its process ends, however it ends: a killed run
+    leaves nothing to clean up. Where the filesystem cannot lock, the run goes on unlocked."""
+    handle, locked = _try_lock(run_dir)
+    if locked:  # named for the next process that finds it held
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    return handle
+
+
+def refuse_a_run_directory_in_use(run_dir: Path) -> None:
+    """Exit 2 now, rather than once started, where another process holds ``run_dir``; the
+    directory is left exactly as it was."""
+    if (Path(run_dir) / RUN_LOCK).is_file():
+        _try_lock(run_dir)[0].close()
+
+
+def _try_lock(run_dir: Path) -> tuple[IO[str], bool]:
+    """The open lock file and whether it is locked now (False: the filesystem cannot lock)."""
+    handle = open(Path(run_dir) / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"The run directory {str(run_dir)!r} is in use by another parallel-rl process (pid {holder}): "
+                          "two runs writing one directory would delete each other's checkpoints. Wait for that run "
+                          "to end (or stop it), or choose another --run-dir.") from None
+    except OSError:
+        return handle, False
+    return handle, True
 
 
 class CheckpointError(RuntimeError):
@@ -250,12 +294,17 @@ def resume(run_dir: Path, changes: dict[str, Any], overrides: list[str]) -> Resu
         set_override(cfg, assignment)
     cfg.validate()
     _check_env(state, path, cfg.env.id)
-    trained_with = state["config"].get("algo", {}).get("name")
-    if trained_with is not None and trained_with != cfg.algo.name:
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} was trained with algo.name = {trained_with!r}, but {cfg.algo.name!r} was requested: "
-            "a resume continues the run's own algorithm. Start a new run for another one "
-            f"(its weights cannot carry over: --config with --run-dir of a new directory).")
+    # what the checkpoint's state belongs to: another algorithm's weights or another optimizer's
+    # moments and preconditioners would be read as this one's
+    for section, requested, why in (
+            ("algo", cfg.algo.name, "a resume continues the run's own algorithm. Start a new run for another one (its "
+                                    "weights cannot carry over: --config with --run-dir of a new directory)."),
+            ("optim", cfg.optim.name, "a resume continues with the run's own optimizer, whose state (moments, "
+                                      "preconditioners) the checkpoint holds. Drop the optim.name override, or start a new run.")):
+        trained_with = state["config"].get(section, {}).get("name")
+        if trained_with is not None and trained_with != requested:
+            raise CheckpointError(f"Checkpoint {str(path)!r} was trained with {section}.name = {trained_with!r}, but "
+                                  f"{requested!r} was requested: {why}")
     now = flatten(cfg.to_dict())
     changed = [f"{key}: {saved[key]!r} -> {now[key]!r}" for key in now if key in saved and now[key] != saved[key]]
     return Resumption(run_dir, path, state, cfg, notice, changed)

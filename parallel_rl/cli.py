@@ -143,13 +143,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if resumption.notice and distributed.world_from_env().main:
             print(resumption.notice, flush=True)
         cfg, run_dir = resumption.config, resumption.run_dir
+        if distributed.world_from_env().main:  # rank 0's runner holds it once started: refused before anything starts
+            ckpt.refuse_a_run_directory_in_use(run_dir)
     else:
         cfg = build_config(args.config, _flags(args), args.overrides)
         choose_backend(cfg.env)  # unknown env ids fail before anything is created
         run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg)
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"--run-dir {str(run_dir)!r} is a file, not a directory.")
-        if run_dir.exists() and any(run_dir.iterdir()) and distributed.world_from_env().main:
+        if distributed.world_from_env().main:
+            ckpt.refuse_a_run_directory_in_use(run_dir)
+        if run_dir.exists() and any(p.name != ckpt.RUN_LOCK for p in run_dir.iterdir()) and distributed.world_from_env().main:
             if ckpt.list_checkpoints(run_dir / "checkpoints"):
                 raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
             raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty, and holds no checkpoint to resume from (a run "
@@ -232,6 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.video and Path(args.video).suffix.lower() != ".mp4":
         raise ConfigError(f"--video {args.video!r}: the video is an MP4 file; give a path ending in .mp4.")
     if args.video:
+        if Path(args.video).is_dir():
+            raise ConfigError(f"--video {args.video!r} is a directory: give the MP4 file's path (e.g. {args.video}/eval.mp4).")
         check_writable_folder(Path(args.video).resolve().parent, f"--video {args.video!r}")
     path = ckpt.find(Path(args.path))
     result = evaluate(path, args.episodes, greedy=args.greedy, device=args.device, seed=args.seed,

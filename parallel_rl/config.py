@@ -73,7 +73,8 @@ class ActorsConfig:
                               "other; 0 picks 1 when acting inline on a CPU learner (no core is free to overlap), 2 otherwise.", 0)
     slots_per_actor: int = setting("Shared-memory rollout slots per actor process (2 = double buffering).", 2)
     max_policy_lag: int = setting(
-        "Actor processes wait for weights at most this many updates old before acting (0: the newest, exactly as K = 0); "
+        "Actor processes wait for weights at most this many updates old before acting (0: the newest, exactly as K = 0; "
+        "QR-DQN and SAC learn a rollout in several updates, all acted before the first: at least that count less one); "
         "-1 takes the algorithm's own: 0 for PAAC, PPO and PQN, unbounded for IMPALA (V-trace corrects), QR-DQN and SAC "
         "(replay is off-policy). The slots bound the lag at about actors.slots_per_actor anyway.", -1)
     deterministic_lag: bool = setting("Asynchronous mode: actor processes act with exactly the previous policy version, making seeded runs "
@@ -353,6 +354,12 @@ class Config:
             raise ConfigError(f"optim.lr = {self.optim.lr} is invalid: the optimizers step in float32, and Adam's first "
                               f"step, LR / (1 - beta1) = 10 x LR, overflows it from {LARGEST_STEPPABLE_LR:.3g} "
                               f"({self.lr_arithmetic}): give a learning rate below that.")
+        if not 0.0 <= self.optim.alpha < 1.0:
+            raise ConfigError(f"optim.alpha = {self.optim.alpha} is invalid: RMSProp's smoothing constant lies in [0, 1) "
+                              "(at 1 the mean square never moves from its start; PAAC: 0.99).")
+        if self.optim.eps < 0:
+            raise ConfigError(f"optim.eps = {self.optim.eps} is invalid: the optimizer's epsilon must be 0 or more "
+                              "(PAAC's RMSProp: 0.1; Adam: 1e-8 to 1e-5).")
         if not 0.0 <= self.optim.final_lr_scale <= 1.0:
             raise ConfigError(f"optim.final_lr_scale = {self.optim.final_lr_scale} is invalid: a fraction of the start LR in [0, 1].")
         if not 0.0 <= self.replay.importance_exponent <= 1.0:

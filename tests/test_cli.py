@@ -145,6 +145,12 @@ def _bad_checkpoint(tmp_path):
         (["eval", "r", "--seed", "99999999999", "--episodes", "4"], ["--seed = 99999999999", "[-2147483648, 2147483644]"]),
         (["launch", "--config", "paac_classic", "--seed", "2147483640", "--run-dir", "r"],
          ["seed = 2147483640", "32 env(s)", "2147483616"]),
+        # values torch's optimizers refuse, or take and then step wildly: refused before anything starts
+        (["launch", "--config", "paac_classic", "--set", "optim.eps=-1", "--dry-run", "--run-dir", "r"], ["optim.eps = -1.0", "0 or more"]),
+        (["launch", "--set", "optim.alpha=1.5", "--dry-run", "--run-dir", "r"], ["optim.alpha = 1.5", "[0, 1)"]),
+        (["launch", "--set", "env.image_size=19", "--set", "model.encoder=nips_cnn", "--dry-run", "--run-dir", "r"],
+         ["(4, 19, 19) are too small for model.encoder = 'nips_cnn'", "at least 20 pixels", "env.image_size"]),
+        (["launch", "--config", "ppo_atari", "--set", "env.image_size=35", "--dry-run", "--run-dir", "r"], ["'nature_cnn'", "at least 36 pixels"]),
     ],
 )
 def test_bad_input_exit_2_with_message(tmp_path, args, must_name):
@@ -173,14 +179,16 @@ def test_compile_asked_for_where_inductor_cannot_build_exits_2_naming_the_way_ou
 
 
 def test_a_resume_that_cannot_continue_is_refused_before_anything_runs(tmp_path):
-    """Another algorithm whose state has the same keys (PPO after PAAC), another env or a
-    network of another width: refused with exit 2, with --dry-run too, the run left as it was."""
+    """Another algorithm whose state has the same keys (PPO after PAAC), another env, a
+    network of another width or another optimizer: refused with exit 2, with --dry-run too, the run left as it was."""
     run = tmp_path / "run"
     assert cli("launch", "--config", "paac_classic", "--steps", "800", "--run-dir", str(run)).returncode == 0
     saved = (run / "config.yaml").read_text()
     for change, words in ((["--set", "algo.name=ppo"], ["algo.name = 'paac'", "'ppo' was requested"]),
                           (["--set", "env.id=Acrobot-v1", "--dry-run"], ["trained on CartPole-v1", "Acrobot-v1"]),
-                          (["--set", "model.width=128", "--dry-run"], ["does not fit the network", "size mismatch"])):
+                          (["--set", "model.width=128", "--dry-run"], ["does not fit the network", "size mismatch"]),
+                          # the state of torch's Adam, which Kron would read as its own at the first step
+                          (["--set", "optim.name=kron", "--dry-run"], ["optim.name = 'adam'", "'kron' was requested"])):
         out = cli("launch", "--resume", str(run), "--steps", "1600", *change)
         assert out.returncode == 2 and "Traceback" not in out.stderr, (change, out.stderr)
         for text in words:
@@ -191,6 +199,36 @@ def test_a_resume_that_cannot_continue_is_refused_before_anything_runs(tmp_path)
     assert out.returncode == 2 and "drop --config, --env, --actors" in out.stderr
     out = cli("report", str(run), "--out", "/proc/no_report")
     assert out.returncode == 2 and "--out '/proc/no_report' cannot be created" in out.stderr, out.stderr
+
+
+def test_a_run_directory_in_use_is_refused_and_the_run_in_it_keeps_every_checkpoint(tmp_path):
+    """A resume (or a new run) of a directory that a run is still writing: each would delete
+    the other's checkpoints as it keeps only its newest. Refused with exit 2, with --dry-run
+    too, naming the holder; once that run ends, the directory resumes as usual."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "parallel_rl", "launch", "--config", "paac_classic", "--steps", "10000000",
+                              "--run-dir", str(run), "--set", "checkpoint.interval_steps=2000", "--set", "checkpoint.keep_last=50"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints").is_dir() or not ckpt.list_checkpoints(run / "checkpoints"):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() is not None else "no checkpoint"
+            time.sleep(0.2)
+        for args in (["--resume", str(run), "--steps", "20000000"], ["--resume", str(run), "--dry-run"],
+                     ["--config", "paac_classic", "--run-dir", str(run)]):
+            out = cli("launch", *args)
+            assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+            assert "in use by another parallel-rl process" in out.stderr and f"pid {first.pid}" in out.stderr, (args, out.stderr)
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert first.wait(60) == 130, first.stderr.read()
+    saved = ckpt.list_checkpoints(run / "checkpoints")
+    assert saved and all(path.is_file() for path in saved)
+    out = cli("launch", "--resume", str(run), "--steps", str(ckpt.load(saved[-1])["step"] + 1000))
+    assert out.returncode == 0, out.stderr
 
 
 def test_a_run_dir_left_without_a_checkpoint_is_named_as_such(tmp_path):

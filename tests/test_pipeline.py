@@ -510,3 +510,16 @@ def test_an_actor_process_compiling_its_network_is_not_taken_for_a_stalled_one(t
     assert compiled.final_step == eager.final_step >= 2000
     # the warm-up pass rewound the acting streams: the same first episodes, whatever compiling reordered
     assert compiled.episodes == eager.episodes
+
+
+def test_a_lag_bound_that_a_rollout_learned_in_pieces_cannot_keep_is_refused():
+    """QR-DQN learns a rollout of 4 steps per env in 2 updates of 2, publishing after each; all
+    4 steps were acted before the first update, so the second piece is learned a version
+    after its weights: a bound of 0 would be broken silently. Refused, naming the least bound."""
+    from parallel_rl.config import ConfigError
+
+    cfg = build_config("qrdqn_classic", overrides=["actors.procs=1", "actors.max_policy_lag=0", "logging.console=false"])
+    spec = env_spec(cfg.env)
+    algo = make_algorithm(spec, cfg, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"learned in 2 updates of 2 steps .* actors.max_policy_lag to 1 or more"):
+        ActorProcessPool(cfg, spec, algo, torch.device("cpu"), 1, None, env_threads=1, start_version=0, log=lambda _: None)

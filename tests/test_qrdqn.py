@@ -199,9 +199,11 @@ def test_short_pong_run_fills_the_replay_trains_and_writes_tensorboard(tmp_path,
     # 50000 // 3 envs = 16666 steps each: the replay holds 49998, and learning never started
     (["--actors", "3", "--set", "algo.warmup_steps=50000"], ["algo.warmup_steps = 50000", "the 49998 agent steps"]),
     (["--env", "Pendulum-v1"], ["continuous actions", "needs discrete actions", "--config simbav2_pendulum"]),
+    # a warm-up as long as the run: it would end before its first gradient step
+    (["--set", "algo.warmup_steps=2000"], ["algo.warmup_steps = 2,000 is not below total_steps = 2,000", "--steps"]),
 ])
 def test_bad_input_exits_2_with_a_message(args, names, tmp_path):
-    out = cli("launch", "--config", "qrdqn_classic", "--steps", "1000", *args, cwd=tmp_path)
+    out = cli("launch", "--config", "qrdqn_classic", "--steps", "2000", *args, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     for name in names:

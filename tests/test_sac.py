@@ -480,7 +480,7 @@ def test_the_learner_cuts_deliveries_where_its_source_says_not_where_the_whole_r
     from parallel_rl.runtime.learner import learn
 
     cfg = build_config("simbav2_pendulum", {"total_steps": 40, "actors.num_envs": 8}, [  # the whole run: 2 ranks x 4 envs
-        "algo.utd_ratio=1", "algo.publish_interval=8", "algo.rollout_length=4"])
+        "algo.utd_ratio=1", "algo.publish_interval=8", "algo.rollout_length=4", "algo.warmup_steps=8"])
     assert cfg.algo.segment_length(cfg.actors.num_envs) == 1
 
     class Source:

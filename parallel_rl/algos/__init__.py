@@ -15,7 +15,8 @@ import torch
 from ..config import CONFIG_DIR, Config, ConfigError, algorithm_class, load_yaml, recipe_names
 from ..contracts import Algorithm, Policy
 from ..envs import EnvSpec
-from ..nn.blocks import ConvEncoder
+from ..nn.actor_critic import encoder_kind
+from ..nn.blocks import ConvEncoder, smallest_image_side
 from . import impala, paac, ppo, pqn, qrdqn, sac  # noqa: F401  (each registers its algorithm)
 from .ppo import EpochsConfig
 
@@ -222,6 +223,12 @@ def check_fit(cfg: Config, spec: EnvSpec) -> None:
     if encoder not in IMAGE_ENCODERS and encoder != "auto" and spec.is_image:
         raise ConfigError(f"model.encoder = {encoder!r} encodes vectors, but {spec.id} has {obs}. "
                           f"Set --set model.encoder=nature_cnn (or nips_cnn), or use a recipe for such environments: {fitting}.")
+    kind = encoder_kind(cfg.model, spec)
+    if kind in IMAGE_ENCODERS and min(spec.obs_shape[1:]) < smallest_image_side(kind):
+        sides = ", ".join(f"{k} {smallest_image_side(k)}" for k in IMAGE_ENCODERS)
+        raise ConfigError(f"{spec.id}'s image observations {spec.obs_shape} are too small for model.encoder = {kind!r}: "
+                          f"its convolutions need at least {smallest_image_side(kind)} pixels a side ({sides}). "
+                          f"Set env.image_size to {smallest_image_side(kind)} or more (84 is the standard).")
 
 
 __all__ = ["check_fit", "compile_mode", "compiles", "make_algorithm", "make_policy", "policy_lag_bound"]

@@ -82,6 +82,13 @@ class ReplayCadenceConfig:
         check_non_negative({"algo.warmup_steps": self.warmup_steps})
         check_positive_int({"algo.publish_interval": self.publish_interval})
 
+    def check_warmup_ends(self, cfg: Config) -> None:
+        """Last of the algorithm's checks: the others name what is wrong with the keys themselves."""
+        if self.warmup_steps >= cfg.total_steps:
+            raise ConfigError(f"algo.warmup_steps = {self.warmup_steps:,} is not below total_steps = {cfg.total_steps:,}: the run "
+                              "would end before its first gradient step, having learned nothing. Raise --steps above "
+                              "the warm-up, or lower algo.warmup_steps.")
+
     def segment_length(self, num_envs: int) -> int:
         """The agent steps per env that owe about ``publish_interval`` gradient steps, within [1, rollout_length]."""
         return max(1, min(self.rollout_length, math.ceil(self.publish_interval / (self.utd_ratio * num_envs))))

@@ -122,6 +122,7 @@ class QRDQNConfig(RewardClipConfig, EpsilonGreedyConfig, ReplayCadenceConfig, Al
         if replay.save_with_checkpoint:
             raise ConfigError("replay.save_with_checkpoint = true is supported by algo.name = 'sac' only: qrdqn refills its "
                               "frame replay for algo.warmup_steps agent steps after a resume. Set replay.save_with_checkpoint=false.")
+        self.check_warmup_ends(cfg)
 
 
 @register

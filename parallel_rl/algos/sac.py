@@ -95,6 +95,7 @@ class SACConfig(ReplayCadenceConfig, AlgoConfig):
         if self.v_min >= self.v_max:
             raise ConfigError(f"algo.v_min = {self.v_min} must be below algo.v_max = {self.v_max}.")
         check_non_negative({"algo.reward_scale_gmax": self.reward_scale_gmax})
+        self.check_warmup_ends(cfg)
 
 
 @register

@@ -37,6 +37,14 @@ CNN_LAYERS = {
 }
 
 
+def smallest_image_side(kind: str) -> int:
+    """The fewest pixels per side that leave ``kind``'s last convolution an output (Nature: 36, NIPS: 20)."""
+    side = 1
+    for _, kernel, stride in reversed(CNN_LAYERS[kind]):
+        side = (side - 1) * stride + kernel
+    return side
+
+
 class ConvEncoder(nn.Module):
     """NIPS (Mnih 2013) or Nature (Mnih 2015) convolutions; uint8 frames in, flat features out.
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -145,6 +146,7 @@ class Runner:
         self._stop_signal: int | None = None
         self._stopped_at_start = False
         self._deadline: float | None = None
+        self._run_lock: IO[str] | None = None  # held while this process writes the run directory
 
     def _request_stop(self, signum, _frame) -> None:
         if self._stop_signal is not None:
@@ -168,7 +170,12 @@ class Runner:
         SIGINT and SIGTERM are handled from the first line: one arriving during start-up
         skips whatever has not started yet and still ends with a checkpoint."""
         with signals.handled(self._request_stop):
-            return self._run(max_seconds)
+            try:
+                return self._run(max_seconds)
+            finally:
+                if self._run_lock is not None:
+                    self._run_lock.close()
+                    self._run_lock = None
 
     def _run(self, max_seconds: float | None) -> RunSummary:
         device = learner_device(self.cfg, probe_compile=False)
@@ -209,6 +216,7 @@ class Runner:
         if self.write_logs:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._run_lock = ckpt.lock_run_directory(self.run_dir)
                 if resumed is not None and resumed.changed:  # the steps so far were trained with the old settings
                     kept = self.run_dir / kept_config_name(resumed.step)
                     if not kept.exists():  # a resume stopped before its first checkpoint already kept them

@@ -104,6 +104,13 @@ def test_bad_values_exit_2(tmp_path, text, needle):
     assert out.returncode == 2 and needle in out.stderr, out.stderr
 
 
+def test_a_file_that_is_not_utf8_text_exits_2(tmp_path):
+    path = tmp_path / "binary.yaml"  # a checkpoint passed by mistake, or a stray byte
+    path.write_bytes(b"config: paac_classic\nenvs: [Cart\xff]\nseeds: [1]\n")
+    out = sweep(path, "--dry-run")
+    assert out.returncode == 2 and "UTF-8" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_failing_run_fails_the_sweep(tmp_path):
     path = tmp_path / "diverges.yaml"  # valid settings that fail at run time: the loss turns NaN
     path.write_text(f"config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nsteps: 4000\n"

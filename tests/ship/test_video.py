@@ -124,6 +124,14 @@ def test_bad_video_arguments_exit_2(cartpole_runs, capsys, args, needle):
     assert needle in capsys.readouterr().err
 
 
+def test_a_video_path_that_is_a_directory_exits_2_before_any_episode(cartpole_runs, capsys, tmp_path):
+    run, _ = cartpole_runs["paac_s1"]
+    folder = tmp_path / "clip.mp4"
+    folder.mkdir()
+    assert main(["eval", str(run), "--video", str(folder)]) == 2
+    assert "is a directory" in capsys.readouterr().err and not any(folder.iterdir())
+
+
 def test_gymnasium_cartpole_films_with_pygame_or_says_how(tmp_path):
     cfg = build_config("paac_classic", overrides=["env.backend=gymnasium", "env.max_episode_steps=12"])
     algo = make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu"))
