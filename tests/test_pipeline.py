@@ -523,3 +523,29 @@ def test_a_lag_bound_that_a_rollout_learned_in_pieces_cannot_keep_is_refused():
     algo = make_algorithm(spec, cfg, torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"learned in 2 updates of 2 steps .* actors.max_policy_lag to 1 or more"):
         ActorProcessPool(cfg, spec, algo, torch.device("cpu"), 1, None, env_threads=1, start_version=0, log=lambda _: None)
+
+
+def test_a_resumed_run_publishes_its_exploration_where_the_schedule_stands(tmp_path, monkeypatch):
+    """PQN's epsilon is part of the weights actor processes take: on a resume with a larger
+    budget they must take the value at the resumed step's place in the new schedule, not the
+    one the checkpoint kept from its own last update."""
+    from parallel_rl.runtime import runner as runner_module
+
+    run = tmp_path / "run"
+    first = build_config("pqn_classic", {"total_steps": 2048, "actors.procs": 0}, ["logging.console=false"])
+    Runner(first, run).run()
+    resumed = ckpt.resume(run, {"total_steps": 20480, "actors.procs": 1}, [])
+    published = []
+
+    class Stop(Exception):
+        pass
+
+    def pool(cfg, spec, algo, *args, **kwargs):
+        published.append((float(algo.acting.epsilon), algo.epsilon_at(resumed.step / cfg.total_steps)))
+        raise Stop
+
+    monkeypatch.setattr(runner_module, "ActorProcessPool", pool)
+    with pytest.raises(Stop):
+        Runner(resumed.config, run, resumption=resumed).run()
+    (held, scheduled), = published
+    assert held == pytest.approx(scheduled) and held != pytest.approx(float(ckpt.load(resumed.checkpoint)["algo"]["policy"]["epsilon"]))

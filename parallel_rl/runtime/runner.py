@@ -212,6 +212,9 @@ class Runner:
             ckpt.restore_rng(resumed.state, device)
             if not world.main:  # the checkpoint holds rank 0's generators: this rank draws a stream of its own
                 torch.manual_seed(local.seed + step)
+        # the schedules (exploration, LR) where this run stands, before actor processes take the
+        # weights: a checkpoint holds them as its last update left them, for that run's budget
+        algo.set_progress(step / cfg.total_steps)
         distributed.broadcast_state(algo.state_dict())  # one policy: every replica starts from rank 0's weights
         if self.write_logs:
             try:
