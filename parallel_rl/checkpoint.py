@@ -42,7 +42,7 @@ def lock_run_directory(run_dir: Path) -> IO[str]:
     other's checkpoints (each keeps only its newest) and interleave their logs. An advisory
     lock (flock) that the kernel drops when its process ends, however it ends: a killed run
     leaves nothing to clean up. Where the filesystem cannot lock, the run goes on unlocked."""
-    handle, locked = _try_lock(run_dir)
+    handle, locked = _try_lock(run_dir, "a+")
     if locked:  # named for the next process that finds it held
         handle.seek(0)
         handle.truncate()
@@ -53,14 +53,14 @@ def lock_run_directory(run_dir: Path) -> IO[str]:
 
 def refuse_a_run_directory_in_use(run_dir: Path) -> None:
     """Exit 2 now, rather than once started, where another process holds ``run_dir``; the
-    directory is left exactly as it was."""
+    directory is left exactly as it was (read-only: a lock needs no write permission)."""
     if (Path(run_dir) / RUN_LOCK).is_file():
-        _try_lock(run_dir)[0].close()
+        _try_lock(run_dir, "r")[0].close()
 
 
-def _try_lock(run_dir: Path) -> tuple[IO[str], bool]:
-    """The open lock file and whether it is locked now (False: the filesystem cannot lock)."""
-    handle = open(Path(run_dir) / RUN_LOCK, "a+")
+def _try_lock(run_dir: Path, mode: str) -> tuple[IO[str], bool]:
+    """The lock file opened in ``mode`` and whether it is locked now (False: the filesystem cannot lock)."""
+    handle = open(Path(run_dir) / RUN_LOCK, mode)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

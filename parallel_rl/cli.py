@@ -153,11 +153,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
             raise ConfigError(f"--run-dir {str(run_dir)!r} is a file, not a directory.")
         if distributed.world_from_env().main:
             ckpt.refuse_a_run_directory_in_use(run_dir)
-        if run_dir.exists() and any(p.name != ckpt.RUN_LOCK for p in run_dir.iterdir()) and distributed.world_from_env().main:
-            if ckpt.list_checkpoints(run_dir / "checkpoints"):
-                raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
-            raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty, and holds no checkpoint to resume from (a run "
-                              "that stopped before its first one): delete or move it, or choose another --run-dir.")
+            if run_dir.exists() and any(p.name != ckpt.RUN_LOCK for p in run_dir.iterdir()):
+                if ckpt.list_checkpoints(run_dir / "checkpoints"):
+                    raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty; to continue that run use --resume {str(run_dir)!r}.")
+                raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not empty, and holds no checkpoint to resume from (a run "
+                                  "that stopped before its first one): delete or move it, or choose another --run-dir.")
     ranks = 1 if args.nproc_per_node is None else args.nproc_per_node
     distributed.check_supported(cfg, ranks)  # before any rank starts: a bad config exits 2 here, once
     device = learner_device(cfg, probe_compile=False)
