@@ -116,14 +116,16 @@ def _flags(args: argparse.Namespace) -> dict:
 
 def check_before_start(cfg, resumption: ckpt.Resumption | None) -> None:
     """What a run refuses once it starts, for ``--dry-run``: an algorithm or network that
-    does not fit the env, and on a resume a checkpoint that does not fit the network."""
+    does not fit the env, a policy-lag bound its actor processes cannot keep, and on a resume a checkpoint that does not fit the network."""
     import torch
 
     from .algos import check_fit, make_algorithm
     from .envs import env_spec
+    from .runtime.layout import check_policy_lag_fits, resolve_procs
 
     spec = env_spec(cfg.env)
     check_fit(cfg, spec)
+    check_policy_lag_fits(cfg, resolve_procs(cfg))
     if resumption is not None:
         ckpt.restore(make_algorithm(spec, cfg, torch.device("cpu")), resumption.state, resumption.checkpoint, cfg.env.id)
 

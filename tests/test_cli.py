@@ -151,6 +151,11 @@ def _bad_checkpoint(tmp_path):
         (["launch", "--set", "env.image_size=19", "--set", "model.encoder=nips_cnn", "--dry-run", "--run-dir", "r"],
          ["(4, 19, 19) are too small for model.encoder = 'nips_cnn'", "at least 20 pixels", "env.image_size"]),
         (["launch", "--config", "ppo_atari", "--set", "env.image_size=35", "--dry-run", "--run-dir", "r"], ["'nature_cnn'", "at least 36 pixels"]),
+        # a lag bound actor processes cannot keep: refused before the run directory is written, and by --dry-run
+        (["launch", "--config", "qrdqn_classic", "--actor-procs", "1", "--set", "actors.max_policy_lag=0", "--steps", "2000",
+          "--run-dir", "r"], ["actors.max_policy_lag = 0 cannot hold", "actors.max_policy_lag to 1 or more"]),
+        (["launch", "--config", "qrdqn_classic", "--actor-procs", "1", "--set", "actors.max_policy_lag=0", "--dry-run",
+          "--run-dir", "r"], ["actors.max_policy_lag = 0 cannot hold", "actors.procs=0"]),
     ],
 )
 def test_bad_input_exit_2_with_message(tmp_path, args, must_name):

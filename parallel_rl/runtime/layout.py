@@ -5,10 +5,13 @@ made here, from the cores of this rank and where acting runs (docs/benchmarks.md
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import distributed
-from ..config import Config
+from ..algos.base import policy_lag_bound
+from ..config import Config, ConfigError
 
 
 def resolve_procs(cfg: Config) -> int:
@@ -54,3 +57,25 @@ def thread_layout(cfg: Config, procs: int) -> tuple[int, int]:
     learner = cfg.torch_threads or max(1, cores // (procs + 1))
     per_actor = cfg.actors.num_threads or max(1, (cores - learner) // procs)
     return learner, per_actor
+
+
+def check_policy_lag_fits(cfg: Config, procs: int) -> None:
+    """Refuse a policy-lag bound that actor processes cannot keep, before anything is created.
+
+    Replay-based learning takes a rollout in several updates (``algo.publish_interval``) and
+    publishes weights after each; but every piece was acted before the first of them, so the
+    last piece is learned that many versions after the weights that acted it, whatever the wait.
+    """
+    bound = policy_lag_bound(cfg)
+    segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
+    updates_per_rollout = math.ceil(cfg.algo.rollout_length / segment_length)
+    least = updates_per_rollout - 1
+    if procs == 0 or bound is None or bound >= least:
+        return
+    raise ConfigError(
+        f"actors.max_policy_lag = {bound} cannot hold with actor processes for algo.name = {cfg.algo.name!r}: "
+        f"each rollout (algo.rollout_length = {cfg.algo.rollout_length} steps per env) is learned in "
+        f"{updates_per_rollout} updates of {segment_length} steps (algo.publish_interval), all acted before the "
+        f"first, so its last piece is learned {least} version(s) after the weights that acted. Set "
+        f"actors.max_policy_lag to {least} or more, or -1 (unbounded: acting takes each new version within a rollout), "
+        f"or algo.rollout_length={segment_length} (one update per rollout), or actors.procs=0.")

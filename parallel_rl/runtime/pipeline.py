@@ -21,12 +21,12 @@ import torch
 import zmq
 
 from ..algos.base import policy_lag_bound
-from ..config import Config, ConfigError
+from ..config import Config
 from ..contracts import Batch, Delivery
 from ..envs import EnvSpec, make_env_groups
 from . import control, supervision
 from .actor import ActorProcessArgs, actor_process_main
-from .layout import resolve_env_groups, split_envs
+from .layout import check_policy_lag_fits, resolve_env_groups, split_envs
 from .rollout import (
     NetworkPolicy,
     RolloutCollector,
@@ -94,17 +94,7 @@ class ActorProcessPool:
         # the learner learns from a rollout in pieces, publishing after each (learner.learn)
         self.segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
         self.updates_per_rollout = math.ceil(cfg.algo.rollout_length / self.segment_length)
-        if self.lag_bound is not None and self.lag_bound < self.updates_per_rollout - 1:
-            # a piece's weights are published only once the whole rollout has arrived, so a rollout is
-            # acted before any of them: its last piece is learned that many versions on, whatever the wait
-            least = self.updates_per_rollout - 1
-            raise ConfigError(
-                f"actors.max_policy_lag = {self.lag_bound} cannot hold with actor processes for algo.name = {cfg.algo.name!r}: "
-                f"each rollout (algo.rollout_length = {cfg.algo.rollout_length} steps per env) is learned in "
-                f"{self.updates_per_rollout} updates of {self.segment_length} steps (algo.publish_interval), all acted before the "
-                f"first, so its last piece is learned {least} version(s) after the weights that acted. Set "
-                f"actors.max_policy_lag to {least} or more, or -1 (unbounded: acting takes each new version within a rollout), "
-                f"or algo.rollout_length={self.segment_length} (one update per rollout), or actors.procs=0.")
+        check_policy_lag_fits(cfg, procs)
         # what close() releases exists from the start, so a failure or an interrupt part-way
         # through construction releases whatever was already built
         self.processes: list[BaseProcess | None] = [None] * procs

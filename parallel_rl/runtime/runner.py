@@ -36,7 +36,7 @@ from ..contracts import Algorithm, BatchSource
 from ..envs import env_spec
 from ..metrics import EnvEfficiency, Metrics, UpdateStats
 from . import signals
-from .layout import resolve_procs, thread_layout
+from .layout import check_policy_lag_fits, resolve_procs, thread_layout
 from .learner import UpdateWindow, learn
 from .pipeline import ActorProcessPool, InlineSource
 
@@ -201,6 +201,7 @@ class Runner:
         local = replace(local, actors=replace(local.actors, device=str(resolve_actors_device(local.actors.device, device))))
         self.write_logs = self.write_logs and world.main
         procs = resolve_procs(local)
+        check_policy_lag_fits(local, procs)  # before the run directory is written
         learner_threads, env_threads = thread_layout(local, procs)
         torch.set_num_threads(learner_threads)
         torch.manual_seed(local.seed)
