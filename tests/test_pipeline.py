@@ -164,6 +164,36 @@ def test_every_slot_consumed_exactly_once_in_order(tmp_path, slots_per_actor):
     assert not (tmp_path / "ipc").exists()
 
 
+def test_a_socket_left_in_a_temporary_folder_is_found_by_the_next_launch_of_that_run(tmp_path):
+    """A run directory too deep for a Unix socket path puts the socket in a temporary folder; a
+    kill -9 of the whole process group leaves it, and the next launch of the same run must find
+    it (not a new random folder) to remove it. A folder of that name that another user could
+    write to is not used."""
+    import stat
+
+    from parallel_rl.runtime.control import Endpoint
+
+    run_dir = tmp_path / ("deep" * 30) / "run"
+    killed = Endpoint(run_dir)
+    assert killed.folder != run_dir / "ipc" and stat.S_IMODE(killed.folder.stat().st_mode) == 0o700
+    killed.path.touch()  # what a kill -9 of the group leaves: close() never runs
+    resumed = Endpoint(run_dir)
+    assert resumed.folder == killed.folder
+    assert resumed.clean_stale() == [str(killed.path)]
+    resumed.close()
+    assert not killed.folder.exists()
+    other = Endpoint(tmp_path / ("other" * 30) / "run")
+    other.close()
+    assert other.folder != killed.folder  # another run, another folder
+
+    squatted = Endpoint(run_dir).folder
+    squatted.chmod(0o777)
+    fallback = Endpoint(run_dir)
+    fallback.close()
+    squatted.rmdir()
+    assert fallback.folder != squatted
+
+
 def _first_updates(cfg, procs: int, tmp_path, updates: int = 10):
     """Losses of the first updates (learner side) and the pids that stepped the envs."""
     torch.manual_seed(cfg.seed)

@@ -9,9 +9,11 @@ folder of the run directory, so no TCP port is ever opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -22,9 +24,28 @@ MAX_IPC_PATH = 100
 SOCKET_NAME = "control.sock"
 
 
+def temporary_folder(run_dir: Path | None) -> Path:
+    """An owner-only folder in the temporary directory. For a run directory it is named after
+    it, so that the next launch of that run finds, and removes, the socket a kill -9 of the whole
+    process group left there; a folder of that name that is not this user's own private
+    directory is not used."""
+    if run_dir is not None:
+        digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / f"prl-{os.getuid()}-{digest}"
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        info = os.lstat(folder)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not stat.S_IMODE(info.st_mode) & 0o077:
+            return folder
+    return Path(tempfile.mkdtemp(prefix="prl-"))
+
+
 class Endpoint:
     """Owner-only folder for the socket: ``run_dir/ipc`` or, without a run directory or if
-    that path is too long for a Unix socket, a private temporary folder removed on close."""
+    that path is too long for a Unix socket, a temporary one (:func:`temporary_folder`)
+    removed on close."""
 
     def __init__(self, run_dir: Path | None):
         preferred = Path(run_dir) / "ipc" if run_dir is not None else None
@@ -33,7 +54,7 @@ class Endpoint:
             os.chmod(preferred, 0o700)
             self.folder, self._temporary = preferred.resolve(), False
         else:
-            self.folder, self._temporary = Path(tempfile.mkdtemp(prefix="prl-")), True
+            self.folder, self._temporary = temporary_folder(run_dir), True
         self.path = self.folder / SOCKET_NAME
         self.address = f"ipc://{self.path}"
 
