@@ -218,6 +218,11 @@ def start_ranks(args: argparse.Namespace, ranks: int, run_dir: Path | None) -> i
             except SignalException as exc:
                 raise signals.Interrupted(int(exc.sigval)) from None
             except ChildFailedError as exc:  # each failed rank said why on stderr
+                stopped_by = {signals.signal_of_exit_code(failure.exitcode) for failure in exc.failures.values()}
+                if len(stopped_by) == 1 and None not in stopped_by:
+                    # every rank ended as one stop signal asks (heard by one rank, agreed by all),
+                    # each with its final checkpoint: rank 0 said where; the job exits as it would on one rank
+                    return signals.exit_code(stopped_by.pop())
                 ended = ", ".join(f"rank {rank} " + (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
                                                      else f"exited with code {failure.exitcode}")
                                   for rank, failure in sorted(exc.failures.items()))

@@ -159,6 +159,12 @@ def rank_config(cfg: Config) -> Config:
                    optim=replace(cfg.optim, lr=lr, lr_per_env=False))
 
 
+def run_seed(cfg: Config) -> int:
+    """The run's own seed, the same on every rank, from a rank's config (:func:`rank_config`
+    gives each rank the seed of its first env): for random draws that must agree across ranks."""
+    return cfg.seed - _world.rank * cfg.actors.num_envs if _world.active else cfg.seed
+
+
 def rank_share(total: int) -> int:
     """This rank's part of a count the config gives for all ranks together (rounded up), such
     as the warm-up transitions a replay-based rank collects before it learns."""
@@ -257,6 +263,19 @@ def exchange(returns: list[float], lengths: list[int], stopping: bool) -> tuple[
         dist.all_gather_object(gathered, (returns, lengths, stopping))
     return ([r for rank_returns, _, _ in gathered for r in rank_returns], [n for _, rank_lengths, _ in gathered for n in rank_lengths],
             any(stop for _, _, stop in gathered))
+
+
+def agreed_signal(signum: int | None) -> int | None:
+    """The stop signal any rank heard (the lowest rank's, if several did), on every rank: the
+    ranks agreed at an exchange to stop after the same update, and each must then end as that
+    signal asks (a final checkpoint, even of the initial state; its exit code), whichever rank
+    heard it."""
+    if not _world.active:
+        return signum
+    gathered: list = [None] * _world.size
+    with collective("agreeing why the ranks stopped"):
+        dist.all_gather_object(gathered, signum)
+    return next((heard for heard in gathered if heard is not None), None)
 
 
 def _named_tensors(state, name: str = "") -> list[tuple[str, torch.Tensor]]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import distributed
+
 if TYPE_CHECKING:
     from .config import Config
 
@@ -24,7 +26,7 @@ def make_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     if name == "rmsprop_tf":
         return RMSpropTF(params, lr=lr, alpha=cfg.optim.alpha, eps=cfg.optim.eps)
     if name == "kron":
-        return make_kron(params, lr, cfg.optim.kron_max_size_triangular)
+        return make_kron(params, lr, cfg.optim.kron_max_size_triangular, distributed.run_seed(cfg))
     kernel = optimizer_kernel(params, cfg)
     foreach = True if kernel == "foreach" else None  # None: torch's own choice (multi-tensor on CUDA, the loop on a CPU)
     if name == "rmsprop":
@@ -185,7 +187,7 @@ class KronTorchPreconditionerSchedule:
         return 0.0
 
 
-def make_kron(params, lr: float, max_size_triangular: int) -> torch.optim.Optimizer:
+def make_kron(params, lr: float, max_size_triangular: int, noise_seed: int = 0) -> torch.optim.Optimizer:
     """heavyball's PSGDKron with ``kron_torch.Kron``'s defaults, run eagerly, whose state
     survives a checkpoint exactly.
 
@@ -195,7 +197,9 @@ def make_kron(params, lr: float, max_size_triangular: int) -> torch.optim.Optimi
     of the step size's normaliser, one power iteration for it, and updates scaled to an RMS
     of at most 1.1. Left different (docs/results.md): how a convolution's 4-D weight is split
     into factors, the noise added to the preconditioner's input, and how often the factors
-    are rebalanced. heavyball is imported here so that only Kron runs pay for its import.
+    are rebalanced. That noise is drawn from a stream of ``noise_seed`` and the step's number
+    (:func:`draw_from_a_stream_every_rank_shares`). heavyball is imported here so that only
+    Kron runs pay for its import.
     """
     import functools
 
@@ -218,6 +222,7 @@ def make_kron(params, lr: float, max_size_triangular: int) -> torch.optim.Optimi
         update_clipping=functools.partial(heavyball.utils.rmsnorm_clip_, clip_at=1.1),
         merge_dims=False, multi_tensor=True,
     )
+    draw_from_a_stream_every_rank_shares(optimizer, noise_seed)
     _keep_state_dtypes(optimizer)
     _schedule_as_plain_data(optimizer)
     return optimizer
@@ -269,3 +274,33 @@ def _with_dtypes_of(loaded: Any, saved: Any, device: torch.device) -> Any:
     if isinstance(loaded, (list, tuple)):
         return type(loaded)(_with_dtypes_of(a, b, device) for a, b in zip(loaded, saved, strict=True))
     return loaded
+
+
+def draw_from_a_stream_every_rank_shares(optimizer: torch.optim.Optimizer, seed: int) -> None:
+    """Make each ``optimizer.step()`` draw its random numbers from a stream seeded by ``seed``
+    and the step's number, leaving torch's global generators as they were.
+
+    Kron adds random noise to each preconditioner update, drawn from torch's global generator;
+    but every rank of a data-parallel run seeds that one differently (its minibatches, its
+    acting), so the ranks' preconditioners, and then their weights, would part although the
+    gradients they step with are the same average. The step's number is heavyball's own count,
+    which a checkpoint keeps: a resumed run goes on with the draws it would have made."""
+    step = optimizer.step
+    optimizer.shared_draws_step = 0
+
+    def step_with_shared_draws(closure=None):
+        devices = sorted({p.device.index or 0 for group in optimizer.param_groups for p in group["params"] if p.is_cuda})
+        with torch.random.fork_rng(devices=devices):
+            stream = seed * 1_000_003 + optimizer.shared_draws_step
+            torch.default_generator.manual_seed(stream)
+            for index in devices:
+                torch.cuda.default_generators[index].manual_seed(stream)
+            result = step(closure)
+        optimizer.shared_draws_step += 1
+        return result
+
+    def resume_the_count(loaded: torch.optim.Optimizer) -> None:
+        loaded.shared_draws_step = int(loaded.param_groups[0].get("step_count", 0))
+
+    optimizer.step = step_with_shared_draws
+    optimizer.register_load_state_dict_post_hook(resume_the_count)

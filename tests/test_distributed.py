@@ -2,6 +2,7 @@
 directory, steps counted over ranks, bad configs refused before any rank starts."""
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -53,12 +54,16 @@ def train_rank(rank: int, size: int, port: int, out: str, recipe: str, updates: 
     os._exit(0)  # as the CLI's ranks end (cli.exit_process): gloo's threads can abort an interpreter's teardown
 
 
-@pytest.mark.parametrize("recipe", ["paac_classic", "ppo_classic"])
-def test_two_ranks_take_the_same_steps_and_keep_identical_weights(tmp_path, recipe):
+@pytest.mark.parametrize(("recipe", "overrides"), [
+    ("paac_classic", ()),
+    ("ppo_classic", ()),
+    ("ppo_classic", ("optim.name=kron",)),  # an optimizer that draws random numbers as it steps
+], ids=["paac", "ppo", "ppo-kron"])
+def test_two_ranks_take_the_same_steps_and_keep_identical_weights(tmp_path, recipe, overrides):
     """20 updates on 2 ranks x 4 envs: each rank stepped different envs (seeds), yet the
     averaged gradients keep the replicas equal to the last bit; the step counter counts both
     ranks' agent steps, and only rank 0 wrote the run directory."""
-    mp.start_processes(train_rank, args=(2, free_port(), str(tmp_path), recipe, 20), nprocs=2, start_method="spawn")
+    mp.start_processes(train_rank, args=(2, free_port(), str(tmp_path), recipe, 20, overrides), nprocs=2, start_method="spawn")
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["updates"] == rank1["updates"] == 20 and rank0["step"] == rank1["step"]
     fresh = make_algorithm_weights(recipe)
@@ -212,9 +217,11 @@ def test_replica_check_names_the_rank_whose_weights_differ(tmp_path):
         assert "rank(s) [1]" in (tmp_path / f"rank{rank}.txt").read_text()
 
 
-def signalled_rank(rank: int, size: int, port: int, out: str, recipe: str, overrides: tuple[str, ...], signal_at: int) -> None:
-    """One rank of a run in which only rank 0 hears SIGTERM: while its algorithm is built
-    (``signal_at`` 0) or inside its ``signal_at``-th update. Writes how the rank ended."""
+def signalled_rank(rank: int, size: int, port: int, out: str, recipe: str, overrides: tuple[str, ...], signal_at: int | str,
+                   hearer: int = 0) -> None:
+    """One rank of a run in which only rank ``hearer`` hears SIGTERM: while its algorithm is built
+    (``signal_at`` 0), as it first acts ("act": after the ranks agreed to start, before the first
+    update) or inside its ``signal_at``-th update. Writes how the rank ended."""
     import signal
     import time
 
@@ -226,17 +233,27 @@ def signalled_rank(rank: int, size: int, port: int, out: str, recipe: str, overr
 
     def make(spec, cfg, device):
         algo = make_algorithm(spec, cfg, device)
-        if rank == 0 and signal_at == 0:
+        if rank == hearer and signal_at == 0:
             os.kill(os.getpid(), signal.SIGTERM)
         update, calls = algo.update, []
 
         def counted(batch):
             calls.append(1)
-            if rank == 0 and len(calls) == signal_at:
+            if rank == hearer and len(calls) == signal_at:
                 os.kill(os.getpid(), signal.SIGTERM)
             return update(batch)
 
         algo.update = counted
+        policy = algo.policy()
+        act, acts = policy.act_and_value, []
+
+        def acting(obs):
+            acts.append(1)
+            if rank == hearer and signal_at == "act" and len(acts) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return act(obs)
+
+        policy.act_and_value = acting
         return algo
 
     began = time.monotonic()
@@ -250,20 +267,26 @@ def signalled_rank(rank: int, size: int, port: int, out: str, recipe: str, overr
     os._exit(0)
 
 
-@pytest.mark.parametrize(("recipe", "overrides", "signal_at"), [
-    ("paac_classic", (), 0),  # during start-up, before the batch source is built
-    ("paac_classic", (), 3),  # between two updates
+@pytest.mark.parametrize(("recipe", "overrides", "signal_at", "hearer"), [
+    ("paac_classic", (), 0, 0),  # during start-up, before the batch source is built
+    ("paac_classic", (), 3, 0),  # between two updates
     # inside a delivery that QR-DQN learns from in two pieces
-    ("qrdqn_classic", ("algo.warmup_steps=64", "replay.minibatch_size=16"), 21),
-], ids=["start-up", "between-updates", "mid-delivery"])
-def test_a_signal_heard_by_one_rank_stops_every_rank_after_the_same_update(tmp_path, recipe, overrides, signal_at):
-    mp.start_processes(signalled_rank, args=(2, free_port(), str(tmp_path), recipe, overrides, signal_at), nprocs=2,
+    ("qrdqn_classic", ("algo.warmup_steps=64", "replay.minibatch_size=16"), 21, 0),
+    # rank 1 alone, after the ranks agreed to start, before the first update: rank 0 must still
+    # write the checkpoint of the initial state that a one-rank run writes
+    ("paac_classic", (), "act", 1),
+], ids=["start-up", "between-updates", "mid-delivery", "other-rank-before-the-first-update"])
+def test_a_signal_heard_by_one_rank_stops_every_rank_after_the_same_update(tmp_path, recipe, overrides, signal_at, hearer):
+    """Every rank stops after the same update, each with the signal one of them heard (so each
+    exits as that signal asks, and the job with it), and rank 0 writes the final checkpoint."""
+    mp.start_processes(signalled_rank, args=(2, free_port(), str(tmp_path), recipe, overrides, signal_at, hearer), nprocs=2,
                        start_method="spawn")
     ends = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert not [end["error"] for end in ends if "error" in end]
-    assert ends[0]["signal"] is not None and ends[1]["signal"] is None
+    assert ends[0]["signal"] == ends[1]["signal"] == signal.SIGTERM
     assert ends[0]["updates"] == ends[1]["updates"] < 60
-    assert ckpt.latest(tmp_path / "run" / "checkpoints") is not None  # the stop's final checkpoint, by rank 0
+    final = ckpt.latest(tmp_path / "run" / "checkpoints")  # the stop's final checkpoint, by rank 0
+    assert final is not None and ckpt.load(final)["updates"] == ends[0]["updates"]
 
 
 def test_ppo_ranks_agree_on_the_minibatches_when_one_has_fewer_transitions_than_minibatches(tmp_path):

@@ -101,6 +101,25 @@ def test_kron_state_survives_a_checkpoint_resume(tmp_path):
         assert torch.equal(p, q), name
 
 
+def test_every_rank_draws_the_same_preconditioner_noise_whatever_its_own_generator():
+    """Kron adds random noise to each preconditioner update. The ranks of a data-parallel run
+    seed torch's generator each its own way (their minibatches, their acting): drawn from it,
+    the same averaged gradients stepped the replicas apart. The draws follow the run's seed and
+    the step's number instead, and leave each rank's own generator where it was."""
+    cfg = _kron_config()
+    replicas = []
+    for rank_seed in (11, 12):
+        torch.manual_seed(0)
+        algo = PPO(SPEC, cfg, torch.device("cpu"))
+        torch.manual_seed(rank_seed)
+        _train_steps(algo, 6, seed=1)  # the same gradients on both
+        assert torch.equal(torch.randn(3), torch.randn(3, generator=torch.Generator().manual_seed(rank_seed))), \
+            "the optimizer moved this rank's own generator"
+        replicas.append(algo)
+    for (name, p), q in zip(replicas[0].net.named_parameters(), replicas[1].net.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
 def test_preconditioner_updates_on_kron_torchs_steps():
     """kron_torch's rule, worked by hand: p = clamp(exp(-0.001 (step - 500)), 0.03, 1) with
     heavyball's n = step + 1, and an update once a counter reaches 1/p: every one of the

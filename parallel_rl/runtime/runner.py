@@ -312,6 +312,9 @@ class Runner:
                     metrics.persist_episodes()
                     last_path = checkpoints.save(training_state(), step)
                     next_checkpoint += interval
+            # every rank left the loop after the same update (agreed at the exchange), and stops
+            # for the same reason: a signal that one rank alone heard
+            self._stop_signal = distributed.agreed_signal(self._stop_signal)
         except ckpt.CheckpointWriteError:
             disk_refused = True
             raise

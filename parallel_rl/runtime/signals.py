@@ -40,6 +40,11 @@ def exit_code(signum: int) -> int:
     return 128 + signum
 
 
+def signal_of_exit_code(code: int) -> int | None:
+    """The stop signal a process ending with ``code`` stopped for (None: it did not)."""
+    return code - 128 if code - 128 in STOP_SIGNALS else None
+
+
 def raise_interrupted(signum: int, _frame) -> None:
     raise Interrupted(signum)
 

@@ -65,3 +65,21 @@ def test_ctrl_c_stops_every_rank_after_the_same_update_with_a_final_checkpoint(t
     assert saved["step"] > 0 and saved["step"] % (32 * 5) == 0  # whole updates of both ranks' 16 envs x 5 steps
     assert run.out.count("stopped by SIGINT; final checkpoint") == 1, run.out[-2000:]  # said once, by rank 0
     run.assert_nothing_left(list(ranks.values()))
+
+
+@pytest.mark.slow  # two ranks start and train
+@pytest.mark.parametrize("rank", [0, 1])
+def test_sigterm_to_one_rank_stops_the_job_as_a_preemption_not_a_failure(tmp_path, rank):
+    """A scheduler pre-empting one node signals its ranks alone: the others hear nothing. All
+    stop after the same update, rank 0 writes the final checkpoint and says which signal
+    stopped the run, and the job exits 143 as a one-rank run does, not as a failure."""
+    from parallel_rl import checkpoint as ckpt
+
+    run, ranks = two_training_ranks(tmp_path)
+    os.kill(ranks[rank], signal.SIGTERM)
+    code, err, _ = run.wait(timeout=60)
+    assert code == 143, err[-3000:]
+    assert "the job failed" not in err and "Traceback" not in err, err[-3000:]
+    assert run.out.count("stopped by SIGTERM; final checkpoint") == 1, run.out[-2000:]
+    assert ckpt.load(ckpt.latest(run.run_dir / "checkpoints"))["step"] > 0
+    run.assert_nothing_left(list(ranks.values()))
