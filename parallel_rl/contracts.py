@@ -214,15 +214,19 @@ class Delivery:
 
     def split(self, length: int) -> list[Delivery]:
         """Consecutive pieces of at most ``length`` steps per env; the first carries what the
-        whole delivery reports (episodes, timings, lag), so nothing is counted twice."""
+        whole delivery reports (episodes, timings, producers), so nothing is counted twice.
+        Each piece has its own lag: the learner publishes after each, so piece j is learned j
+        versions after the first."""
         horizon = self.batch.horizon
         if length >= horizon:
             return [self]
         pieces = [Delivery(self.batch.steps(start, min(start + length, horizon))) for start in range(0, horizon, length)]
         first = pieces[0]
         first.returns, first.lengths, first.timings = self.returns, self.lengths, self.timings
-        first.lag, first.producers = self.lag, self.producers
+        first.producers = self.producers
         first.env_busy_s, first.env_wall_s = self.env_busy_s, self.env_wall_s
+        for later, piece in enumerate(pieces):
+            piece.lag = [lag + later for lag in self.lag]
         return pieces
 
 

@@ -555,6 +555,29 @@ def test_a_lag_bound_that_a_rollout_learned_in_pieces_cannot_keep_is_refused():
         ActorProcessPool(cfg, spec, algo, torch.device("cpu"), 1, None, env_threads=1, start_version=0, log=lambda _: None)
 
 
+@pytest.mark.parametrize("deterministic_lag", [False, True])
+def test_every_piece_of_a_rollout_learned_in_pieces_keeps_the_lag_bound(tmp_path, deterministic_lag):
+    """QR-DQN learns each rollout in 2 updates, publishing after each: the bound holds for the
+    rollout's last piece too, learned a version after its first (the actor processes waited
+    only for the first's, and half of all pieces were a version over the bound). The smallest
+    bound start-up accepts is that count less one (one more where acting is a version behind)."""
+    from parallel_rl.runtime.learner import learn
+
+    bound = 2 if deterministic_lag else 1
+    cfg = build_config("qrdqn_classic", {"total_steps": 3000, "actors.procs": 2, "seed": 1},
+                       ["logging.console=false", f"actors.max_policy_lag={bound}", "algo.warmup_steps=200",
+                        f"actors.deterministic_lag={str(deterministic_lag).lower()}"])
+    spec = env_spec(cfg.env)
+    algo = make_algorithm(spec, cfg, torch.device("cpu"))
+    source = ActorProcessPool(cfg, spec, algo, torch.device("cpu"), 2, tmp_path, env_threads=1, start_version=0, log=lambda _: None)
+    assert source.updates_per_rollout == 2
+    try:
+        lags = [lag for record in learn(algo, source, cfg, 0, 0, lambda: False) for lag in record.delivery.lag]
+    finally:
+        source.close()
+    assert len(lags) > 100 and max(lags) == bound, sorted(set(lags))
+
+
 def test_a_resumed_run_publishes_its_exploration_where_the_schedule_stands(tmp_path, monkeypatch):
     """PQN's epsilon is part of the weights actor processes take: on a resume with a larger
     budget they must take the value at the resumed step's place in the new schedule, not the

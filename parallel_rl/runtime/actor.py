@@ -165,6 +165,11 @@ class ActorProcess:
         """The version from which the learner learns from rollout ``rollout``."""
         return self.args.first_version + rollout * self.args.updates_per_rollout
 
+    def oldest_allowed(self, rollout: int) -> int:
+        """The oldest version that may act in rollout ``rollout`` under the lag bound: its last
+        piece is learned ``updates_per_rollout - 1`` versions after its first."""
+        return self.consumed_at(rollout) + self.args.updates_per_rollout - 1 - self.args.lag_bound
+
     def fetch_weights(self, rollout: int) -> int:
         """Load the weights rollout ``rollout`` acts with; returns their version."""
         args = self.args
@@ -173,7 +178,7 @@ class ActorProcess:
             exactly, at_least = max(args.oldest_version, consumed_at - 1), None
         else:
             exactly = None
-            at_least = args.oldest_version if args.lag_bound is None else max(args.oldest_version, consumed_at - args.lag_bound)
+            at_least = args.oldest_version if args.lag_bound is None else max(args.oldest_version, self.oldest_allowed(rollout))
         return args.weights.fetch(self.replica, exactly, at_least, timeout_s=3600, should_stop=self.waiting)
 
     def may_act_in(self, rollout: int) -> bool:
@@ -181,7 +186,7 @@ class ActorProcess:
         if self.cfg.actors.deterministic_lag:
             return False
         bound = self.args.lag_bound
-        return bound is None or self.held_version >= self.consumed_at(rollout) - bound
+        return bound is None or self.held_version >= self.oldest_allowed(rollout)
 
     def runs_ahead_into(self, rollout: int) -> bool:
         """Whether the groups that finish the rollout under way go on into rollout ``rollout``'s

@@ -69,7 +69,7 @@ def check_policy_lag_fits(cfg: Config, procs: int) -> None:
     bound = policy_lag_bound(cfg)
     segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
     updates_per_rollout = math.ceil(cfg.algo.rollout_length / segment_length)
-    least = updates_per_rollout - 1
+    least = updates_per_rollout - 1 + int(cfg.actors.deterministic_lag)  # that mode acts a version behind
     if procs == 0 or bound is None or bound >= least:
         return
     raise ConfigError(
