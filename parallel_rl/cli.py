@@ -114,18 +114,26 @@ def _flags(args: argparse.Namespace) -> dict:
     return {key: getattr(args, flag) for flag, key in LAUNCH_FLAGS.items() if getattr(args, flag, None) is not None}
 
 
-def check_before_start(cfg, resumption: ckpt.Resumption | None) -> None:
+def check_layout(cfg, ranks: int) -> None:
+    """A policy-lag bound the actor processes of each of ``ranks`` ranks (on this machine)
+    cannot keep, refused before any rank starts."""
+    from .runtime.layout import check_policy_lag_fits, resolve_procs
+
+    share = distributed.rank_config(cfg, distributed.World(0, ranks))
+    check_policy_lag_fits(share, resolve_procs(share, local_ranks=ranks))
+
+
+def check_before_start(cfg, resumption: ckpt.Resumption | None, ranks: int) -> None:
     """What a run refuses once it starts, for ``--dry-run``: an algorithm or network that
-    does not fit the env, a policy-lag bound its actor processes cannot keep, and on a resume a checkpoint that does not fit the network."""
+    does not fit the env (what each of ``ranks`` ranks runs), and on a resume a checkpoint
+    that does not fit the network."""
     import torch
 
     from .algos import check_fit, make_algorithm
     from .envs import env_spec
-    from .runtime.layout import check_policy_lag_fits, resolve_procs
 
     spec = env_spec(cfg.env)
-    check_fit(cfg, spec)
-    check_policy_lag_fits(cfg, resolve_procs(cfg))
+    check_fit(distributed.rank_config(cfg, distributed.World(0, ranks)), spec)
     if resumption is not None:
         ckpt.restore(make_algorithm(spec, cfg, torch.device("cpu")), resumption.state, resumption.checkpoint, cfg.env.id)
 
@@ -162,11 +170,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                   "that stopped before its first one): delete or move it, or choose another --run-dir.")
     ranks = 1 if args.nproc_per_node is None else args.nproc_per_node
     distributed.check_supported(cfg, ranks)  # before any rank starts: a bad config exits 2 here, once
+    if not distributed.world_from_env().active:  # a rank torchrun started checks its own share as it starts
+        check_layout(cfg, ranks)
     device = learner_device(cfg, probe_compile=False)
     if ranks == 1 or device.type != "cuda":  # a launcher of several ranks lives as long as they do: a compile
         refuse_unbuildable_compile(cfg, device)  # probe here would hold GPU 0 all along; each rank probes its own
     if args.dry_run:
-        check_before_start(cfg, resumption)
+        check_before_start(cfg, resumption, ranks)
         print(dump_yaml(cfg), end="")
         return 0
     main_rank = distributed.world_from_env().main  # only rank 0 of a multi-rank run speaks

@@ -96,6 +96,12 @@ def check_supported(cfg: Config, ranks: int) -> None:
     if cfg.actors.num_envs % ranks:
         raise ConfigError(f"actors.num_envs = {cfg.actors.num_envs} does not split evenly over {ranks} ranks: "
                           f"use a multiple of {ranks} (--actors counts the envs of all ranks together).")
+    share = rank_config(cfg, World(0, ranks))
+    try:  # what each rank runs: a rank's share of the envs must fit its actor processes, minibatches, ...
+        share.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"On {ranks} ranks each rank runs {share.actors.num_envs} of the actors.num_envs = "
+                          f"{cfg.actors.num_envs} envs (--actors counts all ranks together), and there: {exc}") from None
 
 
 def init(cfg: Config, device: torch.device) -> World:
@@ -132,9 +138,10 @@ def shutdown() -> None:
     _world = World()
 
 
-def cores_per_rank() -> int:
-    """This machine's cores shared by the ranks torchrun started on it."""
-    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+def cores_per_rank(local_ranks: int | None = None) -> int:
+    """This machine's cores shared by the ranks torchrun started on it (or will start:
+    ``local_ranks``)."""
+    return max(1, (os.cpu_count() or 1) // (local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 
 
 def _gpu_of(world: World) -> int:
@@ -148,14 +155,15 @@ def rank_device(device: torch.device) -> torch.device:
     return torch.device("cuda", _gpu_of(_world)) if device.type == "cuda" and _world.active else device
 
 
-def rank_config(cfg: Config) -> Config:
-    """What this rank runs: its share of the envs, seeded so that env i keeps seed + i, at
-    the learning rate of all ranks' envs together."""
-    if not _world.active:
+def rank_config(cfg: Config, world: World | None = None) -> Config:
+    """What this rank (or ``world``'s) runs: its share of the envs, seeded so that env i keeps
+    seed + i, at the learning rate of all ranks' envs together."""
+    world = world or _world
+    if not world.active:
         return cfg
-    share = cfg.actors.num_envs // _world.size
+    share = cfg.actors.num_envs // world.size
     lr = cfg.optim.lr * (cfg.actors.num_envs if cfg.optim.lr_per_env else 1)
-    return replace(cfg, seed=cfg.seed + _world.rank * share, actors=replace(cfg.actors, num_envs=share),
+    return replace(cfg, seed=cfg.seed + world.rank * share, actors=replace(cfg.actors, num_envs=share),
                    optim=replace(cfg.optim, lr=lr, lr_per_env=False))
 
 

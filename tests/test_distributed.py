@@ -309,6 +309,9 @@ def cli(*args, timeout=300):
     (["--config", "simbav2_pendulum", "--actors", "8", "--set", "replay.save_with_checkpoint=true"],
      ["replay.save_with_checkpoint = true", "2 ranks", "replay.save_with_checkpoint=false"]),
     (["--nproc-per-node", "0"], ["--nproc-per-node 0"]),
+    # each rank's share: 2 envs cannot feed 4 actor processes (the whole job's 4 could)
+    (["--actors", "4", "--actor-procs", "4"], ["each rank runs 2 of the actors.num_envs = 4", "actors.procs = 4 exceeds"]),
+    (["--actors", "4", "--actor-procs", "4", "--dry-run"], ["each rank runs 2", "actors.procs = 4 exceeds"]),
 ])
 def test_a_config_that_cannot_run_on_the_ranks_exits_2_before_any_rank_starts(tmp_path, args, words):
     flags = ["--nproc-per-node", "2"] if "--nproc-per-node" not in args else []
@@ -317,6 +320,17 @@ def test_a_config_that_cannot_run_on_the_ranks_exits_2_before_any_rank_starts(tm
     assert all(word in out.stderr for word in words), out.stderr
     assert "Traceback" not in out.stderr and "torch.distributed.run" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_checks_the_lag_bound_on_each_ranks_share():
+    """QR-DQN's 8 envs learn a rollout in 2 updates on one rank, but each of 2 ranks' 4 envs in
+    one: a lag bound of 0 runs there, so --dry-run must accept it, as the launch itself does;
+    and refuse it on one rank."""
+    args = ["launch", "--config", "qrdqn_classic", "--actors", "8", "--actor-procs", "1", "--set", "actors.max_policy_lag=0",
+            "--dry-run"]
+    assert cli(*args, "--nproc-per-node", "2").returncode == 0
+    refused = cli(*args)
+    assert refused.returncode == 2 and "learned in 2 updates" in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from ..algos.base import policy_lag_bound
 from ..config import Config, ConfigError
 
 
-def resolve_procs(cfg: Config) -> int:
+def resolve_procs(cfg: Config, local_ranks: int | None = None) -> int:
     """K from the config; -1 picks inline acting below 4 cores, else one actor process per 4 cores (at most 8).
 
     Below 4 cores an actor process has no core of its own to overlap with learning: measured
@@ -22,7 +22,7 @@ def resolve_procs(cfg: Config) -> int:
     """
     if cfg.actors.procs >= 0:
         return cfg.actors.procs
-    cores = distributed.cores_per_rank()
+    cores = distributed.cores_per_rank(local_ranks)
     if cores < 4:
         return 0
     return max(1, min(8, cores // 4, cfg.actors.num_envs))
