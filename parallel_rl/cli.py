@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("filter", nargs="?", default="", help="only keys containing this text")
 
     report = sub.add_parser("report", help="learning curves and a table of final scores from runs",
-                            description="Learning-curve PNGs (mean and 95%% bootstrap band over seeds, one per env) and a "
+                            description="Learning-curve PNGs (mean and 95% bootstrap band over seeds, one per env) and a "
                                         "markdown table of final scores, from the runs' TensorBoard logs.")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directories, or folders searched for run directories (e.g. runs/)")

@@ -55,7 +55,7 @@ class EnvConfig:
         "total_steps count decisions. Atari repeats with frame_skip.", 1)
     frame_stack: int = setting("Atari: number of stacked frames in an observation.", 4)
     image_size: int = setting("Atari: observations are image_size x image_size grayscale.", 84)
-    noop_max: int = setting("Atari: 1 to this many no-op actions at the start of an episode (the fewest is 1).", 30)
+    noop_max: int = setting("Atari: 1 to this many no-op actions at the start of an episode (the fewest is 1; ALE's backend plays 0 to this many where env.fire_reset is off).", 30)
     sticky_action_prob: float = setting("Atari: probability of repeating the previous action (0 = PAAC's deterministic ALE).", 0.0)
     episodic_life: bool = setting("Atari: a life lost ends the learning episode (no bootstrap across it); reported episodes "
                                 "(charts/episodic_return, evaluation) still span whole games.", False)

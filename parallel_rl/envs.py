@@ -372,7 +372,7 @@ ENVPOOL_FAMILIES_FIRST = ("classic_control", "toy_text", "atari", "mujoco.gym", 
 @cache
 def _envpool_families() -> tuple[str, ...] | None:
     """EnvPool's task families in the order to register them, with its package imported but
-    none registered yet; None where EnvPool is not installed (no wheel for Python 3.12+)."""
+    none registered yet; None where EnvPool is not installed."""
     import importlib.util
     import sys
     import types

@@ -233,3 +233,21 @@ def test_many_step_updates_give_their_largest_steps_gradient_norm(recipe):
     # the minibatches' norms differ: their largest lies above their mean, which the key held before
     assert float(metrics[GRAD_NORM_STEP_MAX]) > float(metrics["diag/grad_norm"]) > 0
 
+
+def test_sacs_many_step_updates_give_their_largest_steps_gradient_norm():
+    """SAC takes several gradient steps an update (algo.publish_interval): diag/grad_norm_max
+    must be the largest of them, not the largest of the updates' means."""
+    from parallel_rl.algos import make_algorithm
+    from parallel_rl.bench import fixed_batch
+    from parallel_rl.config import build_config
+    from parallel_rl.contracts import GRAD_NORM_STEP_MAX
+    from parallel_rl.envs import env_spec
+
+    cfg = build_config("simbav2_pendulum", {"actors.num_envs": 4}, ["algo.warmup_steps=8", "replay.minibatch_size=16"])
+    algo = make_algorithm(env_spec(cfg.env), cfg, torch.device("cpu"))
+    batch = fixed_batch(cfg, torch.device("cpu"))
+    algo.update(batch)  # the warm-up's transitions
+    metrics = algo.update(batch).metrics
+    assert float(metrics["diag/gradient_steps"]) >= 4
+    assert float(metrics[GRAD_NORM_STEP_MAX]) > float(metrics["diag/grad_norm"]) > 0
+

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from .. import distributed
 from ..config import AlgoConfig, Config, ConfigError, check_non_negative, setting
-from ..contracts import Batch, UpdateResult
+from ..contracts import GRAD_NORM_STEP_MAX, Batch, UpdateResult
 from ..envs import EnvSpec
 from ..nn.continuous import TanhGaussianPolicy, make_critic
 from ..nn.simba import project_to_sphere
@@ -176,13 +176,18 @@ class SAC:
         if not ready:
             return UpdateResult(metrics)
         sums: dict[str, torch.Tensor] = {}
+        largest_grad_norm: torch.Tensor | None = None
         skipped = 0  # a count over all of this update's optimizer steps
         for _ in range(steps):
             step_metrics, step_skipped = self.gradient_step(replay.sample(self.cfg.replay.minibatch_size))
             skipped += step_skipped
             for tag, value in step_metrics.items():
                 sums[tag] = sums[tag] + value if tag in sums else value
+            if (norm := step_metrics.get("diag/grad_norm")) is not None:
+                largest_grad_norm = norm if largest_grad_norm is None else torch.maximum(largest_grad_norm, norm)
         metrics.update({tag: total / steps for tag, total in sums.items()})  # none when steps == 0
+        if largest_grad_norm is not None:
+            metrics[GRAD_NORM_STEP_MAX] = largest_grad_norm
         metrics["diag/gradient_steps"] = torch.tensor(float(self.gradient_steps))
         metrics["diag/discount"] = torch.tensor(self.gamma)
         if self.reward_scaler is not None:

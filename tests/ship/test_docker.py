@@ -127,7 +127,10 @@ def test_compose_services():
     assert set(services) == {"trainer", "trainer-cpu", "tensorboard"}
     trainer, cpu_trainer, board = services["trainer"], services["trainer-cpu"], services["tensorboard"]
     # the same trainer without the GPU reservation, which a host without NVIDIA's runtime refuses
-    assert "deploy" not in cpu_trainer and {k: v for k, v in trainer.items() if k != "deploy"} == cpu_trainer
+    assert "deploy" not in cpu_trainer
+    assert {k: v for k, v in trainer.items() if k != "deploy"} == {k: v for k, v in cpu_trainer.items() if k != "profiles"}
+    # a bare `docker compose up` starts one trainer (and TensorBoard), not two writing one runs/
+    assert [name for name, service in services.items() if "profiles" not in service] == ["trainer", "tensorboard"]
 
     for service in (trainer, board):
         build = service["build"]

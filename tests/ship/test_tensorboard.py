@@ -80,7 +80,7 @@ def test_every_tag_written_is_documented(cartpole_runs, filmed_cartpole):
         tags |= set(accumulator.PluginTagToContent("hparams"))  # metadata without a value: in no list above
     # the asynchronous run and the filmed run add their own tags
     assert {"diag/queue_fill", "perf/wait_ms", "eval/video", "charts/episodic_return", "_hparams_/experiment"} <= tags
-    undocumented = sorted(tag for tag in tags if not documented(tag.removesuffix("/text_summary")))
+    undocumented = sorted(tag for tag in tags if not documented(tag))  # as a reader of the event file finds it
     assert not undocumented, f"add these tags to {DOC}: {undocumented}"
 
 
