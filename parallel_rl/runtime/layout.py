@@ -59,6 +59,14 @@ def thread_layout(cfg: Config, procs: int) -> tuple[int, int]:
     return learner, per_actor
 
 
+def rollout_pieces(cfg: Config) -> tuple[int, int]:
+    """(steps per env of each piece, pieces) a rollout is learned in, publishing after each:
+    one whole rollout for the on-policy algorithms, ``algo.publish_interval``'s share for the
+    replay-based ones (``learner.learn``)."""
+    segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
+    return segment_length, math.ceil(cfg.algo.rollout_length / segment_length)
+
+
 def check_policy_lag_fits(cfg: Config, procs: int) -> None:
     """Refuse a policy-lag bound that actor processes cannot keep, before anything is created.
 
@@ -67,8 +75,7 @@ def check_policy_lag_fits(cfg: Config, procs: int) -> None:
     last piece is learned that many versions after the weights that acted it, whatever the wait.
     """
     bound = policy_lag_bound(cfg)
-    segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
-    updates_per_rollout = math.ceil(cfg.algo.rollout_length / segment_length)
+    segment_length, updates_per_rollout = rollout_pieces(cfg)
     least = updates_per_rollout - 1 + int(cfg.actors.deterministic_lag)  # that mode acts a version behind
     if procs == 0 or bound is None or bound >= least:
         return

@@ -9,7 +9,6 @@ deterministic-lag mode, with exactly the previous version; the lag is measured.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import deque
@@ -26,7 +25,7 @@ from ..contracts import Batch, Delivery
 from ..envs import EnvSpec, make_env_groups
 from . import control, supervision
 from .actor import ActorProcessArgs, actor_process_main
-from .layout import check_policy_lag_fits, resolve_env_groups, split_envs
+from .layout import check_policy_lag_fits, resolve_env_groups, rollout_pieces, split_envs
 from .rollout import (
     NetworkPolicy,
     RolloutCollector,
@@ -91,9 +90,7 @@ class ActorProcessPool:
         self.env_threads = env_threads
         self.oldest_version = self.version = start_version
         self.lag_bound = policy_lag_bound(cfg)
-        # the learner learns from a rollout in pieces, publishing after each (learner.learn)
-        self.segment_length = cfg.algo.segment_length(cfg.actors.num_envs)
-        self.updates_per_rollout = math.ceil(cfg.algo.rollout_length / self.segment_length)
+        self.segment_length, self.updates_per_rollout = rollout_pieces(cfg)
         check_policy_lag_fits(cfg, procs)
         # what close() releases exists from the start, so a failure or an interrupt part-way
         # through construction releases whatever was already built
