@@ -228,17 +228,25 @@ def start_ranks(args: argparse.Namespace, ranks: int, run_dir: Path | None) -> i
             except SignalException as exc:
                 raise signals.Interrupted(int(exc.sigval)) from None
             except ChildFailedError as exc:  # each failed rank said why on stderr
-                stopped_by = {signals.signal_of_exit_code(failure.exitcode) for failure in exc.failures.values()}
-                if len(stopped_by) == 1 and None not in stopped_by:
-                    # every rank ended as one stop signal asks (heard by one rank, agreed by all),
-                    # each with its final checkpoint: rank 0 said where; the job exits as it would on one rank
-                    return signals.exit_code(stopped_by.pop())
-                ended = ", ".join(f"rank {rank} " + (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
-                                                     else f"exited with code {failure.exitcode}")
-                                  for rank, failure in sorted(exc.failures.items()))
-                print(f"parallel-rl: the job failed: {ended}.", file=sys.stderr)
-                return EXIT_FAILURE
+                return job_exit_code(exc.failures)
     return 0
+
+
+def job_exit_code(failures: dict) -> int:
+    """The exit code of a job whose ranks ``failures`` (rank: torchrun's ProcessFailure) failed,
+    as the run would have exited on one rank where they all ended alike."""
+    if all(failure.exitcode == EXIT_USAGE for failure in failures.values()):
+        return EXIT_USAGE  # refused to start, on every rank together: rank 0 said why
+    stopped_by = {signals.signal_of_exit_code(failure.exitcode) for failure in failures.values()}
+    if len(stopped_by) == 1 and None not in stopped_by:
+        # every rank ended as one stop signal asks (heard by one rank, agreed by all),
+        # each with its final checkpoint: rank 0 said where
+        return signals.exit_code(stopped_by.pop())
+    ended = ", ".join(f"rank {rank} " + (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+                                         else f"exited with code {failure.exitcode}")
+                      for rank, failure in sorted(failures.items()))
+    print(f"parallel-rl: the job failed: {ended}.", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -347,6 +355,8 @@ EXPLAINED_FAILURES = (ConfigError, ckpt.CheckpointError, ActorProcessFailure, No
 def _report_failure(command: str, exc: BaseException) -> int | None:
     """Say why ``command`` failed and return its exit code, for the failures the CLI explains
     (``EXPLAINED_FAILURES``); None for any other."""
+    if isinstance(exc, distributed.RefusedWithAnotherRank):
+        return EXIT_USAGE  # the rank that refused said why
     if isinstance(exc, (ConfigError, ckpt.CheckpointError)):
         print(f"parallel-rl {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -51,6 +51,18 @@ def collective(what: str) -> Iterator[None]:
                           "last checkpoint is intact.") from None
 
 
+class RefusedWithAnotherRank(ConfigError):
+    """Another rank refused to start the run and said why; this rank stops with it, silently (exit 2)."""
+
+
+def refuse_together(refusal: ConfigError | None, what: str) -> None:
+    """Raise ``refusal`` where a rank has one, and RefusedWithAnotherRank on every other rank,
+    so that a refusal only one rank can see (rank 0's run directory) ends every rank with
+    exit 2 instead of leaving the others to fail in their next collective."""
+    if any_rank(refusal is not None, what):
+        raise refusal if refusal is not None else RefusedWithAnotherRank(f"another rank refused {what}")
+
+
 class ReplicaDivergence(RuntimeError):
     """The ranks' weights differ: data-parallel training has gone wrong; the message names the ranks."""
 

@@ -300,6 +300,63 @@ def test_ppo_ranks_agree_on_the_minibatches_when_one_has_fewer_transitions_than_
     assert ends[0]["updates"] == ends[1]["updates"] == 60
 
 
+def claiming_rank(rank: int, size: int, port: int, out: str) -> None:
+    """One rank of a run whose directory another process took after the launcher's check."""
+    import time
+
+    from parallel_rl.config import ConfigError
+
+    as_rank(rank, size, port)
+    distributed.TIMEOUT_S = 20.0  # a rank left waiting shows in seconds, not minutes
+    torch.set_num_threads(1)
+    cfg = build_config("paac_classic", {"actors.num_envs": 8, "actors.procs": 0}, ["logging.console=false"])
+    began = time.monotonic()
+    try:
+        Runner(cfg, Path(out) / "run").run()
+        outcome = {"error": None}
+    except Exception as exc:  # the failure is what the test reports
+        outcome = {"error": f"{type(exc).__name__}: {exc}", "refusal": isinstance(exc, ConfigError)}
+    outcome["seconds"] = time.monotonic() - began
+    torch.save(outcome, Path(out) / f"rank{rank}.pt")
+    os._exit(0)
+
+
+def test_a_run_directory_taken_between_the_check_and_the_start_is_refused_on_every_rank(tmp_path):
+    """Two launches of one run directory can both pass the launcher's check; the rank 0 that
+    loses the lock refuses (exit 2), and its other ranks must refuse with it rather than fail
+    in their next collective with a gloo error (exit 1)."""
+    (tmp_path / "run").mkdir()
+    held = ckpt.lock_run_directory(tmp_path / "run")  # the launch that won
+    try:
+        mp.start_processes(claiming_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    finally:
+        held.close()
+    ends = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert "in use by another parallel-rl process" in ends[0]["error"], ends
+    assert ends[0]["refusal"] and ends[1]["refusal"], ends
+    assert max(end["seconds"] for end in ends) < 15, ends
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [ckpt.RUN_LOCK]
+
+
+@pytest.mark.parametrize(("exit_codes", "expected", "said"), [
+    ({0: 2, 1: 2}, 2, ""),  # refused on every rank together (rank 0 said why)
+    ({0: 2}, 2, ""),  # torchrun reports the first failure alone
+    ({0: 130, 1: 130}, 130, ""),  # one Ctrl-C, agreed by every rank
+    ({0: 2, 1: 1}, 1, "rank 0 exited with code 2, rank 1 exited with code 1"),
+    ({0: 1, 1: -9}, 1, "rank 1 was killed by SIGKILL"),
+])
+def test_a_jobs_exit_code_is_the_one_its_ranks_agreed_on(capsys, exit_codes, expected, said):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from parallel_rl.cli import job_exit_code
+
+    failures = {rank: ProcessFailure(local_rank=rank, pid=1000 + rank, exitcode=code, error_file="<none>")
+                for rank, code in exit_codes.items()}
+    assert job_exit_code(failures) == expected
+    err = capsys.readouterr().err
+    assert said in err and ("the job failed" in err) == bool(said), err
+
+
 def cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "parallel_rl", *args], capture_output=True, text=True, timeout=timeout)
 

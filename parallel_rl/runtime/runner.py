@@ -217,18 +217,13 @@ class Runner:
         # weights: a checkpoint holds them as its last update left them, for that run's budget
         algo.set_progress(step / cfg.total_steps)
         distributed.broadcast_state(algo.state_dict())  # one policy: every replica starts from rank 0's weights
+        refusal = None
         if self.write_logs:
             try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self._run_lock = ckpt.lock_run_directory(self.run_dir)
-                if resumed is not None and resumed.changed:  # the steps so far were trained with the old settings
-                    kept = self.run_dir / kept_config_name(resumed.step)
-                    if not kept.exists():  # a resume stopped before its first checkpoint already kept them
-                        write_atomically(kept, (self.run_dir / "config.yaml").read_bytes())
-                save_yaml(cfg, self.run_dir / "config.yaml")
-            except OSError as exc:
-                raise ConfigError(f"Cannot create the run directory {str(self.run_dir)!r} and its config.yaml: {exc.strerror}. "
-                                  "Choose another with --run-dir or logging.run_root.") from None
+                self._claim_run_directory()
+            except ConfigError as exc:  # another launch took it since the launcher looked
+                refusal = exc
+        distributed.refuse_together(refusal, "the run directory")
         layout = (f"layout: {procs} actor processes x {local.actors.num_envs // max(procs, 1)} envs" if procs
                   else "layout: synchronous (K = 0)")
         if world.active:
@@ -261,6 +256,21 @@ class Runner:
         finally:
             if source is not None:
                 source.close()
+
+    def _claim_run_directory(self) -> None:
+        """Hold the run directory (refused where another process does) and write its config.yaml."""
+        resumed = self.resumption
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._run_lock = ckpt.lock_run_directory(self.run_dir)
+            if resumed is not None and resumed.changed:  # the steps so far were trained with the old settings
+                kept = self.run_dir / kept_config_name(resumed.step)
+                if not kept.exists():  # a resume stopped before its first checkpoint already kept them
+                    write_atomically(kept, (self.run_dir / "config.yaml").read_bytes())
+            save_yaml(self.cfg, self.run_dir / "config.yaml")
+        except OSError as exc:
+            raise ConfigError(f"Cannot create the run directory {str(self.run_dir)!r} and its config.yaml: {exc.strerror}. "
+                              "Choose another with --run-dir or logging.run_root.") from None
 
     def _train(self, algo: Algorithm, source: BatchSource | None, step: int, updates: int, max_seconds: float | None,
                device: torch.device) -> RunSummary:
