@@ -46,7 +46,7 @@ from .uniform import choose_storage, torch_dtype
 # bits of the per-row ``flags``
 TERMINATED, TRUNCATED, STACK_START, SAMPLEABLE = 1, 2, 4, 8
 MIN_PRIORITY = 1e-6  # keeps a zero-loss transition sampleable
-MAX_SAMPLING_ROUNDS = 1000
+CANDIDATES_PER_DRAW, SPARE_CANDIDATES = 4, 64  # see FrameReplay._sample_uniform
 
 
 def frame_layout(rows_per_env: int, num_envs: int, frame_shape: tuple[int, ...], frame_dtype: torch.dtype,
@@ -294,8 +294,7 @@ class FrameReplay:
         if self.prioritized:
             rows, envs, weights = self._sample_prioritized(batch_size)
         else:
-            rows, envs = self._sample_uniform(batch_size)
-            weights = torch.ones(batch_size, device=self.storage_device)
+            rows, envs, weights = self._sample_uniform(batch_size)
         return self.gather(rows, envs, weights)
 
     def gather(self, rows: torch.Tensor, envs: torch.Tensor, weights: torch.Tensor | None = None) -> FrameSample:
@@ -320,21 +319,23 @@ class FrameReplay:
             sample = FrameSample(**{k: v.to(self.device, non_blocking=True) for k, v in vars(sample).items()})
         return sample
 
-    def _sample_uniform(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uniform over sampleable rows: draw from the window, keep the sampleable ones."""
+    def _sample_uniform(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uniform over sampleable rows, without a host sync (this runs at every gradient step):
+        candidates drawn from the window, the first ``batch_size`` sampleable ones kept in draw
+        order, so each is uniform over the sampleable rows. Outside a break in the stream at most
+        every other row is unsampleable (an auto-reset row ends each episode of at least one
+        step), so with ``CANDIDATES_PER_DRAW`` per draw plus ``SPARE_CANDIDATES`` a shortfall lies
+        at least 8 standard deviations out; should one happen, the sampleable candidates are
+        reused (each still uniform), and a draw with none at all gets weight 0 rather than a
+        wrong transition."""
         first, last = self._sample_window()
-        dev, found_rows, found_envs, found = self.storage_device, [], [], 0
-        for _ in range(MAX_SAMPLING_ROUNDS):
-            logical = torch.randint(first, last + 1, (2 * batch_size,), device=dev, generator=self.generator)
-            envs = torch.randint(self.num_envs, (2 * batch_size,), device=dev, generator=self.generator)
-            rows = self.logical_rows(logical)
-            keep = (self.data["flags"][rows, envs] & SAMPLEABLE) != 0
-            found_rows.append(rows[keep])
-            found_envs.append(envs[keep])
-            found += int(keep.sum())
-            if found >= batch_size:
-                return torch.cat(found_rows)[:batch_size], torch.cat(found_envs)[:batch_size]
-        raise RuntimeError(f"found only {found} sampleable transitions in {MAX_SAMPLING_ROUNDS} rounds")
+        dev, candidates = self.storage_device, CANDIDATES_PER_DRAW * batch_size + SPARE_CANDIDATES
+        rows = self.logical_rows(torch.randint(first, last + 1, (candidates,), device=dev, generator=self.generator))
+        envs = torch.randint(self.num_envs, (candidates,), device=dev, generator=self.generator)
+        keep = (self.data["flags"][rows, envs] & SAMPLEABLE) != 0
+        kept_first = torch.argsort((~keep).to(torch.uint8), stable=True)
+        chosen = kept_first[torch.arange(batch_size, device=dev) % keep.sum().clamp(min=1)]
+        return rows[chosen], envs[chosen], keep[chosen].float()
 
     def _sample_prioritized(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stratified proportional sampling: one draw in each of batch_size equal slices of the total."""
