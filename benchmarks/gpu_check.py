@@ -321,8 +321,12 @@ def cnn_throughput(net: torch.nn.Module, variant: str, batch: int, seconds: floa
     elif variant == "cuda_graphs":
         forward = torch.compile(net, mode="reduce-overhead")
 
+    # acting's grad mode (runtime/rollout.py, NetworkPolicy): no_grad where the same network
+    # also learns in CUDA graphs, as a first recording in inference mode breaks the training one
+    grad_free = torch.no_grad if variant == "cuda_graphs" else torch.inference_mode
+
     def infer():
-        with torch.inference_mode(), amp:
+        with grad_free(), amp:
             return forward(obs)
 
     def update():

@@ -173,8 +173,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not distributed.world_from_env().active:  # a rank torchrun started checks its own share as it starts
         check_layout(cfg, ranks)
     device = learner_device(cfg, probe_compile=False)
-    if ranks == 1 or device.type != "cuda":  # a launcher of several ranks lives as long as they do: a compile
-        refuse_unbuildable_compile(cfg, device)  # probe here would hold GPU 0 all along; each rank probes its own
+    # a bare cuda is GPU 0: a probe there by a launcher of several ranks (which lives as long as
+    # they do) or by a torchrun rank would hold a CUDA context on GPU 0 all along; each rank's runner probes its own
+    if device.type != "cuda" or (ranks == 1 and not distributed.world_from_env().active):
+        refuse_unbuildable_compile(cfg, device)
     if args.dry_run:
         check_before_start(cfg, resumption, ranks)
         print(dump_yaml(cfg), end="")

@@ -379,6 +379,27 @@ def test_a_config_that_cannot_run_on_the_ranks_exits_2_before_any_rank_starts(tm
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("world", "probed"), [
+    ({}, ["cuda"]),  # one process: the learner's GPU is the current one
+    ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, []),  # a torchrun rank: its runner probes its own GPU
+])
+def test_only_a_lone_process_probes_the_compiler_on_the_current_gpu(monkeypatch, tmp_path, world, probed):
+    """A bare ``cuda`` is GPU 0 until a rank has chosen its own: a probe there from every rank
+    would leave each rank's CUDA context (about half a GB) on GPU 0 for the whole run."""
+    import parallel_rl.algos
+    import parallel_rl.runtime.runner
+    from parallel_rl.cli import main
+
+    for name, value in world.items():
+        monkeypatch.setenv(name, value)
+    asked = []
+    monkeypatch.setattr(parallel_rl.runtime.runner, "learner_device", lambda cfg, probe_compile: torch.device("cuda"))
+    monkeypatch.setattr(parallel_rl.algos, "inductor_builds_code", lambda device: asked.append(device) or True)
+    assert main(["launch", "--config", "paac_classic", "--set", "perf.compile=true", "--run-dir", str(tmp_path / "run"),
+                 "--dry-run"]) == 0
+    assert asked == probed
+
+
 def test_dry_run_checks_the_lag_bound_on_each_ranks_share():
     """QR-DQN's 8 envs learn a rollout in 2 updates on one rank, but each of 2 ranks' 4 envs in
     one: a lag bound of 0 runs there, so --dry-run must accept it, as the launch itself does;

@@ -643,6 +643,34 @@ def test_acting_runs_in_inference_mode_and_gives_what_no_grad_gives():
     for got, want in zip((actions, log_probs, values), expected, strict=True):
         assert np.array_equal(got, want.numpy())
 
+    # the learner's own network where the learner records CUDA graphs of it: no_grad, since a
+    # first recording in inference mode breaks the learner's recordings (pytorch#135892)
+    grad = []
+    policy.act_and_value = lambda obs: (modes.append(torch.is_inference_mode_enabled()), grad.append(torch.is_grad_enabled()),
+                                        act_and_value(obs))[2]
+    NetworkPolicy(policy, CPU, first_env_seed=1, num_envs=4, learns_in_cuda_graphs=True)(obs, slice(0, 4))
+    assert modes == [True, False] and grad == [False]
+
+
+@pytest.mark.parametrize(("cuda_graphs", "device", "learns_in_graphs"), [
+    (True, "cuda", True), (False, "cuda", False), (True, "cpu", False)])
+def test_inline_acting_leaves_inference_mode_only_where_the_learner_records_cuda_graphs(monkeypatch, cuda_graphs, device,
+                                                                                       learns_in_graphs):
+    from parallel_rl.runtime import pipeline
+
+    cfg = build_config("ppo_classic", {"actors.num_envs": 2, "perf.cuda_graphs": cuda_graphs})
+    made = []
+    monkeypatch.setattr(pipeline, "NetworkPolicy", lambda *args, **kwargs: made.append(kwargs))
+    monkeypatch.setattr(pipeline, "make_env_groups", lambda *args: [])
+    monkeypatch.setattr(pipeline, "RolloutCollector", lambda *args: None)
+
+    class Algo:
+        def policy(self):
+            return None
+
+    pipeline.InlineSource(cfg, env_spec(cfg.env), Algo(), torch.device(device), 1)
+    assert made == [{"learns_in_cuda_graphs": learns_in_graphs}]
+
 
 def _openmp_settings(extra_env: dict[str, str]) -> dict[str, str]:
     """What torch's libgomp says it runs with (OMP_DISPLAY_ENV) in a fresh process that imports

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import zmq
 
+from ..algos import compile_mode
 from ..algos.base import policy_lag_bound
 from ..config import Config
 from ..contracts import Batch, Delivery
@@ -48,7 +49,8 @@ class InlineSource:
 
     def __init__(self, cfg: Config, spec: EnvSpec, algo, device: torch.device, env_threads: int):
         self.device = device  # the network is reached through self.policy
-        self.policy = NetworkPolicy(algo.policy(), device, cfg.seed, cfg.actors.num_envs)
+        self.policy = NetworkPolicy(algo.policy(), device, cfg.seed, cfg.actors.num_envs,
+                                    learns_in_cuda_graphs=compile_mode(cfg, spec, device) == "reduce-overhead")
         groups = make_env_groups(cfg.env, cfg.actors.num_envs, cfg.seed, env_threads, resolve_env_groups(cfg, 0))
         # acting and learning take turns: collect only what the learner learns from before it
         # publishes (a whole rollout on-policy; a few steps for replay, algo.publish_interval)

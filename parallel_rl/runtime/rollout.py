@@ -344,14 +344,19 @@ class NetworkPolicy:
     ``EnvStreams.acting``).
     """
 
-    def __init__(self, policy: ActingPolicy, device: torch.device, first_env_seed: int, num_envs: int):
+    def __init__(self, policy: ActingPolicy, device: torch.device, first_env_seed: int, num_envs: int,
+                 learns_in_cuda_graphs: bool = False):
         self.policy, self.device = policy, device
         self.cuda = device.type == "cuda"
         self.streams = acting_noise.EnvStreams(np.arange(num_envs) + first_env_seed, device)
+        # inference mode, not only no_grad: no version counters or view tracking on any tensor
+        # of the pass; its outputs leave as numpy at once, so none reaches an autograd graph.
+        # But not where the learner records CUDA graphs of this very network: a first recording
+        # in inference mode makes the CUDA generator's graph state inference tensors, and the
+        # learner's recording outside it then fails to update them (pytorch#135892)
+        self.grad_free = torch.no_grad if learns_in_cuda_graphs else torch.inference_mode
 
     def __call__(self, obs: np.ndarray, envs: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # inference mode, not only no_grad: no version counters or view tracking on any tensor
-        # of the pass; its outputs leave as numpy at once, so none reaches an autograd graph
-        with torch.inference_mode(), self.streams.acting(envs):
+        with self.grad_free(), self.streams.acting(envs):
             acted = self.policy.act_and_value(torch.from_numpy(obs).to(self.device, non_blocking=self.cuda))
         return tuple(tensor.cpu().numpy() for tensor in acted)
