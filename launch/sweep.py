@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import math
 import re
 import shlex
@@ -52,6 +53,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +217,8 @@ def load_sweep(path: Path) -> Sweep:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SweepError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+    except RecursionError:
+        raise SweepError("nests its values too deeply to be read: not a sweep's YAML file.") from None
     return parse_sweep(data, path.stem)
 
 
@@ -239,6 +243,30 @@ def _without(argv: list[str], flags: tuple[str, ...]) -> tuple[str, ...]:
     """``argv`` without the given flags and their values."""
     at = {i for i, arg in enumerate(argv) if arg in flags}
     return tuple(arg for i, arg in enumerate(argv) if i not in at and i - 1 not in at)
+
+
+NAME_MAX = 255  # bytes in one file name on Linux filesystems
+
+
+def check_run_root(run_root: Path, runs: list[Run]) -> None:
+    """Refuse, before any run starts, a run root that cannot hold the runs' folders and logs:
+    one found unwritable as the sweep starts its second run would leave the first running
+    with no sweep to supervise it."""
+    longest = max((run.log.name for run in runs), key=lambda name: len(name.encode()), default="")
+    if len(longest.encode()) > NAME_MAX:
+        raise SweepError(f"the run name {longest[:60]!r}... makes a log file name of {len(longest.encode())} bytes, over the "
+                         f"filesystem's {NAME_MAX}: shorten the variant names or env ids.")
+    folder = run_root.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise SweepError(f"run_root {str(run_root)!r}: cannot create the runs' folders in {str(folder)!r} "
+                         f"({exc.strerror or exc}); choose another run_root or --run-root.") from None
 
 
 def check_commands(runs: list[Run], prefix: list[str], timeout_s: float = 300.0) -> list[str]:
@@ -318,6 +346,7 @@ class Scheduler:
         self.runs, self.parallel, self.out = runs, parallel, out
         self.active: dict[subprocess.Popen, tuple[Run, Any, float]] = {}
         self.stop_signal: int | None = None
+        self.start_failure: str | None = None
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -359,7 +388,12 @@ class Scheduler:
             while self.active or (pending and self.stop_signal is None):
                 while pending and self.stop_signal is None and len(self.active) < self.parallel:
                     index, run = pending.pop(0)
-                    self._start(run, index)
+                    try:
+                        self._start(run, index)
+                    except OSError as exc:  # the disk filled or the folder went away since the check
+                        self.start_failure = f"could not start {run.name} ({exc.strerror or exc}: {exc.filename or run.log})"
+                        self._print(f"      FAILED  {self.start_failure}; stopping the runs still going")
+                        self._on_signal(signal.SIGTERM, None)  # each stops after its update, with a checkpoint
                 time.sleep(0.1)
                 for proc in [p for p in self.active if p.poll() is not None]:
                     self._finish(proc)
@@ -455,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         elif existing:
             raise SweepError(f"{_listed(existing)} already: --resume continues each from its newest checkpoint "
                              f"(a finished run stays as it is), --skip-existing leaves them out, or choose another --run-root.")
+        check_run_root(sweep.run_root, runs)
         try:
             problems = check_commands(runs, prefix)
         except KeyboardInterrupt:
@@ -479,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = Scheduler(runs, sweep.parallel)
     scheduler.run()
     print("\n" + summary(runs), flush=True)
+    if scheduler.start_failure is not None:
+        print(f"sweep: error: {scheduler.start_failure}; the sweep was stopped (--resume continues it).", file=sys.stderr)
+        return EXIT_FAILED
     if scheduler.stop_signal is not None:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if any(r.exit_code != 0 for r in runs) else 0

@@ -42,13 +42,23 @@ LAUNCH_FLAGS = {
 }
 
 
+def given(kind: str):
+    """An argparse type that refuses an empty value, which would otherwise read as "not given"
+    (``--resume "$RUN"`` with RUN unset would start a new default run)."""
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"the value is empty: give {kind}")
+        return value
+    return parse
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help=f"YAML recipe: a file or a name in configs/ (default {DEFAULT_RECIPE})")
+    p.add_argument("--config", type=given("a recipe name or a YAML file"), help=f"YAML recipe: a file or a name in configs/ (default {DEFAULT_RECIPE})")
     p.add_argument("--actors", type=int, help="number of environments stepped in parallel (actors.num_envs)")
     p.add_argument("--actor-procs", type=int, metavar="K",
                    help="actor processes sharing the environments; 0 = synchronous, -1 = from the cores: inline below 4, "
                         "one per 4 above, at most 8 (actors.procs)")
-    p.add_argument("--env", help="environment id, e.g. Pong-v5 or CartPole-v1 (env.id)")
+    p.add_argument("--env", type=given("an environment id"), help="environment id, e.g. Pong-v5 or CartPole-v1 (env.id)")
     p.add_argument("--steps", type=int, help="agent steps to train for, all environments together (total_steps)")
     p.add_argument("--seed", type=int, help="random seed (seed)")
     p.add_argument("--device", help="learner device: auto, cpu, cuda, cuda:N (device)")
@@ -62,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     launch = sub.add_parser("launch", help="train an agent", description="Train an agent; outputs go to runs/<env>__<algo>__s<seed>__<time>/.")
     _add_common(launch)
-    launch.add_argument("--run-dir", help="run directory to create (default: a new one under logging.run_root)")
-    launch.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint (same step counter, optimizer and LR schedule)")
+    launch.add_argument("--run-dir", type=given("a folder path"), help="run directory to create (default: a new one under logging.run_root)")
+    launch.add_argument("--resume", metavar="RUN_DIR", type=given("a run directory"), help="continue RUN_DIR from its newest checkpoint (same step counter, optimizer and LR schedule)")
     launch.add_argument("--nproc-per-node", type=int, metavar="N",
                         help="train one policy on N ranks of this machine (torch.distributed through torchrun: NCCL on GPUs, "
                              "gloo on CPUs); --actors and --steps count all ranks together. Across machines run "
@@ -73,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(itself a valid --config file) and exit without creating anything")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint", description="Play N episodes with a trained policy and print mean ± std return.")
-    ev.add_argument("path", help="a run directory (its newest checkpoint) or a checkpoint file")
+    ev.add_argument("path", type=given("a run directory or a checkpoint file"), help="a run directory (its newest checkpoint) or a checkpoint file")
     ev.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
     ev.add_argument("--greedy", action="store_true", help="take the most probable action instead of sampling")
     ev.add_argument("--device", default="cpu", help="device for inference (default cpu)")
@@ -99,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="learning curves and a table of final scores from runs",
                             description="Learning-curve PNGs (mean and 95% bootstrap band over seeds, one per env) and a "
                                         "markdown table of final scores, from the runs' TensorBoard logs.")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR",
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", type=given("a run directory or a folder of them"),
                         help="run directories, or folders searched for run directories (e.g. runs/)")
-    report.add_argument("--out", default="report", metavar="DIR", help="folder for report.md and the PNGs (default report/)")
+    report.add_argument("--out", default="report", metavar="DIR", type=given("a folder path"), help="folder for report.md and the PNGs (default report/)")
     report.add_argument("--x", choices=("steps", "time"), default="steps",
                         help="x-axis: agent steps (all environments together) or wall-clock time (default steps)")
     report.add_argument("--paper", action="store_true",
@@ -252,7 +262,7 @@ def job_exit_code(failures: dict) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import MAX_EVAL_ENVS, evaluate
+    from .evaluate import MAX_EVAL_ENVS, default_video_path, evaluate
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes} is invalid: play at least 1 episode.")
@@ -267,6 +277,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--video {args.video!r} is a directory: give the MP4 file's path (e.g. {args.video}/eval.mp4).")
         check_writable_folder(Path(args.video).resolve().parent, f"--video {args.video!r}")
     path = ckpt.find(Path(args.path))
+    if args.video == "" or (args.video is None and args.video_episodes is not None):  # the default path, in the run
+        folder = default_video_path(path, 0).parent
+        while not folder.exists() and folder != folder.parent:  # created as the video starts
+            folder = folder.parent
+        check_writable_folder(folder, "--video (its default path in the run directory; give --video PATH elsewhere)")
     result = evaluate(path, args.episodes, greedy=args.greedy, device=args.device, seed=args.seed,
                       video=args.video is not None or args.video_episodes is not None,
                       video_path=Path(args.video) if args.video else None, video_episodes=args.video_episodes or 1)
@@ -278,7 +293,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"video: {video.path}: {len(video.returns)} episode(s) of {' + '.join(map(str, video.lengths))} steps, "
               f"returns {', '.join(f'{r:.2f}' for r in video.returns)}; {video.frames} frames ({video.source}, {video.fps:g} fps)")
         print(f"logged to {video.tensorboard} as eval/video at step {video.step}" if video.tensorboard else
-              "not logged to TensorBoard: the checkpoint is not inside a run directory")
+              f"not logged to TensorBoard: {video.not_logged}")
     return 0
 
 
@@ -297,8 +312,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_table, run_bench
 
     cfg = build_config(args.config, _flags(args), args.overrides)
-    if not math.isfinite(args.seconds) or args.seconds <= 0 or args.repeats < 1:
-        raise ConfigError(f"--seconds {args.seconds} / --repeats {args.repeats}: both must be positive (and the seconds finite).")
+    if not math.isfinite(args.seconds) or args.seconds < 1 or args.repeats < 1:
+        raise ConfigError(f"--seconds {args.seconds} / --repeats {args.repeats}: measure for 1 second or more (finite: shorter "
+                          "measures start-up, or nothing at all), in 1 repeat or more.")
     result = run_bench(cfg, args.seconds, args.repeats, progress=not args.json)
     print(json.dumps(null_for_unmeasured(result), indent=2, allow_nan=False) if args.json else format_table(result))
     return 0

@@ -413,7 +413,7 @@ def check_writable_folder(folder: Path, what: str) -> None:
 
 
 def check_device(name: str, value: str) -> None:
-    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", value):
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:(0|[1-9][0-9]*)", value):
         return
     raise ConfigError(f"{name} = {value!r} is not a device: valid choices are auto, cpu, cuda, cuda:N.")
 
@@ -480,6 +480,11 @@ def _as_yaml(choice: Any) -> str:
 YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
+# integer keys that count agent steps, which may pass 2**31 in a long run; every other integer
+# reaches EnvPool, ALE or torch as a 32-bit one
+AGENT_STEP_KEYS = ("total_steps", "optim.anneal_steps", "algo.epsilon_decay_steps", "algo.warmup_steps", "checkpoint.interval_steps")
+
+
 def _coerce(path: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's annotation, converting only where lossless."""
     hints = annotation
@@ -507,11 +512,15 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
         except ValueError:
             pass
     if hints is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{path} = {value!r} has the wrong type: expected an integer.")
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{path} = {value!r} has the wrong type: expected an integer.")
+        limit = 2**63 - 1 if path in AGENT_STEP_KEYS else 2**31 - 1
+        if not -limit - 1 <= value <= limit:
+            raise ConfigError(f"{path} = {value} is out of range: it must lie within [{-limit - 1}, {limit}] (a "
+                              f"{'64' if limit > 2**31 else '32'}-bit integer, as the environment and torch libraries take it).")
+        return value
     if hints is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # NaN passes every range check in validate(): refuse it here
@@ -570,7 +579,7 @@ def set_override(cfg: Config, assignment: str) -> None:
     path = path.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # not YAML, or nested past the parser's depth: the text itself
         value = raw
     parts = path.split(".")
     if parts[0] == "algo" and len(parts) == 2:
@@ -630,6 +639,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"Configuration file {str(path)!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+    except RecursionError:
+        raise ConfigError(f"Configuration file {str(path)!r} nests its values too deeply to be read: not a configuration.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -13,7 +13,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .algos import inductor_builds_code, make_policy
-from .config import ConfigError, from_saved
+from .config import ConfigError, check_writable_folder, from_saved
 from .envs import EnvSpec, VecEnv, choose_backend, make_env
 from .runtime import supervision
 from .runtime.runner import resolve_device
@@ -37,6 +37,7 @@ class Video:
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     tensorboard: Path | None = None  # the tb/ folder the GIF was logged to
+    not_logged: str = "the checkpoint is not inside a run directory"  # why not, where tensorboard is None
     step: int = 0  # the checkpoint's step, the GIF's global step
 
 
@@ -191,21 +192,28 @@ def evaluate(path: Path, episodes: int, greedy: bool = False, device: str = "cpu
             env.close()
     if film is not None:
         film.frames = recorder.frames
-        film.tensorboard = _log_video(recorder, path, film.step)
+        film.tensorboard = _log_video(recorder, path, film)
     flat = [r for per in zip(*returns, strict=False) for r in per]
     return Evaluation(path, flat[:episodes], film)
 
 
-def _log_video(recorder, checkpoint: Path, step: int) -> Path | None:
+def _log_video(recorder, checkpoint: Path, film: Video) -> Path | None:
+    """The run's tb/ folder once ``film`` is logged there as a GIF; None where it is not, and
+    ``film.not_logged`` says why (a run read-only to this user keeps its score and its MP4)."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = run_dir_of(checkpoint)
     summary = recorder.gif_summary(VIDEO_TAG)
     if run is None or summary is None:
         return None
+    try:
+        check_writable_folder(run / "tb" if (run / "tb").is_dir() else run, "the run's tb/ folder")
+    except ConfigError:
+        film.not_logged = f"{run / 'tb'} cannot be written"
+        return None
     writer = SummaryWriter(str(run / "tb"))
     try:
-        writer.file_writer.add_summary(summary, global_step=step)
+        writer.file_writer.add_summary(summary, global_step=film.step)
     finally:
         writer.close()
     return run / "tb"

@@ -158,3 +158,14 @@ def test_config_reference_lists_each_algorithms_keys_with_their_owners():
     assert rows["algo.rho_bar"].startswith("[impala] ")
     assert rows["algo.entropy_coef"].startswith("[impala, paac, ppo] ")
     assert rows["algo.utd_ratio"].startswith("[qrdqn, sac] ")
+
+
+def test_step_counts_may_pass_32_bits_and_every_other_integer_may_not():
+    """A long run counts agent steps past 2**31; every other integer reaches EnvPool, ALE or
+    torch as a 32-bit one, where a larger value would fail deep inside them."""
+    cfg = build_config("paac_classic", {"total_steps": 5 * 10**9}, ["optim.anneal_steps=5e9", "checkpoint.interval_steps=3e9"])
+    assert cfg.total_steps == 5 * 10**9 and cfg.optim.anneal_steps == 5 * 10**9
+    with pytest.raises(ConfigError, match=r"env.max_episode_steps = 2147483648 is out of range"):
+        build_config("paac_classic", overrides=["env.max_episode_steps=2147483648"])
+    with pytest.raises(ConfigError, match=r"total_steps = 9223372036854775808 is out of range"):
+        build_config("paac_classic", {"total_steps": 2**63})

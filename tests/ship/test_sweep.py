@@ -135,6 +135,37 @@ def test_a_command_that_would_fail_stops_the_sweep_before_any_run(tmp_path, dry_
     assert not root.exists()
 
 
+@pytest.mark.parametrize("problem", ["run_root_is_a_file", "name_too_long"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_run_root_that_cannot_take_the_runs_stops_the_sweep_before_any_run(tmp_path, problem, dry_run):
+    (tmp_path / "afile").write_text("")
+    root = tmp_path / "afile" / "runs" if problem == "run_root_is_a_file" else tmp_path / "runs"
+    name = "v" * (300 if problem == "name_too_long" else 1)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nsteps: 4000\nrun_root: {root}\n"
+                    f"overrides:\n  - name: ok\n  - name: {name}\n")
+    out = sweep(path, *(["--dry-run"] if dry_run else []))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert ("cannot create the runs' folders" if problem == "run_root_is_a_file" else "shorten the variant names") in out.stderr
+    assert "start" not in out.stdout and not (tmp_path / "runs").exists()
+
+
+def test_a_run_that_cannot_start_stops_the_sweep_and_the_runs_still_going(module, tmp_path):
+    """A start that fails after the checks (the disk filled, the folder went away) must not
+    leave the runs already started training with no sweep to supervise them."""
+    (tmp_path / "afile").write_text("")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    going = module.Run("first", tmp_path / "first", tmp_path / "first.log", sleeper)
+    unstartable = module.Run("second", tmp_path / "afile" / "second", tmp_path / "afile" / "second.log", sleeper)
+    out = tmp_path / "out.txt"
+    with out.open("w") as printed:
+        scheduler = module.Scheduler([going, unstartable], parallel=2, out=printed)
+        scheduler.run()
+    assert scheduler.start_failure is not None and "second" in scheduler.start_failure, out.read_text()
+    assert going.status == "stopped" and going.seconds < 30 and unstartable.status == "not run", out.read_text()
+    assert not scheduler.active
+
+
 def test_existing_runs_are_refused_resumed_or_skipped_and_no_log_is_lost(tmp_path):
     root = tmp_path / "runs"
     path = tmp_path / "resume.yaml"

@@ -179,3 +179,36 @@ def test_mujoco_rendering_is_probed_before_it_can_abort_the_process():
     finally:
         env.close()
     assert frame.ndim == 3 and frame.shape[-1] == 3
+
+
+def _read_only(monkeypatch, folder):
+    """``folder`` and everything under it refuse new files, as on a read-only mount (root
+    writes through permission bits, so the refusal is made where a new file is tried)."""
+    import errno
+    import tempfile
+
+    make = tempfile.TemporaryFile
+
+    def refusing(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(folder)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return make(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refusing)
+
+
+def test_a_run_that_cannot_be_written_films_elsewhere_or_is_refused_before_any_episode(cartpole_runs, capsys, monkeypatch,
+                                                                                        tmp_path):
+    """A run directory read-only to this user (a colleague's, a mounted archive): filming into
+    it is refused before the episodes are played; filmed elsewhere, the score and the MP4
+    come out and the GIF is not logged, for a reason the user is told."""
+    run, _ = cartpole_runs["paac_s1"]
+    _read_only(monkeypatch, run)
+    assert main(["eval", str(run), "--episodes", "1", "--video"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "--video PATH" in err and not (run / "videos").exists(), err
+    clip = tmp_path / "clip.mp4"
+    assert main(["eval", str(run), "--episodes", "1", "--video", str(clip)]) == 0
+    out = capsys.readouterr().out
+    assert "mean return" in out and clip.is_file(), out
+    assert f"not logged to TensorBoard: {run / 'tb'} cannot be written" in out, out
