@@ -61,6 +61,8 @@ from typing import Any
 
 import yaml
 
+from parallel_rl.config import ConfigError, check_path
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -257,9 +259,9 @@ def check_run_root(run_root: Path, runs: list[Run]) -> None:
         raise SweepError(f"the run name {longest[:60]!r}... makes a log file name of {len(longest.encode())} bytes, over the "
                          f"filesystem's {NAME_MAX}: shorten the variant names or env ids.")
     folder = run_root.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
     try:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
         if not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
         with tempfile.TemporaryFile(dir=folder):
@@ -466,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
             sweep.run_root = args.run_root
         if args.parallel is not None:
             sweep.parallel = _int(args.parallel, "--parallel", 1)
+        try:
+            check_path("run_root", str(sweep.run_root))
+        except ConfigError as exc:
+            raise SweepError(str(exc)) from None
     except SweepError as exc:
         print(f"sweep: error: {args.sweep}: {exc}", file=sys.stderr)
         return EXIT_USAGE

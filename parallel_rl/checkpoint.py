@@ -122,7 +122,33 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(written, int) or not 1 <= written <= FORMAT:
         raise CheckpointError(f"Checkpoint {str(path)!r} has format {written!r}, but this parallel-rl reads formats 1 to {FORMAT}: "
                               "it was written by a newer version; upgrade parallel-rl to read it.")
+    if (damaged := _damaged_entry(state)) is not None:
+        raise CheckpointError(f"Checkpoint {str(path)!r} is damaged: {damaged}. It is not as parallel-rl writes them "
+                              "(edited, or written by another program): resume from an earlier checkpoint.")
     return state
+
+
+def _damaged_entry(state: dict[str, Any]) -> str | None:
+    """The first entry of a loaded checkpoint that is not as :func:`training_state` writes it, if any."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    config = state["config"]
+    sections = [name for name in ("env", "algo", "optim", "actors", "model", "replay", "perf", "logging", "checkpoint")
+                if name in config and not isinstance(config[name], dict)]
+    if sections:
+        return f"its config's {', '.join(sections)} should be a mapping of settings"
+    checks = [  # each entry may be absent (eval reads checkpoints of a policy alone), not malformed
+        (isinstance(config.get("env", {}).get("id", ""), str), "its config's env.id should be an environment id"),
+        ("updates" not in state or (isinstance(state["updates"], int) and not isinstance(state["updates"], bool)),
+         "its updates should be a count"),
+        ("torch_rng" not in state or (isinstance(state["torch_rng"], torch.Tensor) and state["torch_rng"].dtype == torch.uint8),
+         "its torch_rng should be the random number generator's state (a byte tensor)"),
+        ("recent_returns" not in state or (isinstance(state["recent_returns"], list)
+                                           and all(map(number, state["recent_returns"]))),
+         "its recent_returns should be a list of numbers"),
+    ]
+    return next((problem for fine, problem in checks if not fine), None)
 
 
 def policy_state(algo_state: dict[str, Any], policy: torch.nn.Module) -> dict[str, Any]:
@@ -286,6 +312,9 @@ def resume(run_dir: Path, changes: dict[str, Any], overrides: list[str]) -> Resu
         raise ConfigError(f"--resume {str(run_dir)!r}: no config.yaml there, so it is not a parallel-rl run directory.")
     path = find(run_dir)
     state = load(path)
+    if "torch_rng" not in state or "updates" not in state:  # what a training run writes, and a resume continues from
+        raise CheckpointError(f"Checkpoint {str(path)!r} holds a policy but not a training run's state (its update count "
+                              "and random number generator): it can be evaluated, not resumed.")
     cfg, notice = from_saved(load_yaml(run_dir / "config.yaml"))
     saved = flatten(cfg.to_dict())
     for key, value in changes.items():

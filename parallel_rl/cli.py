@@ -19,6 +19,7 @@ from .config import (
     ConfigError,
     build_config,
     check_device,
+    check_path,
     check_seed,
     check_writable_folder,
     describe,
@@ -44,10 +45,15 @@ LAUNCH_FLAGS = {
 
 def given(kind: str):
     """An argparse type that refuses an empty value, which would otherwise read as "not given"
-    (``--resume "$RUN"`` with RUN unset would start a new default run)."""
+    (``--resume "$RUN"`` with RUN unset would start a new default run), and a path no
+    filesystem call can take."""
     def parse(value: str) -> str:
         if not value.strip():
             raise argparse.ArgumentTypeError(f"the value is empty: give {kind}")
+        try:
+            check_path("the path", value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return value
     return parse
 
@@ -273,6 +279,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.video and Path(args.video).suffix.lower() != ".mp4":
         raise ConfigError(f"--video {args.video!r}: the video is an MP4 file; give a path ending in .mp4.")
     if args.video:
+        check_path("--video", args.video)
         if Path(args.video).is_dir():
             raise ConfigError(f"--video {args.video!r} is a directory: give the MP4 file's path (e.g. {args.video}/eval.mp4).")
         check_writable_folder(Path(args.video).resolve().parent, f"--video {args.video!r}")

@@ -294,6 +294,7 @@ class Config:
         """Cross-field checks; each message shows the arithmetic behind it. The algorithm's own
         keys are checked by its section (``algo.validate``)."""
         check_seed("seed", self.seed, self.actors.num_envs)
+        check_path("logging.run_root =", self.logging.run_root)
         check_positive_int({
             "total_steps": self.total_steps,
             "actors.num_envs": self.actors.num_envs,
@@ -410,6 +411,21 @@ def check_writable_folder(folder: Path, what: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{what}: a file cannot be written in {str(folder)!r} ({exc.strerror or exc}); "
                           "give a path in a folder that exists and can be written.") from None
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of one file name and of a whole path, on Linux filesystems
+
+
+def check_path(what: str, value: str) -> None:
+    """Refuse a path no filesystem call can take (a NUL byte, a name or path over the limits),
+    which would otherwise fail as a traceback wherever the path is first used."""
+    problem = ("holds a NUL byte" if "\0" in value else
+               f"is {len(value.encode())} bytes long, over the {PATH_MAX} a path may have" if len(value.encode()) > PATH_MAX else
+               next((f"has a name of {len(part.encode())} bytes, over the {NAME_MAX} a file name may have"
+                     for part in Path(value).parts if len(part.encode()) > NAME_MAX), None))
+    if problem:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise ConfigError(f"{what} {shown!r} {problem}: give {'a path without it' if 'NUL' in problem else 'a shorter path'}.")
 
 
 def check_device(name: str, value: str) -> None:

@@ -133,8 +133,10 @@ class ObservationFlattener:
     @classmethod
     def _layout(cls, space: gym.Space, env_id: str) -> tuple[tuple[int, ...], np.dtype]:
         if isinstance(space, gym.spaces.Box):
-            dtype = np.dtype(space.dtype)
-            return tuple(space.shape), np.dtype(np.float32) if dtype == np.float64 else dtype
+            # uint8 images stay bytes (the encoders scale them); anything else the MLPs take as
+            # float32: float64 vectors, and integer ones such as EnvPool's Blackjack-v1 counts
+            image = np.dtype(space.dtype) == np.uint8 and len(space.shape) == 3
+            return tuple(space.shape), np.dtype(np.uint8) if image else np.dtype(np.float32)
         if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary,
                               gym.spaces.Tuple, gym.spaces.Dict)):
             return (int(gym.spaces.flatdim(space)),), np.dtype(np.float32)
@@ -430,7 +432,19 @@ def ale_games() -> dict[str, str]:
 
 
 def gymnasium_ids() -> tuple[str, ...]:
-    return tuple(gym.registry.keys())
+    """gymnasium's registered ids but its own Atari entries (ALE/Pong-v5, Pong-v4,
+    PongNoFrameskip-v4): raw frames, which the EnvPool and ALE backends run preprocessed as Pong-v5."""
+    return tuple(env_id for env_id, spec in gym.registry.items() if not str(spec.entry_point).startswith("ale_py"))
+
+
+def preprocessed_atari_id(env_id: str) -> str | None:
+    """The id (``Pong-v5``) under which the backends here run the game of gymnasium's raw Atari
+    entry ``env_id``, if it is one."""
+    spec = gym.registry.get(env_id)
+    if spec is None or not str(spec.entry_point).startswith("ale_py"):
+        return None
+    game = "".join(part.capitalize() for part in str(spec.kwargs.get("game", "")).split("_")) + "-v5"
+    return game if is_envpool_task(game) or game in ale_games() else None
 
 
 def all_env_ids() -> list[str]:
@@ -476,8 +490,16 @@ def choose_backend(cfg: EnvConfig) -> str:
         return "envpool"
     if cfg.backend == "auto" and cfg.id in ale_games():
         return "ale"
+    if (game := preprocessed_atari_id(cfg.id)) is not None:
+        raise ConfigError(f"{cfg.id!r} is gymnasium's raw Atari environment (210x160 colour frames, one at a time), which the "
+                          f"networks here do not take: use --env {game}, the same game with Atari's preprocessing (frame skip, "
+                          "84x84 grayscale, a stack of 4) through EnvPool or ALE's vector env.")
     if cfg.id in gymnasium_ids():
         return "gymnasium"
+    if cfg.backend == "gymnasium" and (in_envpool or cfg.id in ale_games()):
+        raise ConfigError(f"env.backend = 'gymnasium' but {cfg.id!r} is not a gymnasium id: it is "
+                          f"{'an EnvPool task' if in_envpool else 'an Atari game of ALE'}; use env.backend=auto"
+                          f"{', envpool' if in_envpool else ''}{', ale' if cfg.id in ale_games() else ''}.")
     raise _unknown_env(cfg.id)
 
 

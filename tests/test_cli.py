@@ -112,6 +112,31 @@ def test_envs_lists_and_filters():
     assert out.returncode == 0 and "Pong-v5" in out.stdout and "CartPole" not in out.stdout
 
 
+def test_a_checkpoint_with_a_damaged_entry_is_refused_naming_it(tmp_path):
+    """A checkpoint that loads but was edited or written by another program: each malformed
+    entry is named (exit 2) before anything resumes, where it used to fail deep in the resume
+    as a traceback (a KeyError, an AttributeError, a TypeError)."""
+    run = tmp_path / "run"
+    assert cli("launch", "--config", "paac_classic", "--steps", "800", "--run-dir", str(run)).returncode == 0
+    path = ckpt.latest(run / "checkpoints")
+    good = torch.load(path, weights_only=True)
+    damages = {
+        "its config's env should be a mapping": lambda state: state["config"].update(env="x"),
+        "its recent_returns should be a list of numbers": lambda state: state.update(recent_returns="abc"),
+        "its updates should be a count": lambda state: state.update(updates="x"),
+        "its torch_rng should be the random number generator's state": lambda state: state.update(torch_rng=torch.zeros(3)),
+        "it can be evaluated, not resumed": lambda state: state.pop("torch_rng"),
+    }
+    for words, damage in damages.items():
+        state = {**good, "config": dict(good["config"])}
+        damage(state)
+        torch.save(state, path)
+        out = cli("launch", "--resume", str(run), "--steps", "1600")
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, (words, out.stderr)
+    torch.save(good, path)
+    assert cli("launch", "--resume", str(run), "--steps", "1600").returncode == 0
+
+
 def _bad_checkpoint(tmp_path):
     good = tmp_path / "good"
     assert cli("launch", "--config", "paac_classic", "--steps", "800", "--run-dir", str(good)).returncode == 0
@@ -142,6 +167,9 @@ def _bad_checkpoint(tmp_path):
         (["launch", "--config", "", "--run-dir", "r"], ["--config", "empty"]),
         (["eval", ""], ["argument path", "empty"]),
         (["report", "runs", "--out", ""], ["--out", "empty"]),
+        (["launch", "--run-dir", "r/" + "x" * 300], ["--run-dir", "has a name of 300 bytes", "shorter path"]),
+        (["eval", "r", "--video", "x" * 300 + ".mp4"], ["--video", "has a name of 304 bytes"]),
+        (["launch", "--set", 'logging.run_root="a\\0b"', "--run-dir", "r"], ["logging.run_root", "NUL byte", "without it"]),
         (["launch", "--config", "paac_classic", "--set", "env.max_episode_steps=2147483648", "--dry-run", "--run-dir", "r"],
          ["env.max_episode_steps = 2147483648 is out of range", "2147483647"]),
         (["launch", "--config", "paac_classic", "--set", "actors.num_threads=3e9", "--run-dir", "r"],

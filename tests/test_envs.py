@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from parallel_rl.config import ConfigError, EnvConfig
+from parallel_rl.config import ConfigError, EnvConfig, build_config
 from parallel_rl.envs import EpisodeTracker, make_env
 
 
@@ -68,6 +68,15 @@ def test_dmc_dict_observations_are_flattened():
     env.close()
 
 
+def test_envpool_blackjack_trains_on_its_integer_observations(tmp_path):
+    """Its observations are an int32 Box; taken as they came, the first forward pass failed
+    (int matrix times float weights) after every check had passed."""
+    from parallel_rl.runtime.runner import Runner
+
+    cfg = build_config("paac_classic", {"env.id": "Blackjack-v1", "total_steps": 400}, ["logging.console=false"])
+    assert Runner(cfg, tmp_path / "run").run().final_step >= 400
+
+
 def test_unknown_env_names_nearest():
     with pytest.raises(ConfigError, match="Pong-v5"):
         make_env(EnvConfig(id="Pongg-v5"), 1, 0)
@@ -97,6 +106,11 @@ def test_observations_of_every_space_become_one_vector_per_env():
 
     frames = ObservationFlattener(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), "Pong-v5")
     assert frames.shape == (4, 84, 84) and frames.dtype == np.uint8
+
+    # integer vectors (EnvPool's Blackjack-v1 gives its counts as an int32 Box) are numbers to an MLP
+    counts = ObservationFlattener(gym.spaces.Box(0, 32, (3,), np.int32), "Blackjack-v1")
+    assert counts.shape == (3,) and counts.dtype == np.float32
+    assert counts(np.array([[15, 10, 0]], np.int32)).dtype == np.float32
 
     with pytest.raises(ConfigError, match="Text"):
         ObservationFlattener(gym.spaces.Text(5), "toy")
@@ -406,3 +420,21 @@ def test_env_worker_threads_do_not_preempt_the_thread_that_wakes_them(backend):
         release.set()
         inside.join()
         outside.join()
+
+
+@pytest.mark.parametrize(("env_id", "backend", "words"), [
+    # gymnasium's raw Atari entries: named, with the id that runs the game preprocessed
+    ("ALE/Pong-v5", "auto", ["gymnasium's raw Atari environment", "--env Pong-v5"]),
+    ("PongNoFrameskip-v4", "auto", ["--env Pong-v5"]),
+    ("ALE/SpaceInvaders-v5", "gymnasium", ["--env SpaceInvaders-v5"]),
+    # a backend that cannot run an id another one can: the backend is at fault, not the id
+    ("Pong-v5", "gymnasium", ["env.backend = 'gymnasium'", "is an EnvPool task", "env.backend=auto"]),
+])
+def test_an_id_the_chosen_backend_cannot_run_is_refused_naming_what_can(env_id, backend, words):
+    from parallel_rl.envs import choose_backend, gymnasium_ids
+
+    with pytest.raises(ConfigError) as refused:
+        choose_backend(EnvConfig(id=env_id, backend=backend))
+    assert all(word in str(refused.value) for word in words), str(refused.value)
+    assert "Unknown environment" not in str(refused.value)
+    assert "ALE/Pong-v5" not in gymnasium_ids()  # nor listed by `parallel-rl envs`

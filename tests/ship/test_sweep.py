@@ -96,6 +96,9 @@ def test_unknown_key_exits_2_naming_it(tmp_path, text, key):
     ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nset: [algo.gamma]\n", "key=value"),
     ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\noverrides:\n  - name: a/b\n", "name = 'a/b'"),
     ("config: [unclosed\n", "not valid YAML"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nrun_root: " + "x" * 300 + "\n", "has a name of 300 bytes"),
+    ('config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nrun_root: "a\\0b"\n', "holds a NUL byte"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nset: " + "[" * 1000 + "]" * 1000 + "\n", "nests its values too deeply"),
 ])
 def test_bad_values_exit_2(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
