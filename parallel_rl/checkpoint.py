@@ -315,7 +315,11 @@ def resume(run_dir: Path, changes: dict[str, Any], overrides: list[str]) -> Resu
     if "torch_rng" not in state or "updates" not in state:  # what a training run writes, and a resume continues from
         raise CheckpointError(f"Checkpoint {str(path)!r} holds a policy but not a training run's state (its update count "
                               "and random number generator): it can be evaluated, not resumed.")
-    cfg, notice = from_saved(load_yaml(run_dir / "config.yaml"))
+    saved_config = load_yaml(run_dir / "config.yaml")
+    if not saved_config:  # from_saved would read the defaults (Pong-v5) as the run's settings
+        raise ConfigError(f"--resume {str(run_dir)!r}: its config.yaml is empty, so the run's settings are unknown; put "
+                          "back the config.yaml the run wrote and resume again.")
+    cfg, notice = from_saved(saved_config)
     saved = flatten(cfg.to_dict())
     for key, value in changes.items():
         set_override_value(cfg, key, value)

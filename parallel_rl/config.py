@@ -606,7 +606,7 @@ def set_override(cfg: Config, assignment: str) -> None:
         fields = _field_map(type(obj))
         here = ".".join(parts[: i + 1])
         if part not in fields:
-            raise ConfigError(f"Unknown configuration key {here!r} in --set {assignment!r}.{_nearest(here, _keys_under(parts[:i]))}")
+            raise ConfigError(f"Unknown configuration key {here!r} in --set {assignment!r}.{_nearest(here, _keys_under(parts[:i], cfg))}")
         annotation = _hints(type(obj))[part]
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(annotation):
@@ -618,9 +618,10 @@ def set_override(cfg: Config, assignment: str) -> None:
             obj = getattr(obj, part)
 
 
-def _keys_under(parts: list[str]) -> list[str]:
+def _keys_under(parts: list[str], cfg: Config) -> list[str]:
+    """``cfg``'s keys under the section ``parts``: its algorithm's own among them."""
     prefix = ".".join(parts) + "." if parts else ""
-    return [k for k in all_keys() if k.startswith(prefix)]
+    return [k for k in flatten(cfg.to_dict()) if k.startswith(prefix)]
 
 
 def recipe_names() -> list[str]:

@@ -134,6 +134,11 @@ def test_a_checkpoint_with_a_damaged_entry_is_refused_naming_it(tmp_path):
         out = cli("launch", "--resume", str(run), "--steps", "1600")
         assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, (words, out.stderr)
     torch.save(good, path)
+    settings = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("")  # read as the defaults, it was "trained on CartPole-v1, but Pong-v5 was requested"
+    out = cli("launch", "--resume", str(run), "--steps", "1600")
+    assert out.returncode == 2 and "its config.yaml is empty" in out.stderr, out.stderr
+    (run / "config.yaml").write_text(settings)
     assert cli("launch", "--resume", str(run), "--steps", "1600").returncode == 0
 
 

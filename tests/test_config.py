@@ -169,3 +169,9 @@ def test_step_counts_may_pass_32_bits_and_every_other_integer_may_not():
         build_config("paac_classic", overrides=["env.max_episode_steps=2147483648"])
     with pytest.raises(ConfigError, match=r"total_steps = 9223372036854775808 is out of range"):
         build_config("paac_classic", {"total_steps": 2**63})
+
+
+def test_an_unknown_key_lists_the_chosen_algorithms_own_keys():
+    with pytest.raises(ConfigError) as refused:
+        build_config("paac_classic", overrides=["algo.nested.x=1"])
+    assert "algo.entropy_coef" in str(refused.value) and "algo.value_coef" in str(refused.value), str(refused.value)
