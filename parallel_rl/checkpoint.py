@@ -110,7 +110,7 @@ def load(path: Path) -> dict[str, Any]:
         detail = str(exc).splitlines()[0] if str(exc) and "weights_only" not in str(exc) else "no detail"
         earlier = [p for p in list_checkpoints(path.parent) if _step_of(p) < _step_of(path)]
         fallback = (f" The one before it, {str(earlier[-1])!r}, may be good: move {path.name} aside and resume again."
-                    if earlier else " Earlier checkpoints in the same folder may still be good.")
+                    if earlier else "")
         raise CheckpointError(
             f"Checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {detail}); "
             f"it is truncated, corrupt or not a parallel-rl checkpoint.{fallback}"

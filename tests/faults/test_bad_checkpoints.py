@@ -64,6 +64,8 @@ def test_damaged_checkpoint_exit_2_naming_the_file(runs, tmp_path, capsys, damag
         code, err = _cli(capsys, *argv)
         assert code == 2, err
         assert str(path) in err and "truncated, corrupt or not a parallel-rl checkpoint" in err, err
+        # an earlier checkpoint is offered only where there is one
+        assert ("be good" in err) == (len(list(path.parent.glob("step_*.pt"))) > 1), err
     assert _snapshot(run) == before  # nothing written
 
 
