@@ -79,7 +79,7 @@ class ActorsConfig:
         "(replay is off-policy). The slots bound the lag at about actors.slots_per_actor anyway.", -1)
     deterministic_lag: bool = setting("Asynchronous mode: actor processes act with exactly the previous policy version, making seeded runs "
                                     "reproducible while acting overlaps learning.", False)
-    heartbeat_timeout_s: float = setting("An actor silent for this long is reported as stalled.", 3.0)
+    heartbeat_timeout_s: float = setting("An actor silent for this long is reported as stalled (at least 1 s: each beats every 0.5 s).", 3.0)
     restart_actors: bool = setting("Restart a dead or stalled actor process instead of stopping the run.", False)
 
 
@@ -321,8 +321,10 @@ class Config:
             raise ConfigError(f"actors.env_groups = {self.actors.env_groups} is invalid: 0 (auto) or a positive number of groups.")
         if self.actors.slots_per_actor < 1:
             raise ConfigError(f"actors.slots_per_actor = {self.actors.slots_per_actor} is invalid: it must be 1 or more.")
-        if self.actors.heartbeat_timeout_s <= 0:
-            raise ConfigError(f"actors.heartbeat_timeout_s = {self.actors.heartbeat_timeout_s} is invalid: it must be positive.")
+        if not self.actors.heartbeat_timeout_s >= 2 * ACTOR_HEARTBEAT_S:
+            raise ConfigError(f"actors.heartbeat_timeout_s = {self.actors.heartbeat_timeout_s} is invalid: actor processes send a "
+                              f"heartbeat every {ACTOR_HEARTBEAT_S:g} s, so a timeout under {2 * ACTOR_HEARTBEAT_S:g} s would "
+                              "report a working actor as stalled.")
         if self.actors.max_policy_lag < -1:
             raise ConfigError(f"actors.max_policy_lag = {self.actors.max_policy_lag} is invalid: 0 or more updates, "
                               "or -1 for the algorithm's own bound.")
@@ -392,6 +394,7 @@ class Config:
         return self.actors.num_envs * self.algo.rollout_length
 
 
+ACTOR_HEARTBEAT_S = 0.5  # how often an actor process tells the learner it is alive
 SEED_LIMIT = 2**31 - 1  # env i's seed is seed + i, and the env libraries take 32-bit seeds
 
 

@@ -57,11 +57,13 @@ def test_bad_values_name_value_and_choices(assignment, fragment):
     ("paac_classic", "optim.lr=1e38", r"optim.lr = 1e\+38 is invalid: the optimizers step in float32"),
     # EnvPool draws the no-ops from [0, noop_max - 1], an empty range at 0
     ("paac_atari", "env.noop_max=0", "env.noop_max = 0 is invalid: .* the fewest is 1"),
+    # accepted, it reported the first working actor process as stalled (exit 1)
+    ("paac_classic", "actors.heartbeat_timeout_s=1e-9", "a heartbeat every 0.5 s, so a timeout under 1 s"),
 ])
 def test_values_the_libraries_cannot_run_are_refused_before_the_run(recipe, assignment, fragment):
     with pytest.raises(ConfigError, match=fragment):
         build_config(recipe, {}, [assignment])
-    build_config(recipe, {}, [assignment.replace("1e38", "1e37").replace("=0", "=1")])
+    build_config(recipe, {}, [assignment.replace("1e38", "1e37").replace("=0", "=1").replace("=1e-9", "=1")])
 
 
 def test_a_choice_that_yaml_reads_as_a_boolean_is_the_choice_written(tmp_path):

@@ -21,14 +21,12 @@ import numpy as np
 import torch
 import zmq
 
-from ..config import from_dict
+from ..config import ACTOR_HEARTBEAT_S, from_dict
 from ..envs import make_env_groups
 from . import control, signals
 from .layout import resolve_env_groups
 from .rollout import NetworkPolicy, RolloutCollector
 from .slots import SharedWeights, SlotPool
-
-HEARTBEAT_S = 0.5
 
 
 class ParentGone(Exception):
@@ -131,7 +129,7 @@ class ActorProcess:
 
     def beat(self) -> bool:
         now = time.monotonic()
-        if now - self._last_beat >= HEARTBEAT_S:
+        if now - self._last_beat >= ACTOR_HEARTBEAT_S:
             if os.getppid() != self.args.parent_pid:
                 raise ParentGone
             control.send(self.socket, {"type": "beat", "process": self.args.index, "pid": os.getpid()})
