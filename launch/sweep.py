@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from parallel_rl.config import ConfigError, check_path
+from parallel_rl.config import ConfigError, check_path, parse_yaml_file_text
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -214,7 +214,7 @@ def load_sweep(path: Path) -> Sweep:
     except UnicodeDecodeError as exc:
         raise SweepError(f"cannot be decoded as UTF-8 text (byte {exc.start}): not a sweep's YAML file.") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml_file_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

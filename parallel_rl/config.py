@@ -645,6 +645,25 @@ def resolve_recipe(name_or_path: str) -> Path:
     raise ConfigError(f"--config {name_or_path!r}: no such file and no recipe of that name.{hint} Recipes in configs/: {', '.join(recipes)}.")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a mapping that names a key twice is an error, not its last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice in one mapping "
+                                                        "(the last would silently win)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml_file_text(text: str):
+    """A YAML file's text as data, a key named twice in one mapping refused (``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -654,7 +673,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"Configuration file {str(path)!r} cannot be decoded as UTF-8 text (byte {exc.start}): "
                           "it is not a YAML file.") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml_file_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

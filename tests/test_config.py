@@ -177,3 +177,12 @@ def test_an_unknown_key_lists_the_chosen_algorithms_own_keys():
     with pytest.raises(ConfigError) as refused:
         build_config("paac_classic", overrides=["algo.nested.x=1"])
     assert "algo.entropy_coef" in str(refused.value) and "algo.value_coef" in str(refused.value), str(refused.value)
+
+
+def test_a_key_named_twice_in_a_config_file_is_refused_not_silently_overwritten(tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("env:\n  id: CartPole-v1\nalgo:\n  name: paac\n  gamma: 0.9\n  gamma: 0.99\n")
+    with pytest.raises(ConfigError, match=r"line 6.*the key 'gamma' appears twice"):
+        build_config(str(recipe))
+    recipe.write_text("env:\n  id: CartPole-v1\nalgo:\n  name: paac\n  gamma: 0.9\n")
+    assert build_config(str(recipe)).algo.gamma == 0.9

@@ -99,6 +99,7 @@ def test_unknown_key_exits_2_naming_it(tmp_path, text, key):
     ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nrun_root: " + "x" * 300 + "\n", "has a name of 300 bytes"),
     ('config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nrun_root: "a\\0b"\n', "holds a NUL byte"),
     ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nset: " + "[" * 1000 + "]" * 1000 + "\n", "nests its values too deeply"),
+    ("config: paac_classic\nenvs: [CartPole-v1]\nseeds: [1]\nseeds: [2]\n", "the key 'seeds' appears twice"),
 ])
 def test_bad_values_exit_2(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
