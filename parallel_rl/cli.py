@@ -391,6 +391,12 @@ def _report_failure(command: str, exc: BaseException) -> int | None:
     if isinstance(exc, (NonFiniteUpdates, ckpt.CheckpointWriteError, distributed.ReplicaDivergence, distributed.RankFailure)):
         print(f"parallel-rl {command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if out_of_memory(exc):
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        print(f"parallel-rl {command}: error: out of memory ({detail}). The networks, the replay or the rollouts asked for "
+              "more memory than the device has: reduce model.width or model.depth, replay.capacity, actors.num_envs or the "
+              "minibatch, or use a larger device. Checkpoints already written are intact.", file=sys.stderr)
+        return EXIT_FAILURE
     if isinstance(exc, BrokenPipeError):
         # the reader of stdout went away (`parallel-rl envs | head`): a listing is done, anything else stopped
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush cannot fail again
@@ -399,6 +405,15 @@ def _report_failure(command: str, exc: BaseException) -> int | None:
         print(f"parallel-rl {command}: error: standard output was closed, so it stopped.", file=sys.stderr)
         return EXIT_FAILURE
     return None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation a device or the host refused (torch's CPU allocator
+    raises a bare RuntimeError for it)."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def _failure_interrupted(interrupt: BaseException) -> BaseException | None:

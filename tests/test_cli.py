@@ -466,3 +466,20 @@ def test_a_stop_signal_while_the_children_are_reaped_changes_nothing(monkeypatch
     monkeypatch.setitem(cli.COMMANDS, "config", lambda args: 0)
     assert cli.main(["config"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 32000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    MemoryError(),
+])
+def test_running_out_of_memory_is_explained_in_a_paragraph(capsys, failure):
+    """A network, replay or rollout too large for the device: the allocator's own error says
+    what was asked for, the paragraph what to shrink (exit 1, not a traceback)."""
+    from parallel_rl.cli import _report_failure
+
+    assert _report_failure("launch", failure) == 1
+    err = capsys.readouterr().err
+    assert "error: out of memory" in err and "model.width" in err and "replay.capacity" in err, err
+    assert _report_failure("launch", RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None  # a bug stays a traceback
