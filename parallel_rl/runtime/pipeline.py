@@ -107,6 +107,10 @@ class ActorProcessPool:
         # slots freed while their actor process could not be reached (a replacement still starting):
         # sent when it says hello
         self.unsent_frees: list[list[int]] = [[] for _ in range(procs)]
+        # whether each actor process has said hello since it was started: a free sent before that
+        # could go to the connection of the process it replaced, which ZMQ may not yet have seen
+        # close, and be lost without an error, leaving the replacement a slot short for ever
+        self.greeted = [False] * procs
         try:
             self.pool = SlotPool(spec, cfg.algo.rollout_length, self.envs_per_process,
                                  cfg.actors.slots_per_actor + self.in_place)
@@ -149,6 +153,7 @@ class ActorProcessPool:
                           on_created=lambda process: self.processes.__setitem__(k, process))
         self.started_at[k] = time.monotonic()
         self.last_seen[k] = None
+        self.greeted[k] = False
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p is not None and p.pid is not None]
@@ -204,6 +209,7 @@ class ActorProcessPool:
             if kind != "hello":  # building envs comes after hello; the start-up grace covers it
                 self.last_seen[k] = time.monotonic()
             if kind == "hello":
+                self.greeted[k] = True
                 unsent, self.unsent_frees[k] = self.unsent_frees[k], []
                 for slot in unsent:
                     self._release(slot)
@@ -214,6 +220,9 @@ class ActorProcessPool:
 
     def _release(self, slot: int) -> None:
         k = self.pool.owner(slot)
+        if not self.greeted[k]:
+            self.unsent_frees[k].append(slot)  # sent when it says hello
+            return
         try:
             control.send(self.socket, {"type": "free", "slot": slot}, control.process_identity(k))
         except zmq.ZMQError:
