@@ -184,5 +184,8 @@ def test_a_key_named_twice_in_a_config_file_is_refused_not_silently_overwritten(
     recipe.write_text("env:\n  id: CartPole-v1\nalgo:\n  name: paac\n  gamma: 0.9\n  gamma: 0.99\n")
     with pytest.raises(ConfigError, match=r"line 6.*the key 'gamma' appears twice"):
         build_config(str(recipe))
+    recipe.write_text("env:\n  id: CartPole-v1\n? [a, b]\n: c\n")  # a key the duplicate check cannot hash (found by fuzzing)
+    with pytest.raises(ConfigError, match="unhashable key"):
+        build_config(str(recipe))
     recipe.write_text("env:\n  id: CartPole-v1\nalgo:\n  name: paac\n  gamma: 0.9\n")
     assert build_config(str(recipe)).algo.gamma == 0.9
