@@ -61,7 +61,7 @@ from typing import Any
 
 import yaml
 
-from parallel_rl.config import ConfigError, check_path, parse_yaml_file_text
+from parallel_rl.config import ConfigError, check_path, nearest_existing, parse_yaml_file_text
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -260,8 +260,7 @@ def check_run_root(run_root: Path, runs: list[Run]) -> None:
                          f"filesystem's {NAME_MAX}: shorten the variant names or env ids.")
     folder = run_root.absolute()
     try:
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
+        folder = nearest_existing(run_root)
         if not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
         with tempfile.TemporaryFile(dir=folder):

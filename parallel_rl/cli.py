@@ -25,6 +25,7 @@ from .config import (
     describe,
     dump_yaml,
     kept_config_name,
+    nearest_existing,
 )
 from .runtime import signals, supervision
 from .runtime.pipeline import ActorProcessFailure
@@ -285,10 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_writable_folder(Path(args.video).resolve().parent, f"--video {args.video!r}")
     path = ckpt.find(Path(args.path))
     if args.video == "" or (args.video is None and args.video_episodes is not None):  # the default path, in the run
-        folder = default_video_path(path, 0).parent
-        while not folder.exists() and folder != folder.parent:  # created as the video starts
-            folder = folder.parent
-        check_writable_folder(folder, "--video (its default path in the run directory; give --video PATH elsewhere)")
+        check_writable_folder(nearest_existing(default_video_path(path, 0).parent), "--video (its default path in the run directory; give --video PATH elsewhere)")
     result = evaluate(path, args.episodes, greedy=args.greedy, device=args.device, seed=args.seed,
                       video=args.video is not None or args.video_episodes is not None,
                       video_path=Path(args.video) if args.video else None, video_episodes=args.video_episodes or 1)

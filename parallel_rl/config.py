@@ -432,6 +432,14 @@ def check_path(what: str, value: str) -> None:
         raise ConfigError(f"{what} {shown!r} {problem}: give {'a path without it' if 'NUL' in problem else 'a shorter path'}.")
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists: where a folder not yet made would be created."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def check_device(name: str, value: str) -> None:
     if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:(0|[1-9][0-9]*)", value):
         return
